@@ -1,0 +1,140 @@
+"""BERT's building blocks: packing-aware masks and positions, and one transformer block.
+
+Why not keras-hub's `TransformerEncoder` + `PositionEmbedding` (checked in 0.32):
+- its attention projects Q, K and V with three separate `EinsumDense` layers;
+  one fused (hidden, 3*hidden) matmul is fewer, larger matmuls, which is what
+  the bf16 CPU path (oneDNN) and GPUs run fastest;
+- `PositionEmbedding` only slices positions `start_index..start_index+seq`; packed
+  rows need positions that restart at every instance, so positions are gathered
+  per token here;
+- a hand-written block keeps the variables one-to-one with the Google / Hugging
+  Face tensors (see `bert_keras.weights`), so import and export are plain copies.
+Layers that fit as they are (`Dense`, `Embedding`, `LayerNormalization`,
+`Dropout`) are Keras's own.
+
+Packing (pipeline/schema.py): `padding_mask` holds the 1-based instance index of
+each token (0 = padding). Attention is allowed only between tokens with the same
+non-zero index, and positions restart at 0 at each instance. An unpacked row
+(1s then 0s) is the one-instance case, so there is a single code path.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def large_negative(dtype) -> float:
+    """A finite "minus infinity" for additive masks: -inf would make padding rows NaN."""
+    return -3.0e4 if tf.as_dtype(dtype) == tf.float16 else -1.0e9
+
+
+def same_instance(padding_mask):
+    """(batch, seq) instance ids -> (batch, seq, seq) bool: query i may attend key j."""
+    m = tf.cast(padding_mask, tf.int32)
+    return tf.logical_and(tf.equal(m[:, :, None], m[:, None, :]), tf.not_equal(m[:, None, :], 0))
+
+
+def packed_positions(allowed):
+    """Position of each token inside its own instance, (batch, seq) int32.
+
+    Counts the earlier tokens of the same instance: the row sums of the strictly
+    lower triangle of `allowed` (batch, seq, seq). That needs no contiguity
+    assumption and reuses the attention mask; for an unpacked row it is 0..n-1.
+    Padding tokens (which attend nowhere) get position 0.
+    """
+    seq = tf.shape(allowed)[1]
+    lower = tf.linalg.band_part(tf.ones([seq, seq], tf.int32), -1, 0) - tf.eye(seq, dtype=tf.int32)
+    return tf.reduce_sum(tf.cast(allowed, tf.int32) * lower[None], axis=-1)
+
+
+def attention_bias(allowed, dtype):
+    """(batch, seq, seq) bool -> additive bias (batch, 1, seq, seq) in `dtype`, broadcast over heads."""
+    neg = tf.constant(large_negative(dtype), dtype)
+    return tf.where(allowed[:, None], tf.zeros([], dtype), neg)
+
+
+def _dense(units, initializer_range, name, activation=None):
+    init = keras.initializers.TruncatedNormal(stddev=initializer_range)
+    return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+
+
+class TransformerBlock(keras.layers.Layer):
+    """One post-LayerNorm BERT layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+
+    The attention is written out (instead of keras `MultiHeadAttention`) for the
+    fused QKV projection and an additive per-row mask computed once per batch and
+    shared by all layers. GELU is the exact erf form, as in BERT and Hugging Face.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        initializer_range: float = 0.02,
+        layer_norm_epsilon: float = 1e-12,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_heads = num_heads
+        self.intermediate_size = intermediate_size
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.initializer_range = initializer_range
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.head_dim = hidden_size // num_heads
+
+        # Variables, in the order of a Google / HF layer.
+        self.qkv = _dense(3 * hidden_size, initializer_range, "qkv")  # columns: [query | key | value]
+        self.attention_output = _dense(hidden_size, initializer_range, "attention_output")
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="attention_norm")
+        self.intermediate = _dense(intermediate_size, initializer_range, "intermediate", activation="gelu")
+        self.output_dense = _dense(hidden_size, initializer_range, "output")
+        self.output_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="output_norm")
+        self.attention_probs_dropout = keras.layers.Dropout(attention_dropout)
+        self.hidden_dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape=None):
+        h = self.hidden_size
+        self.qkv.build((None, h))
+        self.attention_output.build((None, h))
+        self.attention_norm.build((None, h))
+        self.intermediate.build((None, h))
+        self.output_dense.build((None, self.intermediate_size))
+        self.output_norm.build((None, h))
+        self.built = True
+
+    def call(self, x, bias, training=None):
+        """x: (batch, seq, hidden); bias: (batch, 1, seq, seq) additive mask."""
+        batch, seq = tf.shape(x)[0], tf.shape(x)[1]
+        qkv = self.qkv(x)  # (batch, seq, 3*hidden)
+        qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_dim])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # (3, batch, heads, seq, head_dim): one transpose for all three
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * tf.cast(self.head_dim**-0.5, q.dtype)  # scale the smaller tensor, not (seq, seq) scores
+        scores = tf.matmul(q, k, transpose_b=True) + tf.cast(bias, q.dtype)  # (batch, heads, seq, seq)
+        probs = tf.nn.softmax(scores, axis=-1)
+        probs = self.attention_probs_dropout(probs, training=training)
+        context = tf.matmul(probs, v)  # (batch, heads, seq, head_dim)
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, self.hidden_size])
+        attended = self.hidden_dropout(self.attention_output(context), training=training)
+        x = self.attention_norm(x + attended)
+        ffn = self.hidden_dropout(self.output_dense(self.intermediate(x)), training=training)
+        return self.output_norm(x + ffn)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_size=self.hidden_size,
+            num_heads=self.num_heads,
+            intermediate_size=self.intermediate_size,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            initializer_range=self.initializer_range,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+        )
+        return config

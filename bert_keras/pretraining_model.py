@@ -1,0 +1,83 @@
+"""BERT pretraining: masked LM + next sentence prediction, and its loss.
+
+Contract (used by the trainer):
+    model = BertPretrainingModel(encoder)
+    outputs = model(batch, training=True)
+        # {"mlm_logits": (batch, pred, vocab) float32, "nsp_logits": (batch, instances, 2) float32}
+    loss, metrics = pretraining_loss(batch, outputs)
+        # metrics: mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (float32 scalars)
+
+`batch` is the dict named by pipeline.schema: TOKEN_IDS, SEGMENT_IDS,
+PADDING_MASK, MASK_POSITIONS, MASK_IDS, MASK_WEIGHTS, NSP_LABEL and, for packed
+rows, CLS_POSITIONS / CLS_WEIGHTS (default: one instance whose [CLS] is token 0).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT, BertEncoder
+from bert_keras.heads import MaskedLMHead, NextSentenceHead
+from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL
+
+MLM_LOGITS = "mlm_logits"
+NSP_LOGITS = "nsp_logits"
+
+
+@keras.saving.register_keras_serializable(package="bert_keras")
+class BertPretrainingModel(keras.Model):
+    def __init__(self, encoder: BertEncoder, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.mlm_head = MaskedLMHead(
+            encoder.token_embedding,
+            initializer_range=encoder.initializer_range,
+            layer_norm_epsilon=encoder.layer_norm_epsilon,
+            name="mlm_head",
+        )
+        self.nsp_head = NextSentenceHead(encoder.hidden_size, encoder.initializer_range, name="nsp_head")
+        self.built = True
+
+    def call(self, inputs, training=None):
+        enc = self.encoder(inputs, training=training)
+        return {
+            MLM_LOGITS: self.mlm_head(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS]),
+            NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT]),
+        }
+
+    def get_config(self):
+        return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        return cls(encoder, **config)
+
+
+def _weighted_ce_and_accuracy(labels, logits, weights):
+    """Weighted mean sparse cross-entropy and accuracy; all float32 scalars."""
+    labels = tf.cast(labels, tf.int32)
+    weights = tf.cast(weights, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
+    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+    total = tf.maximum(tf.reduce_sum(weights), 1e-6)  # a batch with no targets gives 0, not NaN
+    return tf.reduce_sum(ce * weights) / total, tf.reduce_sum(correct * weights) / total
+
+
+def pretraining_loss(batch, outputs):
+    """(loss, metrics): MLM weighted by MASK_WEIGHTS plus NSP weighted by CLS_WEIGHTS.
+
+    Both terms are weighted means over the batch passed in (per replica under a
+    strategy); the trainer scales for the global batch.
+    """
+    mlm_loss, mlm_acc = _weighted_ce_and_accuracy(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
+    nsp_logits = outputs[NSP_LOGITS]  # (batch, instances, 2)
+    nsp_labels = tf.reshape(batch[NSP_LABEL], tf.shape(nsp_logits)[:2])  # (batch, 1) records -> (batch, instances)
+    nsp_weights = batch.get(CLS_WEIGHTS)
+    if nsp_weights is None:
+        nsp_weights = tf.ones(tf.shape(nsp_labels), tf.float32)
+    nsp_loss, nsp_acc = _weighted_ce_and_accuracy(nsp_labels, nsp_logits, nsp_weights)
+    metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_loss, "nsp_accuracy": nsp_acc}
+    return mlm_loss + nsp_loss, metrics
