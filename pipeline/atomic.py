@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from pipeline.errors import UserError
 

@@ -78,7 +78,7 @@ class PrepareConfig(_Section):
     beam_args: list[str] = Field(default_factory=list)  # standard Beam options, e.g. --runner=DataflowRunner
 
     @model_validator(mode="after")
-    def _check(self) -> "PrepareConfig":
+    def _check(self) -> PrepareConfig:
         if self.max_predictions_per_seq >= self.max_seq_length:
             raise ValueError(
                 f"max_predictions_per_seq ({self.max_predictions_per_seq}) must be below max_seq_length ({self.max_seq_length})"
@@ -102,7 +102,7 @@ class ModelConfig(_Section):
     init_from: str | None = None  # hf:DIR, google:DIR, or a bertpipe checkpoint directory
 
     @model_validator(mode="after")
-    def _check(self) -> "ModelConfig":
+    def _check(self) -> ModelConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
@@ -163,7 +163,7 @@ class TaskConfig(TrainConfig):
     packing: bool = False
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskConfig":
+    def _check(self) -> TaskConfig:
         if self.type in ("qa", "long_document") and self.doc_stride >= self.max_seq_length:
             raise ValueError(f"doc_stride ({self.doc_stride}) must be below max_seq_length ({self.max_seq_length})")
         if self.type == "qa" and self.max_query_length >= self.max_seq_length - 3:
@@ -187,7 +187,7 @@ class Config(_Section):
     export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         m, p = self.model, self.prepare
         if p.max_seq_length > m.max_position_embeddings:
             raise ValueError(

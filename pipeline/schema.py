@@ -23,7 +23,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pipeline.errors import ContractError
 

