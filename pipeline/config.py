@@ -22,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "demo.yaml")
+# An editable install (the README's) finds the demo next to the package; an installed
+# wheel (the Docker image) finds it in the working directory.
+DEFAULT_CONFIG = next(
+    (p for p in (os.path.join(REPO_ROOT, "configs", "demo.yaml"), os.path.join("configs", "demo.yaml")) if os.path.exists(p)),
+    os.path.join(REPO_ROOT, "configs", "demo.yaml"),
+)
 
 
 class _Section(BaseModel):
@@ -126,6 +131,7 @@ class TrainConfig(_Section):
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
     tpu: str | None = None  # TPU name or grpc address for TPUStrategy
     packing: bool = True  # several short instances per row
+    pack_max_instances: int = Field(8, ge=1)  # packing: most instances sharing one row
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(3, ge=1)

@@ -1,0 +1,157 @@
+"""tf.data input from a data job's shards, through the shared schema.
+
+One pipeline for every record kind: list the shards named in the manifest,
+read them in parallel (interleave), shuffle, batch, then parse a whole batch at
+once with `pipeline.schema.parse_spec` (one `parse_example` per batch is much
+cheaper than one per record), cast integers to int32, optionally pack short
+instances into shared rows (`packing.py`) and mask per step (`dynamic_masking.py`),
+and prefetch.
+
+Held-out split for evaluation: with two or more shards the last shard (sorted
+by name) is held out; with one shard every 20th record is (`HOLDOUT_MODULO`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from pipeline import schema
+from pipeline.schema import DataManifest
+
+HOLDOUT_MODULO = 20
+PRETRAIN_KINDS = (schema.PRETRAIN_STATIC, schema.PRETRAIN_DYNAMIC)
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def open_manifest(data_dir: str, *, vocab_size: int | None = None, seq_length: int | None = None,
+                  kinds=()) -> DataManifest:
+    """Read `manifest.json` and refuse data that does not fit (one-line ContractError)."""
+    manifest = schema.read_manifest(data_dir)
+    manifest.check(vocab_size=vocab_size, seq_length=seq_length, kinds=kinds)
+    return manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    files: tuple[str, ...]
+    # (modulo, keep) keeps records whose index % modulo == keep (eval) or != keep
+    # (train) when the split is within one shard; None reads whole files.
+    record_filter: tuple[int, int, bool] | None = None
+
+
+def split(data_dir: str, manifest: DataManifest, which: str) -> Split:
+    """Files (and record filter) of "train", "eval" or "all"."""
+    paths = schema.shard_paths(data_dir, manifest)
+    if which == "all":
+        return Split(tuple(paths))
+    if len(paths) >= 2:
+        return Split(tuple(paths[:-1]) if which == "train" else (paths[-1],))
+    return Split(tuple(paths), (HOLDOUT_MODULO, HOLDOUT_MODULO - 1, which == "eval"))
+
+
+def holdout_records(manifest: DataManifest) -> int:
+    names = sorted(manifest.shards)
+    if len(names) >= 2:
+        return manifest.shards[names[-1]]
+    return manifest.num_records // HOLDOUT_MODULO
+
+
+def _read(files: tuple[str, ...], record_filter, compression: str | None, training: bool, seed: int,
+          deterministic: bool, input_context) -> tf.data.Dataset:
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    shard_files = pipelines > 1 and len(files) >= pipelines
+    ds = tf.data.Dataset.from_tensor_slices(list(files))
+    if shard_files:
+        ds = ds.shard(pipelines, pipeline_id)
+    if training and len(files) > 1:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def open_file(path):
+        records = tf.data.TFRecordDataset(path, compression_type=compression, buffer_size=1 << 20)
+        if record_filter is None:
+            return records
+        modulo, keep, want_eval = record_filter
+        records = records.enumerate().filter(
+            lambda i, _: tf.equal(i % modulo, keep) if want_eval else tf.not_equal(i % modulo, keep))
+        return records.map(lambda _, r: r)
+
+    ds = ds.interleave(open_file, cycle_length=max(1, min(len(files), 8)), block_length=1,
+                       num_parallel_calls=AUTOTUNE, deterministic=deterministic or None)
+    if pipelines > 1 and not shard_files:
+        ds = ds.shard(pipelines, pipeline_id)
+    return ds
+
+
+def parser(manifest: DataManifest) -> Callable[[tf.Tensor], dict]:
+    """serialized (batch,) -> dict of int32 / float32 tensors, shapes from the manifest."""
+    spec = schema.parse_spec(manifest.kind, manifest.shapes())
+
+    def parse(serialized):
+        feats = tf.io.parse_example(serialized, spec)
+        return {k: tf.cast(v, tf.int32) if v.dtype == tf.int64 else v for k, v in feats.items()}
+
+    return parse
+
+
+def add_instance_slots(batch: dict) -> dict:
+    """An unpacked row is one instance whose [CLS] is at 0 (schema docstring)."""
+    if schema.CLS_POSITIONS in batch:
+        return batch
+    rows = tf.shape(batch[schema.TOKEN_IDS])[0]
+    out = dict(batch)
+    out[schema.CLS_POSITIONS] = tf.zeros([rows, 1], tf.int32)
+    out[schema.CLS_WEIGHTS] = tf.ones([rows, 1], tf.float32)
+    return out
+
+
+def make_dataset(data_dir: str, manifest: DataManifest, *, which: str, batch_size: int, training: bool,
+                 seed: int = 0, deterministic: bool = False, input_context=None,
+                 pack: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
+                 mask: Callable[[dict], dict] | None = None, shuffle_buffer: int = 10_000,
+                 drop_remainder: bool | None = None) -> tf.data.Dataset:
+    """Batched dicts of model inputs.
+
+    which: "train" | "eval" | "all" (see `split`). training: repeat forever and
+    shuffle. `pack(rows) -> rows` packs an unbatched dataset of parsed rows;
+    `mask(batch) -> batch` masks a parsed batch (dynamic records).
+    `input_context` (from `distribute_datasets_from_function`) shards the
+    input between workers; then `batch_size` is the per-replica batch.
+    """
+    part = split(data_dir, manifest, which)
+    compression = "GZIP" if manifest.compression == "gzip" else None
+    ds = _read(part.files, part.record_filter, compression, training, seed, deterministic, input_context)
+    if training:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    drop = training if drop_remainder is None else drop_remainder
+    parse = parser(manifest)
+    if pack is None:
+        ds = ds.batch(batch_size, drop_remainder=drop).map(parse, num_parallel_calls=AUTOTUNE)
+    else:
+        # Packing turns rows into fewer rows: parse in chunks, pack row-wise, re-batch.
+        ds = ds.batch(256).map(parse, num_parallel_calls=AUTOTUNE).unbatch()
+        ds = pack(ds).batch(batch_size, drop_remainder=drop)
+    if mask is not None:
+        ds = ds.map(mask, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(add_instance_slots, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if input_context is not None:
+        # We sharded by hand above; stop tf.distribute from sharding again.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options)
+
+
+def padding_fraction(ds: tf.data.Dataset, rows: int) -> float:
+    """Share of token slots that are padding over the first `rows` batches' rows."""
+    real = total = 0
+    for batch in ds:
+        mask = batch[schema.PADDING_MASK].numpy()
+        real += int((mask > 0).sum())
+        total += mask.size
+        if total >= rows * mask.shape[-1]:
+            break
+    return 1.0 - real / max(total, 1)

@@ -1,0 +1,125 @@
+"""Which tf.distribute strategy and which precision a run uses.
+
+"auto" picks, in order: TPUStrategy when `train.tpu` is set,
+MultiWorkerMirroredStrategy when TF_CONFIG names more than one worker,
+MirroredStrategy with more than one GPU, else the default (one device).
+`train.strategy` overrides by name. The trainer has one loop for all of them.
+
+Precision "auto": mixed_bfloat16 on TPU and on CPUs with native bf16
+(AVX512-BF16 / AMX), mixed_float16 on GPU (with loss scaling), float32 else.
+Must be set before the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import tensorflow as tf
+
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def tf_config_workers() -> int:
+    """Number of workers (chief included) named by TF_CONFIG, 0 when unset."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        cluster = json.loads(raw).get("cluster", {})
+    except ValueError:
+        raise ConfigError("TF_CONFIG is not valid JSON: fix or unset the environment variable") from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    name = cfg.strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if cfg.tpu:
+            name = "tpu"
+        elif tf_config_workers() > 1:
+            name = "multi_worker"
+        elif len(gpus) > 1:
+            name = "mirrored"
+        else:
+            name = "default"
+    if name == "tpu":
+        if not cfg.tpu:
+            raise ConfigError("train.strategy is tpu but train.tpu is not set: give the TPU name or grpc address")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multi_worker":
+        if tf_config_workers() == 0:
+            raise ConfigError("train.strategy is multi_worker but TF_CONFIG is not set: export the cluster spec")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        # Without GPUs mirror over the logical CPU devices (tests split the CPU in two).
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    return tf.distribute.get_strategy()
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, strategy: tf.distribute.Strategy | None = None) -> str:
+    if precision != "auto":
+        return precision
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "mixed_bfloat16"
+    if tf.config.list_logical_devices("GPU"):
+        return "mixed_float16"
+    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+
+
+def set_precision(policy: str) -> str:
+    """Set the global Keras dtype policy; call before building the model."""
+    import keras
+
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Only the chief writes summaries and the real checkpoint directory."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    return task_type in (None, "worker") and task_id == 0 and not has_chief
+
+
+def worker_id(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(getattr(resolver, "task_id", 0) or 0) if resolver is not None else 0
+
+
+def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy, accumulation_steps: int) -> int:
+    """Rows per optimizer step: per-replica batch x replicas x accumulation."""
+    return per_replica * strategy.num_replicas_in_sync * accumulation_steps
+
+
+def describe(strategy: tf.distribute.Strategy, per_replica: int, accumulation_steps: int, policy: str) -> str:
+    line = (
+        f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), precision {policy}; "
+        f"global batch {global_batch_size(per_replica, strategy, accumulation_steps)} = {per_replica} per replica "
+        f"x {strategy.num_replicas_in_sync} replicas x {accumulation_steps} accumulation steps"
+    )
+    log.info(line)
+    return line

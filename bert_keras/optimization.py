@@ -1,0 +1,111 @@
+"""Optimizers and learning-rate schedules built from `TrainConfig`.
+
+BERT's recipe: AdamW (or LAMB for large batches), linear warmup then decay, and
+weight decay that skips LayerNorm and biases. Both optimizers are Keras 3's own
+(`keras.optimizers.AdamW`, `keras.optimizers.Lamb`); only the schedule is ours,
+because Keras has no warmup-then-decay schedule.
+
+Gradient clipping is not set on the optimizer: Keras clips each replica's local
+gradients before the cross-replica sum, which changes the result with more than
+one replica. The trainer clips the summed gradients instead (`trainer.py`).
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import TrainConfig
+
+# Power of the "polynomial" decay: (1 - progress) ** 2 falls faster than linear
+# early on and flattens near the end; "linear" is the power-1 case.
+POLYNOMIAL_POWER = 2.0
+
+
+@keras.saving.register_keras_serializable(package="bertpipe")
+class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak` over `warmup_steps`, then decay to `end`.
+
+    kind: "linear" | "polynomial" | "constant" (constant holds `peak` after warmup).
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str = "linear", end: float = 0.0,
+                 power: float = POLYNOMIAL_POWER):
+        if kind not in ("linear", "polynomial", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(max(total_steps, 1))
+        self.kind = kind
+        self.end = float(end)
+        self.power = float(power)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = float(max(self.warmup_steps, 1))
+        warmup_lr = self.peak * keras.ops.minimum(step + 1.0, warm) / warm
+        if self.kind == "constant":
+            decayed = keras.ops.convert_to_tensor(self.peak, "float32")
+        else:
+            span = float(max(self.total_steps - self.warmup_steps, 1))
+            progress = keras.ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
+            power = 1.0 if self.kind == "linear" else self.power
+            decayed = self.end + (self.peak - self.end) * keras.ops.power(1.0 - progress, power)
+        if self.warmup_steps <= 0:
+            return decayed
+        return keras.ops.where(step < self.warmup_steps, warmup_lr, decayed)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "kind": self.kind, "end": self.end, "power": self.power}
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    return int(round(cfg.warmup_ratio * total_steps))
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> WarmupDecay:
+    return WarmupDecay(cfg.learning_rate, warmup_steps(cfg, total_steps), total_steps, cfg.schedule)
+
+
+def no_decay(variable) -> bool:
+    """True for LayerNorm scales/offsets and biases.
+
+    Every such variable is 1-D and every weight matrix / embedding table is at
+    least 2-D, so the rank is a rule that does not depend on how a layer names
+    its variables (keras: gamma/beta/bias; converted checkpoints: LayerNorm/...).
+    """
+    return len(variable.shape) <= 1
+
+
+def build_optimizer(cfg: TrainConfig, total_steps: int, variables, *, loss_scale: bool = False):
+    """AdamW or LAMB with the warmup schedule; `variables` are the model's
+    trainable variables (needed to exclude LayerNorm/biases from weight decay
+    before the optimizer is built). `loss_scale` wraps it in a
+    `LossScaleOptimizer` (mixed_float16)."""
+    schedule = make_schedule(cfg, total_steps)
+    kwargs = dict(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
+                  weight_decay=cfg.weight_decay or None)
+    if cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(**kwargs)
+    else:
+        # Keras' Lamb applies weight decay decoupled (base optimizer), outside
+        # the trust ratio; the LAMB paper folds it into the update. Close enough
+        # at BERT's 0.01 and it keeps one weight-decay rule for both optimizers.
+        opt = keras.optimizers.Lamb(**kwargs)
+    if cfg.weight_decay:
+        opt.exclude_from_weight_decay(var_list=[v for v in variables if no_decay(v)])
+    if loss_scale:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def inner_optimizer(opt):
+    return getattr(opt, "inner_optimizer", opt)
+
+
+def current_lr(opt) -> float:
+    inner = inner_optimizer(opt)
+    lr = inner.learning_rate
+    return float(keras.ops.convert_to_numpy(lr))

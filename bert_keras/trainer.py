@@ -1,0 +1,293 @@
+"""One custom training loop for every tf.distribute strategy.
+
+Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy (keras-team/keras
+#20585), so training runs its own loop, as TF Model Garden's Orbit does: a
+`tf.function` step calls `strategy.run` on a per-replica step over a
+distributed dataset. The same loop serves the default strategy, Mirrored,
+MultiWorkerMirrored and TPU, and fine-tuning reuses it with another `loss_fn`.
+
+Per replica, a step takes `accumulation_steps` micro-batches (stacked in one
+dataset batch), sums their gradients in a `tf.range` loop (only one micro-batch
+of activations is alive at a time), all-reduces across replicas, clips by the
+global norm of the summed gradient, then applies once. Each replica's loss is
+divided by replicas x accumulation so the sum over all of them is the mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+from bert_keras import distribute
+from bert_keras.optimization import current_lr
+from pipeline.errors import UserError
+
+_SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+LossFn = Callable[[dict, dict], tuple[tf.Tensor, dict]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    clip_norm: float | None = 1.0
+    accumulation_steps: int = 1
+    jit_compile: bool = False
+    log_every: int = 50
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+    @classmethod
+    def from_config(cls, cfg) -> LoopSettings:
+        return cls(cfg.clip_norm, cfg.accumulation_steps, cfg.jit_compile, cfg.log_every, cfg.checkpoint_every,
+                   cfg.keep_checkpoints)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    resumed_from: int
+    metrics: dict[str, float]  # last logged metrics
+    history: list[dict[str, float]]  # every logged line, across restarts
+    checkpoint: str | None
+    seconds: float
+    sequences_per_second: float
+
+
+class Trainer:
+    """Holds model, optimizer, step counter and their checkpoint.
+
+    Build the model (call it once) and the optimizer inside `strategy.scope()`
+    before constructing the trainer. `out_dir` gets `checkpoints/`,
+    `tensorboard/` and `history.jsonl`.
+    """
+
+    def __init__(self, model: keras.Model, loss_fn: LossFn, optimizer, strategy: tf.distribute.Strategy,
+                 out_dir: str, settings: LoopSettings = LoopSettings(),
+                 on_log: Callable[[int, dict], None] | None = None, log_fn: Callable[[str], None] = print):
+        self.model, self.loss_fn, self.optimizer, self.strategy = model, loss_fn, optimizer, strategy
+        self.settings, self.on_log, self.log_fn = settings, on_log, log_fn
+        self.out_dir = out_dir
+        self.chief = distribute.is_chief(strategy)
+        self.replicas = strategy.num_replicas_in_sync
+        self.loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        with strategy.scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # Build optimizer slots now so a restore fills them instead of deferring.
+            optimizer.build(model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+        # MultiWorkerMirrored: every worker must save (it is collective), but only
+        # the chief writes the real directory; others write a scratch copy.
+        ckpt_dir = os.path.join(out_dir, "checkpoints")
+        if not self.chief:
+            ckpt_dir = os.path.join(out_dir, f".worker-{distribute.worker_id(strategy)}-checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=settings.keep_checkpoints)
+        tb_dir = os.path.join(out_dir, "tensorboard") if self.chief else None
+        self.writer = tf.summary.create_file_writer(tb_dir) if tb_dir else tf.summary.create_noop_writer()
+        self._train_step = None
+        self._eval_step = None
+        self._restored = None
+        # XLA compiles forward+backward only; all-reduce and apply stay outside.
+        self._compute = tf.function(self._micro_grads, jit_compile=True) if settings.jit_compile else self._micro_grads
+
+    # ---- checkpoints ---------------------------------------------------------
+    def restore(self) -> int:
+        """Restore the latest checkpoint if there is one; return its step (0 if none)."""
+        latest = self.manager.latest_checkpoint
+        if latest and latest != self._restored:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            self._restored = latest
+        return int(self.step.numpy())
+
+    def save(self) -> str:
+        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    # ---- per-replica step ----------------------------------------------------
+    def _micro_grads(self, batch):
+        scale = 1.0 / (self.replicas * self.settings.accumulation_steps)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.model(batch, training=True)
+            loss, metrics = self.loss_fn(batch, outputs)
+            loss = tf.cast(loss, tf.float32)
+            scaled = loss * scale
+            if self.loss_scale:
+                scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, variables)
+        metrics = {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
+        return grads, loss, metrics
+
+    def _replica_step(self, batch):
+        accum = self.settings.accumulation_steps
+        compute = self._compute
+        if accum == 1:
+            grads, loss, metrics = compute(batch)
+        else:
+            # (accum * batch, ...) -> (accum, batch, ...): one micro-batch per iteration.
+            micro = {k: tf.reshape(v, tf.concat([[accum, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
+            grads, loss, metrics = compute({k: v[0] for k, v in micro.items()})
+            grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices cannot be summed in a loop
+            for i in tf.range(1, accum):
+                g_i, l_i, m_i = compute({k: v[i] for k, v in micro.items()})
+                grads = [g + tf.convert_to_tensor(gi) for g, gi in zip(grads, g_i, strict=False)]
+                loss = loss + l_i
+                metrics = {k: metrics[k] + m_i[k] for k in metrics}
+            loss = loss / accum
+            metrics = {k: v / accum for k, v in metrics.items()}
+        grads = self._clip(grads)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=False))
+        return loss, metrics
+
+    def _clip(self, grads):
+        clip = self.settings.clip_norm
+        if not clip:
+            return grads  # the optimizer sums them across replicas
+        if self.replicas > 1:
+            # Clip the *summed* gradient, as one device would; the optimizer's own
+            # clipping would clip each replica's share before the sum.
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self.loss_scale else None
+        if scale is not None:
+            grads = [g / scale for g in grads]
+        grads, _ = tf.clip_by_global_norm(grads, clip)
+        if scale is not None:
+            grads = [g * scale for g in grads]
+        if self.replicas > 1:
+            # Already summed: the optimizer sums again across replicas, so hand it 1/replicas.
+            grads = [g / self.replicas for g in grads]
+        return grads
+
+    def _build_train_step(self):
+        @tf.function
+        def train_step(iterator):
+            batch = next(iterator)
+            loss, metrics = self.strategy.run(self._replica_step, args=(batch,))
+            mean = tf.distribute.ReduceOp.MEAN
+            metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
+            self.step.assign_add(1)
+            return self.strategy.reduce(mean, loss, axis=None), metrics
+
+        return train_step
+
+    # ---- the loop ------------------------------------------------------------
+    def distribute(self, data):
+        """`data` is a tf.data.Dataset of global batches, or a function
+        `input_context -> per-replica-batched dataset` (each worker reads its own shards)."""
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            return self.strategy.distribute_datasets_from_function(data)
+        return self.strategy.experimental_distribute_dataset(data)
+
+    def fit(self, data, steps: int, *, rows_per_step: int, eval_fn: Callable[[], dict] | None = None,
+            eval_every: int | None = None) -> TrainResult:
+        """Train until `steps` optimizer steps are done (resuming from the latest
+        checkpoint), checkpointing every `checkpoint_every` steps and at the end.
+        `rows_per_step` is the global batch in rows (for seq/s)."""
+        resumed = self.restore()
+        history = self._read_history(resumed)
+        if resumed:
+            self.log_fn(f"resumed from checkpoint at step {resumed} ({self.manager.latest_checkpoint})")
+        if resumed >= steps:
+            return TrainResult(resumed, resumed, history[-1] if history else {}, history,
+                               self.manager.latest_checkpoint, 0.0, 0.0)
+        iterator = iter(self.distribute(data))
+        self._train_step = self._train_step or self._build_train_step()
+        s = self.settings
+        start = time.perf_counter()
+        window_start, window_steps, last = start, 0, {}
+        step = resumed
+        while step < steps:
+            loss_t, metrics_t = self._train_step(iterator)
+            step += 1
+            window_steps += 1
+            loss = float(loss_t)
+            if not math.isfinite(loss):
+                kept = self.manager.latest_checkpoint
+                raise UserError(
+                    f"training loss became {loss} at step {step}: stopped; the last good checkpoint "
+                    f"({kept or 'none yet'}) is kept. Lower the learning rate or check the input data"
+                )
+            if step % s.log_every == 0 or step == steps:
+                now = time.perf_counter()
+                last = {"loss": loss, **{k: float(v) for k, v in metrics_t.items()},
+                        "sequences_per_second": window_steps * rows_per_step / max(now - window_start, 1e-9),
+                        "learning_rate": current_lr(self.optimizer), "step": step}
+                window_start, window_steps = now, 0
+                self._log(step, last, history)
+            if eval_fn is not None and eval_every and step % eval_every == 0:
+                self._log(step, {f"eval_{k}": v for k, v in eval_fn().items()}, None)
+            if step % s.checkpoint_every == 0 or step == steps:
+                self.save()
+        seconds = time.perf_counter() - start
+        return TrainResult(step, resumed, last, history, self.manager.latest_checkpoint, seconds,
+                           (step - resumed) * rows_per_step / max(seconds, 1e-9))
+
+    def _log(self, step: int, metrics: dict, history: list | None) -> None:
+        shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
+        self.log_fn(f"step {step}: {shown}")
+        with self.writer.as_default(step=step):
+            for k, v in metrics.items():
+                if k != "step":
+                    # tf.summary.scalar lives in the tensorboard package (not a TF
+                    # dependency since 2.20); the core write op with the scalars
+                    # plugin tag writes the same event TensorBoard reads.
+                    tf.summary.write(k, tf.constant(float(v), tf.float32), metadata=_SCALAR_METADATA)
+        self.writer.flush()
+        if history is not None:
+            history.append(metrics)
+            if self.chief:
+                with open(os.path.join(self.out_dir, "history.jsonl"), "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+        if self.on_log is not None and self.chief:
+            self.on_log(step, metrics)
+
+    def _read_history(self, resumed: int) -> list[dict]:
+        """Logged lines up to the restored step; later ones (after the last
+        checkpoint of a killed run) are dropped so curves have no duplicates."""
+        path = os.path.join(self.out_dir, "history.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path, encoding="utf-8") as fh:
+            rows = [json.loads(line) for line in fh if line.strip().endswith("}")]
+        rows = [r for r in rows if r.get("step", 0) <= resumed]
+        if self.chief:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+        return rows
+
+    # ---- evaluation ----------------------------------------------------------
+    def evaluate(self, data, steps: int | None = None) -> dict[str, float]:
+        """Mean of `loss_fn`'s loss and metrics over `steps` batches (all if None)."""
+        if self._eval_step is None:
+            def replica_eval(batch):
+                loss, metrics = self.loss_fn(batch, self.model(batch, training=False))
+                return {"loss": tf.cast(loss, tf.float32), **{k: tf.cast(v, tf.float32) for k, v in metrics.items()}}
+
+            @tf.function
+            def eval_step(batch):
+                out = self.strategy.run(replica_eval, args=(batch,))
+                return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in out.items()}
+
+            self._eval_step = eval_step
+        totals: dict[str, float] = {}
+        n = 0
+        for batch in self.distribute(data):
+            out = self._eval_step(batch)
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            n += 1
+            if steps is not None and n >= steps:
+                break
+        return {k: v / max(n, 1) for k, v in totals.items()}
+
+    def close(self) -> None:
+        self.writer.close()
+        if not self.chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
