@@ -1,0 +1,56 @@
+"""The command line as a new user meets it: help, and bad input as one line with an exit code."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import STAGE_HELP
+
+BERTPIPE = [sys.executable, "-m", "pipeline.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(BERTPIPE + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(result, code, needle):
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bertpipe:")]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "config", "predict", *STAGE_HELP])
+def test_every_command_has_help(command):
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: bertpipe " + command)
+    assert "--config" in result.stdout or command == "predict"
+
+
+def test_no_command_prints_help_and_exits_2():
+    result = run()
+    assert result.returncode == 2 and "COMMAND" in result.stdout
+
+
+def test_missing_config(tmp_path):
+    assert_one_line_error(run("run", "--config", str(tmp_path / "nope.yaml")), 2, "not found")
+
+
+def test_bad_override():
+    assert_one_line_error(run("run", "--set", "pretrain.batch_size=lots"), 2, "pretrain.batch_size")
+    assert_one_line_error(run("run", "--set", "nonsense"), 2, "section.key=value")
+
+
+def test_unwritable_run_directory(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run("run", "--work-dir", str(blocker / "run"), "--no-mlflow")
+    assert_one_line_error(result, 1, "cannot write to")
+
+
+def test_config_command_prints_resolved_yaml():
+    result = run("config", "--set", "pretrain.steps=7")
+    assert result.returncode == 0
+    assert "steps: 7" in result.stdout
