@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Any, Literal
 
 import yaml
@@ -191,6 +192,15 @@ class Config(_Section):
     pretrain: PretrainConfig = PretrainConfig()
     finetune: dict[str, TaskConfig] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()
+
+    @field_validator("finetune")
+    @classmethod
+    def _task_names(cls, tasks: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        # Task names become directory names under run.work_dir: keep them from escaping it.
+        for name in tasks:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+                raise ValueError(f"task name {name!r} must be letters, digits, '_' or '-' (it names a directory)")
+        return tasks
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -17,6 +17,7 @@ fingerprint clears the directory first, so a resume never mixes two configs.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import hashlib
 import json
@@ -153,7 +154,43 @@ def _prepare_dir(stage: Stage, out_dir: str, print_: str, force: bool) -> None:
     atomic_write_text(marker, json.dumps({"fingerprint": print_}))
 
 
+# Storage failures surface from deep inside Beam workers or TensorFlow wrapped in their
+# own exception types; the message is the stable part, so it is what we match.
+_STORAGE_ERRORS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EROFS: "Read-only file system",
+    errno.EDQUOT: "Disk quota exceeded",
+}
+
+
+def _storage_error(err: BaseException) -> str | None:
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRORS:
+            return _STORAGE_ERRORS[seen.errno]
+        for text in _STORAGE_ERRORS.values():
+            if text in str(seen):
+                return text
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _run_one(stage, out_dir, print_, input_hashes, records, tracker, force) -> StageResult:
+    try:
+        return _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, force)
+    except UserError:
+        raise
+    except Exception as err:
+        reason = _storage_error(err)
+        if reason is None:
+            raise
+        raise UserError(
+            f"stage {stage.name} could not write {out_dir}: {reason}; free space or point run.work_dir elsewhere, "
+            "then rerun (the stage was not marked complete)"
+        ) from None
+
+
+def _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, force) -> StageResult:
     _prepare_dir(stage, out_dir, print_, force)
     log.info("[%s] running -> %s", stage.name, out_dir)
     start = time.time()

@@ -86,3 +86,10 @@ def test_config_is_frozen_and_flattens():
     flat = flatten(to_dict(cfg))
     assert flat["pretrain.batch_size"] == cfg.pretrain.batch_size
     assert flat["finetune.sentiment.labels"] == ["negative", "positive"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
+def test_task_names_cannot_escape_the_run_directory(tmp_path, name):
+    path = write(tmp_path, f'finetune:\n  "{name}":\n    type: classification\n    train_file: x.jsonl\n')
+    with pytest.raises(ConfigError, match="names a directory"):
+        load_config(path)
