@@ -1,0 +1,173 @@
+"""Pretraining instances as BERT builds them (pure functions, injected rng).
+
+Follows google-research/bert `create_instances_from_document`: fill a chunk of
+sentences up to a target length (shorter with `short_seq_prob`), cut it at a
+sentence boundary into A and B, and half of the time replace B with text from a
+different document. The one change is where that random text comes from: BERT
+picks a random document from the whole corpus held in memory; here a Beam job
+holds no corpus, so B comes from a *donor pool*: a corpus-wide sample of runs of
+sentences (the `pool_size` runs with the smallest content hash, chosen by a Beam
+`Top` combine and broadcast to every worker as a side input). Every worker draws
+from the same pool, so the draw is across the whole corpus, not one bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+from collections.abc import Sequence
+
+import numpy as np
+
+Sentences = list[np.ndarray]  # one int32 array of wordpiece ids per sentence
+
+
+@dataclasses.dataclass(frozen=True)
+class Donor:
+    """A run of consecutive sentences of one document, a candidate random segment B."""
+
+    doc: int  # 64-bit hash of the source document, to refuse the instance's own document
+    sentences: Sentences
+
+
+@dataclasses.dataclass(frozen=True)
+class Instance:
+    tokens: np.ndarray  # int32, (n,): [CLS] A [SEP] B [SEP], n <= max_seq_length
+    len_a: int  # tokens of segment A
+    is_random_next: bool  # NSP label 1: B was drawn from another document
+
+
+def stable_int(*parts: bytes | int | str) -> int:
+    """64-bit hash of the parts; seeds come from content, never from arrival order."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        if isinstance(part, int):
+            part = part.to_bytes(16, "little", signed=True)  # seeds and 64-bit hashes
+        elif isinstance(part, str):
+            part = part.encode("utf-8")
+        digest.update(part)
+        digest.update(b"\x1f")
+    return int.from_bytes(digest.digest(), "little")
+
+
+def donor_candidates(doc_key: bytes, sentences: Sequence[str], max_chars: int) -> list[tuple[int, int, tuple[str, ...]]]:
+    """(sort key, document hash, sentences) for a run starting at every sentence.
+
+    The Beam job keeps the `pool_size` candidates with the smallest sort key over
+    the whole corpus: a deterministic, uniform-over-sentences sample.
+    """
+    doc = stable_int(doc_key)
+    out = []
+    for i in range(len(sentences)):
+        run, size = [], 0
+        for sentence in sentences[i:]:
+            run.append(sentence)
+            size += len(sentence)
+            if size >= max_chars:
+                break
+        out.append((stable_int(doc_key, i), doc, tuple(run)))
+    return out
+
+
+def _draw_donor(donors: Sequence[Donor], doc: int, rng: random.Random) -> Donor | None:
+    # As BERT: a few tries to find another document (a one-document corpus has none).
+    for _ in range(10):
+        donor = donors[rng.randrange(len(donors))] if donors else None
+        if donor is not None and donor.doc != doc:
+            return donor
+    return None
+
+
+def truncate_pair(len_a: int, len_b: int, max_num_tokens: int, rng: random.Random) -> tuple[int, int, int, int]:
+    """BERT's `truncate_seq_pair` on index ranges: trim the longer side one token at a
+    time, from the front or the back at random. Returns (a_lo, a_hi, b_lo, b_hi)."""
+    a_lo, a_hi, b_lo, b_hi = 0, len_a, 0, len_b
+    while (a_hi - a_lo) + (b_hi - b_lo) > max_num_tokens:
+        if a_hi - a_lo > b_hi - b_lo:
+            if rng.random() < 0.5:
+                a_lo += 1
+            else:
+                a_hi -= 1
+        elif rng.random() < 0.5:
+            b_lo += 1
+        else:
+            b_hi -= 1
+    return a_lo, a_hi, b_lo, b_hi
+
+
+def create_instances(
+    doc: Sentences,
+    doc_hash: int,
+    donors: Sequence[Donor],
+    max_seq_length: int,
+    short_seq_prob: float,
+    cls_id: int,
+    sep_id: int,
+    rng: random.Random,
+) -> tuple[list[Instance], int]:
+    """Instances of one tokenized document; also returns how many chunks had no random B
+    available (a corpus of one document) and were dropped."""
+    max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
+    # Usually fill the sequence; sometimes a shorter one so the model sees short inputs.
+    target = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target = rng.randint(2, max_num_tokens)
+    instances: list[Instance] = []
+    dropped = 0
+    chunk: Sentences = []
+    length, i = 0, 0
+    while i < len(doc):
+        chunk.append(doc[i])
+        length += len(doc[i])
+        if i == len(doc) - 1 or length >= target:
+            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+            tokens_a = np.concatenate(chunk[:a_end])
+            is_random = len(chunk) == 1 or rng.random() < 0.5
+            donor = _draw_donor(donors, doc_hash, rng) if is_random else None
+            if is_random and donor is None:
+                if len(chunk) == 1:
+                    dropped += 1
+                    chunk, length, i = [], 0, i + 1
+                    continue
+                is_random = False
+            if is_random:
+                target_b = max(1, target - len(tokens_a))
+                picked, size = [], 0
+                for sentence in donor.sentences:
+                    picked.append(sentence)
+                    size += len(sentence)
+                    if size >= target_b:
+                        break
+                tokens_b = np.concatenate(picked)
+                # The unused sentences of this chunk go back for the next instance.
+                i -= len(chunk) - a_end
+            else:
+                tokens_b = np.concatenate(chunk[a_end:])
+            a_lo, a_hi, b_lo, b_hi = truncate_pair(len(tokens_a), len(tokens_b), max_num_tokens, rng)
+            a, b = tokens_a[a_lo:a_hi], tokens_b[b_lo:b_hi]
+            tokens = np.concatenate(([cls_id], a, [sep_id], b, [sep_id])).astype(np.int32)
+            instances.append(Instance(tokens, len(a), is_random))
+            chunk, length = [], 0
+        i += 1
+    return instances, dropped
+
+
+def maskable_positions(instance: Instance) -> np.ndarray:
+    """(n,) bool: every token but [CLS] and the two [SEP]s."""
+    keep = np.ones(len(instance.tokens), dtype=bool)
+    keep[[0, instance.len_a + 1, len(instance.tokens) - 1]] = False
+    return keep
+
+
+def segment_ids(instance: Instance, seq_length: int) -> np.ndarray:
+    """(seq,) 0 for [CLS] A [SEP] and padding, 1 for B [SEP]."""
+    out = np.zeros(seq_length, dtype=np.int64)
+    out[instance.len_a + 2 : len(instance.tokens)] = 1
+    return out
+
+
+def pad(values: np.ndarray | Sequence[int], length: int, fill: int = 0) -> np.ndarray:
+    out = np.full(length, fill, dtype=np.int64)
+    out[: len(values)] = values
+    return out

@@ -1,0 +1,260 @@
+"""`bertpipe prepare`: raw documents -> sharded, masked pretraining TFRecords + manifest.
+
+The pipeline, as labelled steps:
+
+    Read -> SplitSentences -> Tokenize -> CreateInstances(donors) -> Mask -> Serialize -> WriteShards
+    ReadForDonors -> SplitForDonors -> DonorCandidates -> DonorSample -> TokenizeDonors  (side input)
+
+Logic lives in pure modules (`sentences`, `instances`, `masking`); the DoFns
+here only wire them. Randomness is seeded per (seed, document content, copy),
+so the same inputs give the same set of records on any number of workers. No
+step holds more than one document and one tokenizer batch per worker (plus
+the fixed-size donor pool), so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import corpus, instances, masking, sentences
+from beam_jobs.shards import SHARDS, WriteShards
+from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
+from bert_keras.tokenizer import load_vocab, special_ids
+from pipeline import schema
+from pipeline.atomic import atomic_directory
+from pipeline.config import DataConfig, PrepareConfig, to_dict
+from pipeline.errors import UserError
+
+COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for the manifest
+DONOR_POOL_SIZE = 20_000  # runs of sentences in the corpus-wide random-B sample (~10 MB of ids)
+
+
+def split_document(text: str) -> tuple[bytes, list[str]]:
+    return corpus.document_key(text), sentences.split_sentences(text)
+
+
+def load_lexicon(path: str, vocab: list[str], lowercase: bool, max_tokens: int) -> tuple[list[tuple[int, ...]], int]:
+    """Wordpiece ids of each lexicon phrase; entries longer than `max_tokens` can never fit
+    in a segment and are dropped and counted. Returns (phrases, too_long)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from bert_keras.tokenizer import make_tokenizer
+
+    try:
+        with FileSystems.open(path) as fh:
+            raw = fh.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError, Exception) as err:  # Beam wraps filesystem errors
+        raise UserError(f"cannot read lexicon file {path} (prepare.lexicon): {err}") from None
+    lines = [ln.strip() for ln in raw.splitlines()]
+    phrases = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not phrases:
+        raise UserError(f"lexicon file {path} (prepare.lexicon) has no entries: one phrase a line")
+    ids = tokenize_texts(make_tokenizer(vocab, lowercase=lowercase), phrases)
+    kept = [tuple(a.tolist()) for a in ids if 0 < a.size <= max_tokens]
+    return kept, sum(1 for a in ids if a.size > max_tokens)
+
+
+class _DonorsFn(beam.DoFn):
+    """The sampled candidates (text) -> [Donor] with wordpiece ids, one tokenizer call."""
+
+    def __init__(self, vocab_file: str, lowercase: bool):
+        self._vocab_file, self._lowercase = vocab_file, lowercase
+
+    def process(self, candidates):
+        from bert_keras.tokenizer import make_tokenizer
+
+        tokenizer = make_tokenizer(load_vocab(self._vocab_file), lowercase=self._lowercase)
+        texts = [s for _, _, run in candidates for s in run]
+        pieces = iter(tokenize_texts(tokenizer, texts))
+        donors = []
+        for _, doc, run in candidates:
+            ids = [a for a in (next(pieces) for _ in run) if a.size]
+            if ids:
+                donors.append(instances.Donor(doc, ids))
+        yield donors
+
+
+class _CreateInstancesFn(beam.DoFn):
+    """(doc key, tokenized sentences) -> (seed, Instance) for every dupe copy."""
+
+    def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int):
+        self._vocab_file, self._prepare, self._seed = vocab_file, prepare, seed
+
+    def setup(self):
+        self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
+
+    def process(self, item, donors):
+        key, doc = item
+        if len(doc) < 2:  # no sentence boundary: no true next segment to learn from
+            Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
+            return
+        doc_hash = instances.stable_int(key)
+        p = self._prepare
+        for copy in range(p.dupe_factor):
+            seed = instances.stable_int(self._seed, key, copy)
+            made, dropped = instances.create_instances(
+                doc, doc_hash, donors, p.max_seq_length, p.short_seq_prob,
+                self._vocab.cls, self._vocab.sep, random.Random(seed),
+            )  # fmt: skip
+            if dropped:
+                Metrics.counter(corpus.SKIPPED, "no_other_document_for_random_next").inc(dropped)
+            for j, inst in enumerate(made):
+                yield instances.stable_int(seed, j), inst
+
+
+class _FeaturesFn(beam.DoFn):
+    """(seed, Instance) -> serialized record; static masks or dynamic word ids.
+
+    Totals for the manifest are summed per bundle and flushed as counters, so
+    the per-record cost is a dict update, not a metrics call.
+    """
+
+    def __init__(self, vocab_file: str, prepare: PrepareConfig, lexicon: list[tuple[int, ...]]):
+        self._vocab_file, self._prepare, self._lexicon = vocab_file, prepare, lexicon
+
+    def setup(self):
+        p = self._prepare
+        v = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
+        self._spec = masking.MaskingSpec(
+            mode=p.masking,
+            masked_lm_prob=p.masked_lm_prob,
+            max_predictions=p.max_predictions_per_seq,
+            mask_id=v.mask,
+            is_suffix=v.is_suffix,
+            replace_ids=v.replace_ids,
+            max_ngram=p.max_ngram,
+            lexicon=masking.lexicon_index(self._lexicon),
+        )
+        self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
+        self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
+
+    def start_bundle(self):
+        self._totals = collections.Counter()
+
+    def process(self, item):
+        seed, inst = item
+        p, seq = self._prepare, self._prepare.max_seq_length
+        n = len(inst.tokens)
+        maskable = instances.maskable_positions(inst)
+        values = {
+            schema.SEGMENT_IDS: instances.segment_ids(inst, seq),
+            schema.PADDING_MASK: instances.pad(np.ones(n, dtype=np.int64), seq),
+            schema.NSP_LABEL: [int(inst.is_random_next)],
+        }
+        t = self._totals
+        t["instances"] += 1
+        t["tokens"] += n
+        t["maskable_tokens"] += int(maskable.sum())
+        t["nsp_random"] += int(inst.is_random_next)
+        if p.dynamic:
+            units = masking.masking_units(inst.tokens, maskable, self._spec)
+            values[schema.TOKEN_IDS] = instances.pad(inst.tokens, seq)
+            values[schema.WORD_IDS] = instances.pad(masking.word_ids(n, units), seq, fill=-1)
+            t["masking_units"] += len(units)
+        else:
+            m = masking.mask_tokens(inst.tokens, maskable, self._spec, random.Random(seed))
+            pred = p.max_predictions_per_seq
+            values[schema.TOKEN_IDS] = instances.pad(m.tokens, seq)
+            values[schema.MASK_POSITIONS] = instances.pad(m.positions, pred)
+            values[schema.MASK_IDS] = instances.pad(m.labels, pred)
+            values[schema.MASK_WEIGHTS] = instances.pad([1] * len(m.positions), pred).astype(np.float32)
+            t["masked_tokens"] += len(m.positions)
+            for kind, name in enumerate(("masked_as_mask", "masked_kept", "masked_random")):
+                t[name] += m.kinds.count(kind)
+        yield schema.serialize(self._kind, values, self._shape)
+
+    def finish_bundle(self):
+        for name, value in self._totals.items():
+            Metrics.counter(COUNTS, name).inc(value)
+
+
+def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir):
+    """Wire the steps onto `pipeline`; returns the PCollection of (shard name, count)."""
+    max_chars = 6 * prepare.max_seq_length  # a donor run long enough for any segment B
+    donors = (
+        pipeline
+        | "ReadForDonors" >> corpus.ReadDocuments(files, data, count=False)
+        | "SplitForDonors" >> beam.Map(split_document)
+        | "DonorCandidates" >> beam.FlatMap(lambda kv: instances.donor_candidates(kv[0], kv[1], max_chars))
+        | "DonorSample" >> beam.combiners.Top.Of(DONOR_POOL_SIZE, key=lambda c: c[0], reverse=True)
+        | "TokenizeDonors" >> beam.ParDo(_DonorsFn(vocab_file, data.lowercase))
+    )
+    return (
+        pipeline
+        | "Read" >> corpus.ReadDocuments(files, data)
+        | "SplitSentences" >> beam.Map(split_document)
+        | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
+        | "CreateInstances"
+        >> beam.ParDo(_CreateInstancesFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors))
+        | "MaskAndSerialize" >> beam.ParDo(_FeaturesFn(vocab_file, prepare, lexicon))
+        | "WriteShards" >> WriteShards(out_dir, prepare.num_shards, prepare.compression)
+    )
+
+
+def _counts(totals: dict[str, int], seq_length: int) -> dict[str, float]:
+    n = totals.get("instances", 0)
+    counts = {k: float(v) for k, v in sorted(totals.items())}
+    counts["padding_fraction"] = 1.0 - totals.get("tokens", 0) / (n * seq_length) if n else 0.0
+    counts["nsp_random_fraction"] = totals.get("nsp_random", 0) / n if n else 0.0
+    if "masked_tokens" in totals:
+        counts["masked_rate"] = totals["masked_tokens"] / max(1, totals.get("maskable_tokens", 0))
+    return counts
+
+
+def prepare_pretraining_data(
+    data: DataConfig,
+    prepare: PrepareConfig,
+    vocab_file: str,
+    out_dir: str,
+    seed: int,
+) -> schema.DataManifest:
+    """Run the prepare job (runner and options from `prepare.beam_args`); returns the manifest.
+
+    The shards and manifest appear in `out_dir` only when the job succeeded:
+    they are written to a temporary sibling directory and renamed into place.
+    """
+    files = corpus.expand_corpus(data.corpus)
+    vocab = load_vocab(vocab_file)
+    special_ids(vocab, f"vocab file {vocab_file}")  # a vocab without [MASK]/[CLS]/[SEP] stops here
+    lexicon: list[tuple[int, ...]] = []
+    skipped_lexicon = 0
+    if prepare.masking == "entity":
+        if not prepare.lexicon:
+            raise UserError("prepare.masking is entity but prepare.lexicon is not set: give a lexicon file")
+        # A phrase longer than a segment could never be masked as one unit.
+        lexicon, skipped_lexicon = load_lexicon(prepare.lexicon, vocab, data.lowercase, prepare.max_seq_length - 3)
+    kind = schema.PRETRAIN_DYNAMIC if prepare.dynamic else schema.PRETRAIN_STATIC
+    with atomic_directory(out_dir) as tmp:
+        pipeline = beam.Pipeline(options=PipelineOptions(list(prepare.beam_args)))
+        build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, tmp)
+        result = pipeline.run()
+        result.wait_until_finish()
+        skipped = corpus.query_counters(result, corpus.SKIPPED)
+        if skipped_lexicon:
+            skipped["lexicon_entry_too_long"] = skipped_lexicon
+        totals = corpus.query_counters(result, COUNTS)
+        totals.update({f"documents_{k}" if k != "documents_read" else k: v
+                       for k, v in corpus.query_counters(result, corpus.NOTED).items()})  # fmt: skip
+        shards = corpus.query_counters(result, SHARDS)
+        manifest = schema.DataManifest(
+            kind=kind,
+            seq_length=prepare.max_seq_length,
+            vocab_file=vocab_file,
+            vocab_sha256=schema.file_sha256(vocab_file),
+            vocab_size=len(vocab),
+            shards=dict(sorted(shards.items())),
+            max_predictions=0 if prepare.dynamic else prepare.max_predictions_per_seq,
+            masking=prepare.masking,
+            compression=prepare.compression,
+            counts=_counts(totals, prepare.max_seq_length),
+            skipped=dict(sorted(skipped.items())),
+            config={"data": to_dict(data), "prepare": to_dict(prepare), "seed": seed, "files": len(files)},
+        )
+        schema.write_manifest(tmp, manifest)
+    return manifest
