@@ -123,7 +123,7 @@ def clean_text(raw: bytes, skip: Skip, note: Skip) -> str | None:
     if not text.strip():
         skip("empty_document")
         return None
-    return text
+    return text.strip()
 
 
 def _text_documents(lines: Iterator[bytes | None], data: DataConfig, skip: Skip, note: Skip) -> Iterator[str]:
