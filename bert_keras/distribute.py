@@ -37,14 +37,15 @@ def tf_config_workers() -> int:
 
 
 def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
+    # Decide TPU / multi-worker before listing devices: listing initializes the
+    # TF context, after which MultiWorkerMirroredStrategy can no longer be made.
     name = cfg.strategy
-    gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if cfg.tpu:
             name = "tpu"
         elif tf_config_workers() > 1:
             name = "multi_worker"
-        elif len(gpus) > 1:
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
             name = "mirrored"
         else:
             name = "default"
@@ -61,7 +62,7 @@ def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         # Without GPUs mirror over the logical CPU devices (tests split the CPU in two).
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     return tf.distribute.get_strategy()
 

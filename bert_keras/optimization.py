@@ -86,7 +86,7 @@ def build_optimizer(cfg: TrainConfig, total_steps: int, variables, *, loss_scale
     `LossScaleOptimizer` (mixed_float16)."""
     schedule = make_schedule(cfg, total_steps)
     kwargs = dict(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
-                  weight_decay=cfg.weight_decay or None)
+                  weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         opt = keras.optimizers.AdamW(**kwargs)
     else:

@@ -126,15 +126,22 @@ class Trainer:
         return grads, loss, metrics
 
     def _replica_step(self, batch):
+        # Embedding gradients arrive as IndexedSlices with repeated indices (a token
+        # or position used twice). Keras' Adam squares the slices' values before
+        # summing duplicates (sum g_i^2, not (sum g_i)^2) and tf.clip_by_global_norm
+        # measures the unsummed values, so both differ from the dense math; dense
+        # gradients are correct, sum in the accumulation loop, and Adam touches
+        # every row of its slots anyway.
         accum = self.settings.accumulation_steps
         compute = self._compute
         if accum == 1:
             grads, loss, metrics = compute(batch)
+            grads = [tf.convert_to_tensor(g) for g in grads]
         else:
             # (accum * batch, ...) -> (accum, batch, ...): one micro-batch per iteration.
             micro = {k: tf.reshape(v, tf.concat([[accum, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
             grads, loss, metrics = compute({k: v[0] for k, v in micro.items()})
-            grads = [tf.convert_to_tensor(g) for g in grads]  # IndexedSlices cannot be summed in a loop
+            grads = [tf.convert_to_tensor(g) for g in grads]
             for i in tf.range(1, accum):
                 g_i, l_i, m_i = compute({k: v[i] for k, v in micro.items()})
                 grads = [g + tf.convert_to_tensor(gi) for g, gi in zip(grads, g_i, strict=False)]

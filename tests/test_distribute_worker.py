@@ -1,0 +1,76 @@
+"""Subprocess entry points of the distribution and resume tests (no tests here).
+
+They run in fresh processes because logical CPU devices and TF_CONFIG must be
+set before TensorFlow initializes, and SIGKILL needs a process to kill.
+
+    python -m tests.test_distribute_worker mirrored DATA OUT
+    python -m tests.test_distribute_worker multi_worker DATA OUT   (TF_CONFIG set)
+    python -m tests.test_distribute_worker pretrain DATA OUT STEPS
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+STEPS = 3
+
+
+def _train(strategy_name: str, data_dir: str, out_dir: str, per_replica: int):
+    import numpy as np
+
+    from bert_keras import data, distribute
+    from pipeline.config import PretrainConfig
+    from tests.test_trainer import make_trainer
+
+    cfg = PretrainConfig(batch_size=per_replica, steps=STEPS, learning_rate=1e-3, warmup_steps=1, log_every=1,
+                         checkpoint_every=100, clip_norm=0.5, strategy=strategy_name, precision="float32")
+    strategy = distribute.choose_strategy(cfg)
+    manifest = data.open_manifest(data_dir)
+
+    def dataset_fn(ctx):
+        return data.make_dataset(data_dir, manifest, which="all", batch_size=ctx.get_per_replica_batch_size(8),
+                                 training=False, deterministic=True, drop_remainder=True, input_context=ctx).repeat()
+
+    trainer = make_trainer(out_dir, cfg, strategy=strategy)
+    result = trainer.fit(dataset_fn, STEPS, rows_per_step=8)
+    trainer.close()
+    weights = [v.numpy() for v in trainer.model.trainable_variables]
+    return strategy.num_replicas_in_sync, [h["loss"] for h in result.history], weights, np
+
+
+def main(argv: list[str]) -> None:
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    mode, data_dir, out_dir = argv[:3]
+    import tensorflow as tf
+
+    if mode == "mirrored":
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        results = {}
+        for name, per_replica in (("mirrored", 4), ("default", 8)):  # same global batch of 8
+            replicas, losses, weights, np = _train(name, data_dir, os.path.join(out_dir, name), per_replica)
+            np.savez(os.path.join(out_dir, f"{name}.npz"), *weights)
+            results[name] = {"replicas": replicas, "losses": losses}
+        print("RESULT " + json.dumps(results), flush=True)
+    elif mode == "multi_worker":
+        task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        replicas, losses, weights, np = _train("auto", data_dir, out_dir, 4)
+        np.savez(os.path.join(out_dir, f"worker{task}.npz"), *weights)
+        print("RESULT " + json.dumps({"replicas": replicas, "losses": losses}), flush=True)
+    elif mode == "pretrain":
+        from bert_keras.pretrain import run_pretraining
+        from pipeline.config import PretrainConfig
+        from tests.test_trainer import TINY
+
+        cfg = PretrainConfig(batch_size=8, steps=int(argv[3]), log_every=1, checkpoint_every=5, keep_checkpoints=2,
+                             eval_steps=1, eval_batch_size=4, precision="float32", learning_rate=1e-3)
+        result = run_pretraining(TINY, cfg, data_dir, out_dir, vocab_size=30522, seed=0)
+        print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
