@@ -23,7 +23,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import corpus, instances, masking, sentences
-from beam_jobs.shards import SHARDS, WriteShards
+from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import load_vocab, special_ids
 from pipeline import schema
@@ -109,7 +109,7 @@ class _CreateInstancesFn(beam.DoFn):
 
 
 class _FeaturesFn(beam.DoFn):
-    """(seed, Instance) -> serialized record; static masks or dynamic word ids.
+    """(seed, Instance) -> (seed, serialized record); static masks or dynamic word ids.
 
     Totals for the manifest are summed per bundle and flushed as counters, so
     the per-record cost is a dict update, not a metrics call.
@@ -167,7 +167,7 @@ class _FeaturesFn(beam.DoFn):
             t["masked_tokens"] += len(m.positions)
             for kind, name in enumerate(("masked_as_mask", "masked_kept", "masked_random")):
                 t[name] += m.kinds.count(kind)
-        yield schema.serialize(self._kind, values, self._shape)
+        yield seed, schema.serialize(self._kind, values, self._shape)
 
     def finish_bundle(self):
         for name, value in self._totals.items():
@@ -235,6 +235,7 @@ def prepare_pretraining_data(
         build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, tmp)
         result = pipeline.run()
         result.wait_until_finish()
+        remove_parts_dir(tmp)
         skipped = corpus.query_counters(result, corpus.SKIPPED)
         if skipped_lexicon:
             skipped["lexicon_entry_too_long"] = skipped_lexicon

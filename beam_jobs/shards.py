@@ -6,8 +6,8 @@ whole input in memory: the job's memory would grow with the corpus. Here each
 bundle streams its records into per-shard part files, only the part *names*
 go through the GroupByKey, and one task per shard concatenates its parts into
 the final file (TFRecord files concatenate record by record; GZIP is applied
-while concatenating). Which shard a record lands in is a hash of its bytes, so
-the set of records per shard does not depend on the number of workers.
+while concatenating). Which shard a record lands in is a content hash given with
+it, so the set of records per shard does not depend on the number of workers.
 Counts per shard reach the manifest through metrics counters.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import uuid
-import zlib
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -33,8 +32,10 @@ def shard_name(index: int, num_shards: int, compression: str) -> str:
     return f"data-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-def shard_of(record: bytes, num_shards: int) -> int:
-    return zlib.crc32(record) % num_shards
+def shard_of(key: int, num_shards: int) -> int:
+    # The key is a content hash from the caller (not the record bytes: protobuf map
+    # fields serialize in an order that may differ between processes).
+    return key % num_shards
 
 
 class _WritePartsFn(beam.DoFn):
@@ -46,12 +47,13 @@ class _WritePartsFn(beam.DoFn):
     def start_bundle(self):
         self._files: dict[int, list] = {}  # shard -> [part path, file, records]
 
-    def process(self, record: bytes):
+    def process(self, item: tuple[int, bytes]):
         # Beam's TFRecord framing (length, masked crc32c, data, masked crc32c); private
         # helper, but it is exactly the format tf.data reads and saves re-implementing it.
         from apache_beam.io.tfrecordio import _TFRecordUtil
 
-        shard = shard_of(record, self._n)
+        key, record = item
+        shard = shard_of(key, self._n)
         if shard not in self._files:
             path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
             self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
@@ -95,7 +97,7 @@ class _ConcatShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """PCollection[bytes] of serialized records -> `num_shards` TFRecord files in `out_dir`."""
+    """PCollection[(content hash, serialized record)] -> `num_shards` TFRecord files in `out_dir`."""
 
     def __init__(self, out_dir: str, num_shards: int, compression: str = "none"):
         super().__init__()
@@ -112,3 +114,10 @@ class WriteShards(beam.PTransform):
             | "GroupByShard" >> beam.GroupByKey()
             | "ConcatShards" >> beam.ParDo(_ConcatShardFn(self._dir, self._n, self._compression))
         )
+
+
+def remove_parts_dir(out_dir: str) -> None:
+    """Drop the (by then empty) part-file directory once the pipeline finished."""
+    parts_dir = FileSystems.join(out_dir, ".parts")
+    if FileSystems.exists(parts_dir):
+        FileSystems.delete([parts_dir])
