@@ -1,0 +1,213 @@
+"""The fine-tuning stage: train a task (`task_training.py`), report, export, track.
+
+`run_finetune` is what `bertpipe finetune` calls after the task's data job
+(`beam_jobs.finetune_data.prepare_task_data`). It trains from the given
+starting weights; with `compare_random_init` it trains a second model from
+random init with the same settings, so the summary shows what pretraining
+bought. The main model is written as reports under `<out_dir>/reports/`, a
+raw-text SavedModel (`bert_keras.export.export_task`) under
+`<out_dir>/saved_model/`, and, given a `pipeline.tracking.Tracker`, logged to
+the active MLflow run and registered as a pyfunc model under
+`task.register_name` (a new version each run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bert_keras import reports
+from bert_keras.task_training import train_task
+from pipeline.atomic import atomic_write_text
+from pipeline.config import ModelConfig, TaskConfig, to_dict
+
+INPUT_COLUMNS = {"classification": ("text",), "pair": ("text_a", "text_b"), "qa": ("question", "context"),
+                 "long_document": ("text",)}
+
+
+def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, lowercase: bool,
+                 data_dirs: dict[str, str], init: str | None, out_dir: str, seed: int, tracker=None,
+                 log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune task `name`; returns final eval metrics, paths, and a one-line "summary".
+
+    `data_dirs`: {"train": dir, "eval": dir} written by `prepare_task_data`.
+    `init`: the pretrained encoder weights file (`encoder.weights.h5` from
+    `run_pretraining`, or its directory), "hf:DIR" / "google:DIR", or None /
+    "random" for random init.
+    """
+    start = time.perf_counter()
+
+    def forward(prefix: str):
+        if tracker is None:
+            return None
+        return lambda step, metrics: tracker.metrics(
+            {f"{prefix}{k}": v for k, v in metrics.items() if k != "step"}, step=step)
+
+    log_fn(f"fine-tuning {name} ({task.type}) from {init or 'random init'}")
+    main = train_task(task, model_cfg, vocab_file, data_dirs, init, os.path.join(out_dir, "model"), seed,
+                      forward(""), log_fn)
+    report_paths = write_reports(main, task, os.path.join(out_dir, "reports"))
+    model_weights = os.path.join(out_dir, "task_model.weights.h5")
+    main["model"].save_weights(model_weights)
+    saved_model = export(main, task, vocab_file, lowercase, os.path.join(out_dir, "saved_model"))
+
+    random_init = None
+    if task.compare_random_init and init not in (None, "", "random"):
+        log_fn(f"fine-tuning {name} again from random init (compare_random_init)")
+        random_init = train_task(task, model_cfg, vocab_file, data_dirs, None, os.path.join(out_dir, "random_init"),
+                                 seed, forward("random_init."), log_fn)
+
+    result: dict[str, Any] = {
+        "task": name, "type": task.type, "init": init or "random",
+        "metrics": main["eval"].metrics, "details": _jsonable_details(main["eval"].details),
+        "best_step": main["best_step"], "final_step": main["final_step"], "stopped_early": main["stopped_early"],
+        "train_seconds": round(main["train_seconds"], 2), "global_batch_size": main["global_batch_size"],
+        "precision": main["precision"], "strategy": main["strategy"], "starting_weights": main["starting_weights"],
+        "train_records": main["train_records"], "eval_records": main["eval_records"], "skipped": main["skipped"],
+        "class_weights": main["class_weights"], "labels": main["labels"],
+        "paths": {"saved_model": saved_model, "task_weights": model_weights, "reports": report_paths,
+                  "checkpoints": os.path.join(out_dir, "model", "checkpoints")},
+    }
+    if random_init is not None:
+        result["random_init"] = {"metrics": random_init["eval"].metrics, "best_step": random_init["best_step"],
+                                 "train_seconds": round(random_init["train_seconds"], 2)}
+    result["summary"] = summary_line(task.type, result["metrics"],
+                                     random_init["eval"].metrics if random_init is not None else None)
+    result["wall_seconds"] = round(time.perf_counter() - start, 2)
+    if tracker is not None:
+        result["registered_model"] = _track(tracker, task, result, report_paths, saved_model, main)
+    atomic_write_text(os.path.join(out_dir, "finetune_result.json"), json.dumps(result, indent=2, default=str) + "\n")
+    log_fn(f"{name}: {result['summary']}")
+    return result
+
+
+def headline(task_type: str, metrics: dict) -> list[tuple[str, float]]:
+    if task_type == "qa":
+        return [("EM", metrics["exact_match"]), ("F1", metrics["f1"])]
+    return [("accuracy", 100 * metrics["accuracy"]), ("macro F1", 100 * metrics["macro_f1"])]
+
+
+def summary_line(task_type: str, metrics: dict, random_metrics: dict | None = None) -> str:
+    """e.g. "accuracy 84.46%, macro F1 84.40% (random init: accuracy 70.12%)"."""
+    first = headline(task_type, metrics)
+    line = ", ".join(f"{k} {v:.2f}%" for k, v in first)
+    if random_metrics is not None:
+        key, value = headline(task_type, random_metrics)[0]
+        line += f" (random init: {key} {value:.2f}%)"
+    return line
+
+
+def _jsonable_details(details: dict) -> dict:
+    return {k: v for k, v in details.items() if k not in ("predictions", "contexts")}
+
+
+# ---- reports ---------------------------------------------------------------------------
+def write_reports(run: dict, task: TaskConfig, directory: str) -> dict[str, str]:
+    os.makedirs(directory, exist_ok=True)
+    ev = run["eval"]
+    paths: dict[str, str] = {}
+    if task.type != "qa":
+        paths["confusion_matrix"] = reports.save_confusion_matrix(
+            ev.details["confusion_matrix"], run["labels"], os.path.join(directory, "confusion_matrix.png"))
+        paths["per_class_json"], paths["per_class_csv"] = reports.write_per_class(ev.details["per_class"], directory)
+        keys = ("accuracy", "macro_f1")
+    else:
+        keys = ("exact_match", "f1")
+        scale = [{**r, **{k: r[k] / 100 for k in keys if k in r}} for r in run["evals"]]  # percent -> 0..1, one axis
+        run = {**run, "evals": scale}
+    curves = reports.save_learning_curves(run["history"], run["evals"], os.path.join(directory, "learning_curves.png"),
+                                          keys)
+    if curves:
+        paths["learning_curves"] = curves
+    rows = _with_source_text(ev.rows, task)
+    paths["predictions_sample"] = reports.write_predictions_sample(rows, os.path.join(directory, "predictions_sample.jsonl"))
+    metrics_path = os.path.join(directory, "eval_metrics.json")
+    atomic_write_text(metrics_path, json.dumps(ev.metrics, indent=2) + "\n")
+    paths["eval_metrics"] = metrics_path
+    return paths
+
+
+def _source_rows(task: TaskConfig, wanted: set[int]) -> dict[int, dict]:
+    """Raw rows by EXAMPLE_ID: the data job numbers rows over train_file then eval_file."""
+    from beam_jobs.finetune_data import read_rows
+
+    found: dict[int, dict] = {}
+    index = 0
+    for path in [task.train_file] + ([task.eval_file] if task.eval_file else []):
+        for row in read_rows(path, task):
+            if index in wanted:
+                found[index] = row
+            index += 1
+    return found
+
+
+def _with_source_text(rows: list[dict], task: TaskConfig) -> list[dict]:
+    """Replace wordpiece text by the original text where the source file is at hand."""
+    if task.type == "qa" or not rows:
+        return rows
+    try:
+        source = _source_rows(task, {r["example_id"] for r in rows})
+    except Exception:  # the source moved or changed: the wordpiece text is still there
+        return rows
+    out = []
+    for r in rows:
+        raw = source.get(r["example_id"])
+        if raw is not None:
+            r = {**r, "text": raw.get(task.text_field, r["text"])}
+            if task.type == "pair":
+                r["text_b"] = raw.get(task.text_b_field)
+        out.append(r)
+    return out
+
+
+# ---- export and tracking -------------------------------------------------------------------
+def export(run: dict, task: TaskConfig, vocab_file: str, lowercase: bool, out_dir: str) -> str:
+    from bert_keras.export import export_task
+
+    options: dict[str, Any] = {}
+    if task.type == "qa":
+        options = {"doc_stride": task.doc_stride, "max_query_length": task.max_query_length,
+                   "allow_no_answer": run["allow_null"]}
+    elif task.type == "long_document":
+        options = {"doc_stride": task.doc_stride, "max_chunks": task.max_chunks}
+    return export_task(run["model"], task.type, vocab_file, lowercase, run["labels"], task.max_seq_length, out_dir,
+                       extra_assets={"task_config.json": to_dict(task)}, **options)
+
+
+def input_example(run: dict, task: TaskConfig):
+    """Two real eval inputs as a DataFrame with the serving signature's columns."""
+    import pandas as pd
+
+    rows = run["eval"].rows[:2]
+    if task.type == "qa":
+        examples = {r["id"]: r for r in rows}
+        return pd.DataFrame({"question": [r["question"] for r in examples.values()],
+                             "context": [_qa_context(run, r["id"]) for r in examples.values()]})
+    rows = _with_source_text(rows, task)
+    if task.type == "pair":
+        return pd.DataFrame({"text_a": [r["text"] for r in rows], "text_b": [r.get("text_b") or "" for r in rows]})
+    return pd.DataFrame({"text": [r["text"] for r in rows]})
+
+
+def _qa_context(run: dict, qid: str) -> str:
+    return run["eval"].details["contexts"][qid]
+
+
+def _track(tracker, task: TaskConfig, result: dict, report_paths: dict, saved_model: str, run: dict):
+    tracker.metrics({f"final_{k}": v for k, v in result["metrics"].items()}, step=result["final_step"])
+    if "random_init" in result:
+        tracker.metrics({f"random_init.final_{k}": v for k, v in result["random_init"]["metrics"].items()})
+    for path in report_paths.values():
+        tracker.artifact(path, "reports")
+    tracker.dict_artifact({k: v for k, v in result.items() if k != "paths"}, "finetune_result.json")
+    tracker.tags({"bertpipe.task_type": task.type, "bertpipe.summary": result["summary"]})
+    from pipeline.mlflow_model import SavedModelPyfunc
+
+    example = input_example(run, task)
+    wrapper = SavedModelPyfunc()
+    wrapper.load_context(type("Context", (), {"artifacts": {"saved_model": saved_model}})())
+    output = wrapper.predict(None, example)
+    return tracker.saved_model(saved_model, "model", task.register_name, example, output)
