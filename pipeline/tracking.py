@@ -162,6 +162,35 @@ class Tracker:
     def dict_artifact(self, data: dict[str, Any], name: str) -> None:
         self._safely(f"artifact {name}", lambda: self.mlflow.log_dict(data, name))
 
+    def saved_model(self, saved_model_dir: str, name: str, registered_name: str | None, input_example: Any,
+                    output_example: Any) -> dict[str, Any] | None:
+        """Log an exported raw-text SavedModel as a pyfunc model (`pipeline.mlflow_model`)
+        with a signature inferred from the examples; register it under `registered_name`
+        (a new version each call). Returns {"model_uri", "registered_name", "version"} or None."""
+
+        def log() -> dict[str, Any]:
+            from mlflow.models import infer_signature
+
+            import pipeline.mlflow_model as wrapper
+
+            versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
+            info = self.mlflow.pyfunc.log_model(
+                name=name,
+                python_model=wrapper.SavedModelPyfunc(),
+                artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
+                # The wrapper's package travels with the model, so serving needs no bertpipe install.
+                code_paths=[os.path.dirname(wrapper.__file__)],
+                signature=infer_signature(input_example, output_example),
+                input_example=input_example,
+                registered_model_name=registered_name,
+                # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
+                pip_requirements=[f"{p}=={v}" for p, v in versions.items()] + ["pandas"],
+            )
+            return {"model_uri": info.model_uri, "registered_name": registered_name,
+                    "version": getattr(info, "registered_model_version", None)}
+
+        return self._safely(f"model {name}", log)
+
     def summary(self) -> str | None:
         """One line on what was not logged, or None when everything was."""
         if not self.failures:
