@@ -74,7 +74,7 @@ def test_multi_worker_mirrored_two_processes_end_with_same_weights(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     results = [_result(out) for out, _ in outs]
     assert [r["replicas"] for r in results] == [2, 2]
