@@ -68,9 +68,10 @@ class ParseLine(beam.DoFn):
         self._input_names = list(input_names)
         self._invalid = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "invalid_lines")
 
-    def process(self, line: str):
+    def process(self, raw: bytes):
         from bert_keras.predict import PASS_THROUGH, fields_of
 
+        line = raw.decode("utf-8", errors="replace")  # invalid bytes -> U+FFFD, as bertpipe predict
         if not line.strip():
             return
         try:
@@ -92,7 +93,8 @@ def format_result(keyed: tuple[str, PredictionResult]) -> str:
 def build_pipeline(p, model_dir: str, input_names: Sequence[str], input_pattern: str, output_prefix: str, **batching):
     parsed = (
         p
-        | "Read" >> beam.io.ReadFromText(input_pattern)
+        # Bytes, decoded in ParseLine: the default UTF-8 coder fails the whole job on one bad byte.
+        | "Read" >> beam.io.ReadFromText(input_pattern, coder=beam.coders.BytesCoder())
         | "Parse" >> beam.ParDo(ParseLine(input_names)).with_outputs(INVALID, main="valid")
     )
     handler = KeyedModelHandler(SignatureModelHandler(model_dir, input_names, **batching))

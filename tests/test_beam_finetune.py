@@ -1,0 +1,122 @@
+"""Fine-tuning data for every task type on the shipped samples."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from beam_jobs.finetune_data import prepare_task_data
+from beam_jobs.finetune_examples import EXAMPLES_NAME
+from pipeline import schema
+from pipeline.config import TaskConfig
+from pipeline.errors import UserError
+from tests.conftest import DATA
+
+VOCAB = os.path.join(DATA, "vocab/bert-base-uncased-vocab.txt")
+
+
+def _read(directory):
+    import tensorflow as tf
+
+    m = schema.read_manifest(directory)
+    raw = list(tf.data.TFRecordDataset(schema.shard_paths(directory, m)).batch(100_000).take(1))
+    if not raw:
+        return m, {}
+    parsed = tf.io.parse_example(raw[0], schema.parse_spec(m.kind, m.shapes()))
+    return m, {k: v.numpy() for k, v in parsed.items()}
+
+
+def test_classification_from_jsonl_with_eval_file(tmp_path):
+    task = TaskConfig(
+        type="classification", train_file=os.path.join(DATA, "reviews/train.jsonl"),
+        eval_file=os.path.join(DATA, "reviews/test.jsonl"), max_seq_length=32,
+    )  # fmt: skip
+    out = tmp_path / "sent"
+    manifests = prepare_task_data(task, VOCAB, True, str(out), 0, [])
+    assert set(manifests) == {"train", "eval"}
+    m, f = _read(str(out / "train"))
+    assert m.labels == ["negative", "positive"] and m.num_records == len(f[schema.LABEL]) == 8457
+    assert m.counts["truncated"] > 0  # max 32 tokens trims some reviews
+    assert set(np.unique(f[schema.LABEL])) == {0, 1}
+    assert (f[schema.TOKEN_IDS][:, 0] == 101).all() and (f[schema.SEGMENT_IDS] == 0).all()
+    n = f[schema.PADDING_MASK].sum(1)
+    assert (f[schema.TOKEN_IDS][np.arange(len(n)), n - 1] == 102).all()
+    first = json.loads(open(os.path.join(DATA, "reviews/train.jsonl")).readline())
+    assert f[schema.LABEL][f[schema.EXAMPLE_ID][:, 0] == 0][0, 0] == m.labels.index(first["label"])
+    assert _read(str(out / "eval"))[0].num_records == 2111
+
+
+def test_pair_and_split_field_keeps_groups_together(tmp_path):
+    task = TaskConfig(type="pair", train_file=os.path.join(DATA, "snli/snli_sample.jsonl"), eval_fraction=0.5)
+    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "snli"), 0, [])
+    assert sum(m.num_records for m in manifests.values()) == 3
+    m, f = _read(str(tmp_path / "snli" / manifests["train"].config["split"]))
+    assert m.labels == ["contradiction", "entailment", "neutral"]
+    if f:
+        assert (f[schema.SEGMENT_IDS].max(1) == 1).all()  # text_b is segment 1
+    # Grouped split: rows of one speech never straddle train and eval.
+    task = TaskConfig(
+        type="long_document", train_file=os.path.join(DATA, "sotu/paragraphs.jsonl"), label_field="party",
+        split_field="speech", max_seq_length=32, doc_stride=16, max_chunks=3, eval_fraction=0.3,
+    )  # fmt: skip
+    prepare_task_data(task, VOCAB, True, str(tmp_path / "long"), 0, [])
+    rows = [json.loads(line) for line in open(os.path.join(DATA, "sotu/paragraphs.jsonl"))]
+    (mt, ft), (_, fe) = _read(str(tmp_path / "long/train")), _read(str(tmp_path / "long/eval"))
+    speeches = lambda f: {rows[i]["speech"] for i in f[schema.EXAMPLE_ID][:, 0]}  # noqa: E731
+    assert speeches(ft) and speeches(fe) and not speeches(ft) & speeches(fe)
+    assert ft[schema.TOKEN_IDS].shape[1:] == (3, 32)
+    chunks = ft[schema.CHUNK_MASK]
+    assert (chunks[:, 0] == 1).all() and chunks.sum() == mt.counts["chunks"]
+    assert ((ft[schema.PADDING_MASK].max(2) == 1) == (chunks == 1)).all()
+
+
+def test_qa_offsets_map_back_to_answer_text(tmp_path):
+    task = TaskConfig(
+        type="qa", train_file=os.path.join(DATA, "squad/squad_sample.json"), eval_file=os.path.join(DATA, "squad/squad_sample.json"),
+        max_seq_length=64, doc_stride=24, max_query_length=16,
+    )  # fmt: skip
+    prepare_task_data(task, VOCAB, True, str(tmp_path / "qa"), 0, [])
+    m, f = _read(str(tmp_path / "qa/train"))
+    examples = {e["example_id"]: e for e in map(json.loads, open(tmp_path / "qa/train" / EXAMPLES_NAME))}
+    assert len(examples) == 5 and m.num_records > 5  # long contexts need several windows
+    found = set()
+    for row in range(m.num_records):
+        ex = examples[int(f[schema.EXAMPLE_ID][row, 0])]
+        s, e = int(f[schema.START_POSITION][row, 0]), int(f[schema.END_POSITION][row, 0])
+        starts, ends = f[schema.TOKEN_CHAR_STARTS][row], f[schema.TOKEN_CHAR_ENDS][row]
+        ctx = f[schema.SEGMENT_IDS][row] == 1
+        assert (starts[~ctx] == -1).all()
+        if s:
+            found.add(ex["example_id"])
+            assert ex["context"][starts[s] : ends[e]] == ex["answers"][0]["text"]  # exact characters
+    assert found == set(examples)  # every answer is inside at least one window
+    # Each context token is the max-context token of exactly one window.
+    for ex_id in examples:
+        rows = np.flatnonzero(f[schema.EXAMPLE_ID][:, 0] == ex_id)
+        pos = np.concatenate([f[schema.TOKEN_CHAR_STARTS][r][f[schema.TOKEN_IS_MAX_CONTEXT][r] == 1] for r in rows])
+        all_pos = np.unique(np.concatenate([f[schema.TOKEN_CHAR_STARTS][r][f[schema.SEGMENT_IDS][r] == 1] for r in rows]))
+        assert sorted(pos.tolist()) == sorted(set(all_pos.tolist()) - {-1})
+
+
+def test_bad_rows_are_counted_or_one_line_errors(tmp_path):
+    f = tmp_path / "t.jsonl"
+    f.write_text(
+        '{"text": "good movie", "label": "pos"}\n{"text": "", "label": "neg"}\n'
+        '{"text": "odd", "label": "maybe"}\n{"text": "bad movie", "label": "neg"}\n'
+    )
+    task = TaskConfig(type="classification", train_file=str(f), eval_file=str(f), labels=["neg", "pos"])
+    m = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])["train"]
+    assert m.skipped == {"empty_or_missing_text": 1, "label_not_in_label_set": 1} and m.num_records == 2
+    with pytest.raises(UserError, match="no column 'sentence'"):
+        prepare_task_data(task.model_copy(update={"text_field": "sentence"}), VOCAB, True, str(tmp_path / "o2"), 0, [])
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "pos"}\n')
+    with pytest.raises(UserError, match="at least two classes"):
+        prepare_task_data(task.model_copy(update={"train_file": str(one)}), VOCAB, True, str(tmp_path / "o3"), 0, [])
+    squad = json.load(open(os.path.join(DATA, "squad/squad_sample.json")))
+    squad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3
+    bad = tmp_path / "squad.json"
+    bad.write_text(json.dumps(squad))
+    qa = TaskConfig(type="qa", train_file=str(bad), eval_file=str(bad), max_seq_length=64, doc_stride=24, max_query_length=16)
+    assert prepare_task_data(qa, VOCAB, True, str(tmp_path / "q"), 0, [])["train"].skipped == {"answer_text_not_at_answer_start": 1}
