@@ -73,8 +73,10 @@ def _pretrain(cfg: Config):
         from bert_keras.pretrain import run_pretraining
 
         vocab_size = cfg.model.vocab_size or ctx.upstream["vocab"]["outputs"]["vocab_size"]
-        on_log = ctx.tracker.metrics if ctx.tracker is not None else None
-        return run_pretraining(
+        on_log = None
+        if ctx.tracker is not None:
+            on_log = lambda step, metrics: ctx.tracker.metrics(metrics, step=step)  # noqa: E731
+        result = run_pretraining(
             cfg.model,
             cfg.pretrain,
             ctx.upstream["prepare"]["outputs"]["data_dir"],
@@ -83,6 +85,18 @@ def _pretrain(cfg: Config):
             cfg.run.seed,
             on_log=on_log,
         )
+        acc = result.get("eval_mlm_accuracy", result.get("mlm_accuracy"))
+        speed = result.get("train_sequences_per_second")
+        result["summary"] = " ".join(
+            part
+            for part in (
+                f"step {result.get('step')}",
+                f"held-out MLM accuracy {acc:.3f}" if acc is not None else "",
+                f"{speed:.1f} seq/s" if speed else "",
+            )
+            if part
+        )
+        return result
 
     section = {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed}
     inputs = [cfg.model.init_from.split(":", 1)[1]] if cfg.model.init_from and ":" in cfg.model.init_from else []
@@ -93,7 +107,7 @@ def _pretrain(cfg: Config):
         inputs=inputs,
         upstream=["vocab", "prepare"],
         resumable=True,
-        artifacts=lambda out: [p for p in (out.get("curves_png"), out.get("encoder_weights")) if p],
+        artifacts=lambda out: [p for p in (out.get("loss_curves"), out.get("encoder_weights")) if p],
     )
 
 

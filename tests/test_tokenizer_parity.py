@@ -1,4 +1,4 @@
-"""bert_keras.tokenizer's reference-normalized FastBertTokenizer splits text exactly as Hugging Face's BertTokenizer.
+"""bert_keras.tokenizer (BERT normalization + FastBertTokenizer) splits text exactly as Hugging Face's BertTokenizer.
 
 Every sentence of the shipped State of the Union sample, with the real
 all-MiniLM-L6-v2 vocab (Google's bert-base-uncased vocab). Local files only.
@@ -8,9 +8,11 @@ import os
 import re
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_text as tf_text
 import transformers
 
-from bert_keras.tokenizer import load_vocab, make_reference_tokenizer, make_tokenizer
+from bert_keras.tokenizer import load_vocab, make_tokenizer
 
 
 def _sentences(data_dir):
@@ -31,13 +33,14 @@ def test_fast_bert_tokenizer_ids_equal_transformers_on_every_sentence(data_dir):
     assert len(sentences) > 5000
 
     vocab = load_vocab(os.path.join(model_dir, "vocab.txt"))
-    ours_ids = make_reference_tokenizer(vocab).tokenize(sentences).to_list()
+    ours_ids = make_tokenizer(vocab).tokenize(sentences).to_list()
     hf = transformers.BertTokenizer.from_pretrained(model_dir, local_files_only=True)
     hf_ids = hf(sentences, add_special_tokens=False)["input_ids"]
 
-    # The plain FastBertTokenizer folds compatibility characters ("½" -> "1⁄2");
-    # prove the difference is real and confined to such sentences.
-    plain_ids = make_tokenizer(vocab, lowercase=True).tokenize(sentences).to_list()
+    # FastBertTokenizer's own lower_case_nfd_strip_accents folds compatibility characters
+    # ("½" -> "1⁄2"); prove the difference is real and confined to such sentences.
+    plain = tf_text.FastBertTokenizer(vocab=vocab, token_out_type=tf.int64, lower_case_nfd_strip_accents=True)
+    plain_ids = plain.tokenize(sentences).to_list()
     plain_diff = [i for i, (a, b) in enumerate(zip(plain_ids, hf_ids, strict=True)) if a != b]
     assert 0 < len(plain_diff) < 20 and any("½" in sentences[i] for i in plain_diff)
 
