@@ -1,0 +1,129 @@
+"""Pretraining step throughput: bertpipe vs keras-hub BertMaskedLM, one run.
+
+Same dimensions, batch and optimizer on both sides (4 layers, hidden 256,
+4 heads, intermediate 1024, seq 128, batch 32, vocab 30,522, AdamW, 20
+predictions), synthetic fixed-length batch, fp32 and mixed bf16. Prints
+sequences/s, the ratio, and achieved FLOP/s against a 2048^3 matmul measured in
+the same process (the ceiling).
+
+    KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_pretrain.py [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from pipeline import schema  # noqa: E402
+from pipeline.config import ModelConfig, PretrainConfig  # noqa: E402
+
+V, L, H, A, FF, S, B, P = 30522, 4, 256, 4, 1024, 128, 32, 20
+
+
+def train_flops_per_sequence() -> float:
+    """Matmul FLOPs of one training sequence (forward x 3 for forward + backward)."""
+    per_token_layer = 2 * (4 * H * H + 2 * H * FF) + 2 * 2 * S * H  # projections + FFN + QK^T and AV
+    mlm = P * 2 * (H * H + H * V)  # transform + tied output projection, masked positions only
+    return 3 * (L * S * per_token_layer + mlm + 2 * H * H)  # + pooler
+
+
+def matmul_rate(dtype) -> float:
+    a = tf.random.normal([2048, 2048], dtype=tf.float32)
+    a = tf.cast(a, dtype)
+
+    @tf.function
+    def run(x):
+        for _ in range(4):
+            x = tf.matmul(x, a)
+        return x
+
+    run(a).numpy()
+    t = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        run(a).numpy()
+    return reps * 4 * 2 * 2048**3 / (time.perf_counter() - t)
+
+
+def synthetic_batch(rng):
+    tokens = rng.integers(1000, V, size=(B, S)).astype(np.int32)
+    tokens[:, 0] = 101
+    pos = np.sort(np.stack([rng.choice(np.arange(1, S), P, replace=False) for _ in range(B)]), axis=1).astype(np.int32)
+    return {schema.TOKEN_IDS: tokens, schema.SEGMENT_IDS: np.zeros((B, S), np.int32),
+            schema.PADDING_MASK: np.ones((B, S), np.int32), schema.MASK_POSITIONS: pos,
+            schema.MASK_IDS: np.take_along_axis(tokens, pos, 1), schema.MASK_WEIGHTS: np.ones((B, P), np.float32),
+            schema.NSP_LABEL: rng.integers(0, 2, size=(B, 1)).astype(np.int32)}
+
+
+def bertpipe_rate(policy: str, batch, steps: int, jit: bool = False) -> float:
+    from bert_keras.encoder import build_encoder
+    from bert_keras.optimization import build_optimizer
+    from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
+    from bert_keras.trainer import LoopSettings, Trainer
+
+    keras.mixed_precision.set_global_policy(policy)
+    cfg = PretrainConfig(batch_size=B, steps=1000, jit_compile=jit, log_every=1000, checkpoint_every=100000)
+    model = BertPretrainingModel(build_encoder(ModelConfig(hidden_size=H, num_layers=L, num_heads=A,
+                                                           intermediate_size=FF, max_position_embeddings=512), V))
+    opt = build_optimizer(cfg, cfg.steps, model.trainable_variables)
+    out = tempfile.mkdtemp()
+    trainer = Trainer(model, pretraining_loss, opt, tf.distribute.get_strategy(), out, LoopSettings.from_config(cfg),
+                      log_fn=lambda s: None)
+    ds = tf.data.Dataset.from_tensors(batch).repeat()
+    trainer.fit(ds, 2, rows_per_step=B)  # trace + warm up
+    result = trainer.fit(ds, 2 + steps, rows_per_step=B)
+    return result.sequences_per_second
+
+
+def keras_hub_rate(policy: str, batch, steps: int) -> float:
+    import keras_hub
+
+    keras.mixed_precision.set_global_policy(policy)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=V, num_layers=L, num_heads=A, hidden_dim=H,
+                                             intermediate_dim=FF, max_sequence_length=512)
+    model = keras_hub.models.BertMaskedLM(backbone, preprocessor=None)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), weighted_metrics=["accuracy"])
+    x = {"token_ids": batch[schema.TOKEN_IDS], "segment_ids": batch[schema.SEGMENT_IDS],
+         "padding_mask": batch[schema.PADDING_MASK], "mask_positions": batch[schema.MASK_POSITIONS]}
+    ds = tf.data.Dataset.from_tensors((x, batch[schema.MASK_IDS], batch[schema.MASK_WEIGHTS])).repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)
+    t = time.perf_counter()
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * B / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--jit", action="store_true", help="also time bertpipe with XLA")
+    args = parser.parse_args()
+    batch = synthetic_batch(np.random.default_rng(0))
+    flops = train_flops_per_sequence()
+    ceiling = {"float32": matmul_rate(tf.float32), "mixed_bfloat16": matmul_rate(tf.bfloat16)}
+    print(f"matmul 2048^3 ceiling: fp32 {ceiling['float32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {ceiling['mixed_bfloat16'] / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP per training sequence")
+    print(f"{'precision':<16}{'keras-hub seq/s':>16}{'bertpipe seq/s':>16}{'ratio':>8}"
+          f"{'bertpipe GFLOP/s':>18}{'% of matmul':>13}")
+    for policy in ("float32", "mixed_bfloat16"):
+        hub = keras_hub_rate(policy, batch, args.steps)
+        ours = bertpipe_rate(policy, batch, args.steps)
+        rate = ours * flops
+        print(f"{policy:<16}{hub:>16.1f}{ours:>16.1f}{ours / hub:>7.2f}x{rate / 1e9:>18.0f}"
+              f"{rate / ceiling[policy]:>12.0%}", flush=True)
+        if args.jit:
+            ours_xla = bertpipe_rate(policy, batch, args.steps, jit=True)
+            print(f"{policy + ' +XLA':<16}{'':>16}{ours_xla:>16.1f}{ours_xla / hub:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
