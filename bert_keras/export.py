@@ -1,0 +1,371 @@
+"""Export a fine-tuned task as one SavedModel that takes raw text.
+
+The graph holds the whole path from strings to answers: the run's
+FastBertTokenizer (`bert_keras.tokenizer.make_tokenizer`, the same one the data
+jobs use), tf-text trimming and packing, the Keras model, and the decoding of
+its logits. A client needs only tensorflow and tensorflow_text:
+
+    m = tf.saved_model.load(out_dir)
+    m.signatures["serving_default"](text=tf.constant(["great film"]))
+        # {"label": [b"positive"], "label_id": [1], "probabilities": [[0.1, 0.9]]}
+
+Signatures per task type (inputs -> outputs, every input a (batch,) string):
+    classification  serving_default(text)             -> label, label_id, probabilities
+    pair            serving_default(text_a, text_b), pair(text_a, text_b) -> same
+    qa              serving_default(question, context) -> answer, score, start_char, end_char
+    long_document   serving_default(text)             -> label, label_id, probabilities
+    every type      embed(text) -> pooled, mean_pooled;  serve_examples(serialized) -> as serving_default;
+                    tokenize(text) -> token_ids, segment_ids, padding_mask (the packed model input, to
+                    check serving against training data)
+
+Rows are padded to the longest row of the batch (never above max_seq_length),
+so short requests do not pay for 128-token padding.
+
+Contract with the task models (`bert_keras.tasks`): `task_model.encoder` is the
+`BertEncoder`; `task_model(features, training=False)` takes the batch dict named
+by `pipeline.schema` and returns logits, a tuple, or a dict holding them:
+classification / pair: (batch, classes) or (batch, 1, classes) logits;
+qa: start and end logits, each (batch, seq); long_document: features shaped
+(batch, chunks, seq) plus CHUNK_MASK (batch, chunks) -> (batch, classes).
+
+Assets: assets/vocab.txt and assets/labels.txt (tf.saved_model.Asset), and
+assets.extra/bertpipe_export.json (task type, labels, lengths, options,
+signatures) next to any `extra_assets` (e.g. the resolved run config).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+from pipeline.atomic import atomic_directory
+from pipeline.errors import UserError
+from pipeline.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+
+TASK_TYPES = ("classification", "pair", "qa", "long_document")
+EXPORT_INFO = "bertpipe_export.json"  # in assets.extra/
+FORMAT_VERSION = 1
+
+# Signature inputs: the raw-text fields a client sends (and serve_examples parses).
+TEXT, TEXT_A, TEXT_B, QUESTION, CONTEXT = "text", "text_a", "text_b", "question", "context"
+# Signature outputs.
+LABEL_OUT, LABEL_ID_OUT, PROBABILITIES_OUT = "label", "label_id", "probabilities"
+POOLED_OUT, MEAN_POOLED_OUT = "pooled", "mean_pooled"
+
+_STRINGS = tf.TensorSpec([None], tf.string)
+_OPTIONS = {  # task options each type accepts, with defaults
+    "classification": {},
+    "pair": {},
+    "qa": {"doc_stride": 64, "max_query_length": 32, "max_answer_length": 30, "allow_no_answer": False},
+    "long_document": {"doc_stride": 64, "max_chunks": 8},
+}
+
+
+# ---- packing (shared with export_qa) -------------------------------------------------
+def pad_packed(ids, segments):
+    """Ragged (batch, pieces) ids and segment ids -> int32 model inputs padded to the longest row."""
+    # At least 1 column keeps an empty batch (or an all-empty one) well formed.
+    longest = tf.reduce_max(tf.concat([ids.row_lengths(), tf.ones([1], tf.int64)], 0))
+    token_ids, mask = tf_text.pad_model_inputs(ids, longest)
+    segment_ids, _ = tf_text.pad_model_inputs(segments, longest)
+    return {
+        TOKEN_IDS: tf.cast(token_ids, tf.int32),
+        SEGMENT_IDS: tf.cast(segment_ids, tf.int32),
+        PADDING_MASK: tf.cast(mask, tf.int32),
+    }
+
+
+def pack_segments(segments, special, max_seq_length: int):
+    """[CLS] A [SEP] (B [SEP]) from ragged wordpiece ids, trimmed to fit `max_seq_length`.
+
+    RoundRobinTrimmer takes one piece from each segment in turn until the budget
+    is spent, so a pair keeps an equal share of each side (the outcome of BERT's
+    "truncate the longer one first" rule); one segment is simply truncated.
+    """
+    budget = max_seq_length - 1 - len(segments)  # [CLS] plus one [SEP] per segment
+    trimmed = tf_text.RoundRobinTrimmer(budget).trim(segments)
+    ids, segment_ids = tf_text.combine_segments(trimmed, special.cls, special.sep)
+    return pad_packed(ids, segment_ids)
+
+
+def sliding_windows(tokens, window, stride, max_windows: int | None = None):
+    """Split each row of ragged `tokens` (batch, pieces) into windows `stride` apart.
+
+    `window` and `stride` are scalars or (batch,) tensors (QA: the room the
+    question leaves). Windows start at 0, stride, 2*stride, ... until one reaches
+    the row's end (google-research/bert run_squad.py's doc spans, the data job's
+    `beam_jobs.finetune_examples` windows); an empty row gets one empty window;
+    `max_windows` keeps the first ones. Written with ragged index maths
+    rather than `tf_text.sliding_window` because window and count vary per row.
+    Returns (pieces ragged (num_windows, <=window), doc (num_windows,) row of each
+    window, starts (num_windows,) first piece index in its row, counts (batch,)).
+    """
+    lengths = tokens.row_lengths()  # (batch,)
+    window = tf.broadcast_to(tf.cast(window, tf.int64), tf.shape(lengths))
+    stride = tf.broadcast_to(tf.cast(stride, tf.int64), tf.shape(lengths))
+    counts = 1 + (tf.maximum(lengths - window, 0) + stride - 1) // stride
+    if max_windows:
+        counts = tf.minimum(counts, max_windows)
+    doc = tf.repeat(tf.range(tf.size(lengths, out_type=tf.int64)), counts)  # (num_windows,)
+    starts = tf.ragged.range(counts).flat_values * tf.gather(stride, doc)
+    ends = tf.minimum(starts + tf.gather(window, doc), tf.gather(lengths, doc))
+    base = tf.gather(tokens.row_starts(), doc)  # offset of each window's row in flat_values
+    pieces = tf.gather(tokens.flat_values, tf.ragged.range(base + starts, base + ends))
+    return pieces, doc, starts, counts
+
+
+def _first(outputs, *keys):
+    """The first of `keys` in a dict output, or the output itself."""
+    if isinstance(outputs, dict):
+        for key in keys:
+            if key in outputs:
+                return outputs[key]
+        raise UserError(f"the task model returned keys {sorted(outputs)}; export expects one of {', '.join(keys)}")
+    return outputs
+
+
+def classification_logits(outputs):
+    logits = tf.cast(_first(outputs, "logits", "class_logits"), tf.float32)
+    if logits.shape.rank == 3:  # (batch, instances=1, classes) -> (batch, classes)
+        logits = logits[:, 0]
+    return logits
+
+
+# ---- the exported module ---------------------------------------------------------------
+class _Server(tf.Module):
+    """Tokenizer + model + decoding; its tf.functions become the SavedModel's signatures."""
+
+    def __init__(self, model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets):
+        # task_type is one of TASK_TYPES, or "embedding" (encoder only: serving_default is embed).
+        super().__init__(name="bertpipe_server")
+        self.model = model
+        self.encoder = encoder
+        self.tokenizer = make_tokenizer(vocab, lowercase)
+        self.special = special_ids(vocab)
+        self.task_type = task_type
+        self.max_seq_length = max_seq_length
+        self.options = options
+        self.labels = tf.constant(labels or [""], tf.string)
+        for name, path in assets.items():  # tracked, so they are copied into assets/
+            setattr(self, name, tf.saved_model.Asset(path))
+
+        self.embed = tf.function(self._embed, input_signature=[_STRINGS])
+        self.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
+        self.input_names = [TEXT_A, TEXT_B] if task_type == "pair" else [QUESTION, CONTEXT] if task_type == "qa" else [TEXT]
+        if task_type == "embedding":
+            self.serving_default = self.embed
+        elif task_type == "classification":
+            self.serving_default = tf.function(self._classify, input_signature=[_STRINGS])
+        elif task_type == "pair":
+            self.serving_default = tf.function(self._classify_pair, input_signature=[_STRINGS, _STRINGS])
+            self.pair = self.serving_default
+        elif task_type == "long_document":
+            self.serving_default = tf.function(self._classify_long, input_signature=[_STRINGS])
+        else:
+            self.serving_default = tf.function(self._answer, input_signature=[_STRINGS, _STRINGS])
+        self.serve_examples = tf.function(self._serve_examples, input_signature=[_STRINGS])
+
+    def signatures(self) -> dict:
+        sigs = {
+            "serving_default": self.serving_default,
+            "embed": self.embed,
+            "tokenize": self.tokenize,
+            "serve_examples": self.serve_examples,
+        }
+        if self.task_type == "pair":
+            sigs["pair"] = self.pair
+        return {name: fn.get_concrete_function() for name, fn in sigs.items()}
+
+    # -- decoding
+    def _labelled(self, logits):
+        probabilities = tf.nn.softmax(logits, axis=-1)  # (batch, classes)
+        label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        return {LABEL_OUT: tf.gather(self.labels, label_id), LABEL_ID_OUT: label_id, PROBABILITIES_OUT: probabilities}
+
+    def _features(self, *texts):
+        return pack_segments([self.tokenizer.tokenize(t) for t in texts], self.special, self.max_seq_length)
+
+    # -- signatures
+    def _tokenize(self, text):
+        return self._features(text)
+
+    def _classify(self, text):
+        return self._labelled(classification_logits(self.model(self._features(text), training=False)))
+
+    def _classify_pair(self, text_a, text_b):
+        return self._labelled(classification_logits(self.model(self._features(text_a, text_b), training=False)))
+
+    def _classify_long(self, text):
+        tokens = self.tokenizer.tokenize(text)
+        stride, max_chunks = self.options["doc_stride"], self.options["max_chunks"]
+        pieces, _, _, counts = sliding_windows(tokens, self.max_seq_length - 2, stride, max_chunks)
+        flat = pack_segments([pieces], self.special, self.max_seq_length)  # (num_windows, seq)
+        # (num_windows, seq) -> (batch, chunks, seq): the windows of a row are consecutive.
+        batch = {k: tf.RaggedTensor.from_row_lengths(v, counts).to_tensor() for k, v in flat.items()}
+        batch[CHUNK_MASK] = tf.sequence_mask(counts, tf.shape(batch[TOKEN_IDS])[1], dtype=tf.int32)
+        return self._labelled(classification_logits(self.model(batch, training=False)))
+
+    def _answer(self, question, context):
+        from bert_keras.export_qa import answer_spans
+
+        def run(features):
+            out = self.model(features, training=False)
+            if isinstance(out, dict):
+                return _first(out, "start_logits"), _first(out, "end_logits")
+            return out[0], out[1]
+
+        return answer_spans(self.tokenizer, self.special, run, question, context, self.max_seq_length, **self.options)
+
+    def _embed(self, text):
+        features = self._features(text)
+        out = self.encoder(features, training=False)
+        sequence = tf.cast(out["sequence_output"], tf.float32)  # (batch, seq, hidden)
+        real = tf.cast(tf.not_equal(features[PADDING_MASK], 0), tf.float32)[..., None]  # (batch, seq, 1)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(sequence * real, axis=1), tf.reduce_sum(real, axis=1))
+        return {POOLED_OUT: tf.cast(out["pooled_output"][:, 0], tf.float32), MEAN_POOLED_OUT: mean}
+
+    def _serve_examples(self, serialized):
+        spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in self.input_names}
+        parsed = tf.io.parse_example(serialized, spec)
+        return self.serving_default(**parsed)
+
+
+# ---- writing ----------------------------------------------------------------------------
+def _check(task_type, labels, max_seq_length, encoder, task_options):
+    if task_type not in TASK_TYPES:
+        raise UserError(f"unknown task type {task_type!r}: export knows {', '.join(TASK_TYPES)}")
+    if task_type != "qa" and len(labels) < 2:
+        raise UserError(f"a {task_type} export needs at least 2 label names, got {labels!r}")
+    if not 4 <= max_seq_length <= encoder.max_position_embeddings:
+        raise UserError(
+            f"max_seq_length {max_seq_length} must be between 4 and the model's {encoder.max_position_embeddings} positions"
+        )
+    unknown = sorted(set(task_options) - set(_OPTIONS[task_type]))
+    if unknown:
+        raise UserError(f"export option(s) {', '.join(unknown)} do not apply to {task_type} tasks")
+    options = {**_OPTIONS[task_type], **task_options}
+    if "doc_stride" in options and not 1 <= options["doc_stride"] < max_seq_length:
+        raise UserError(f"doc_stride {options['doc_stride']} must be between 1 and max_seq_length - 1")
+    if task_type == "qa" and not 1 <= options["max_query_length"] < max_seq_length - 3:
+        raise UserError("max_query_length must leave room for the context in max_seq_length")
+    return options
+
+
+def _write_extra(directory: str, name: str, value) -> None:
+    path = os.path.join(directory, name)
+    if isinstance(value, os.PathLike):
+        shutil.copyfile(value, path)
+    elif isinstance(value, bytes):
+        pathlib.Path(path).write_bytes(value)
+    elif isinstance(value, str):
+        pathlib.Path(path).write_text(value, encoding="utf-8")
+    else:
+        pathlib.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None) -> str:
+    signatures = server.signatures()
+    info["signatures"] = {
+        name: {"inputs": sorted(fn.function_type.parameters), "outputs": sorted(fn.structured_outputs)}
+        for name, fn in signatures.items()
+    }
+    with atomic_directory(out_dir) as tmp:
+        tf.saved_model.save(server, tmp, signatures=signatures)
+        extra = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        for name, value in (extra_assets or {}).items():
+            if os.path.basename(name) != name or name == EXPORT_INFO:
+                raise UserError(f"extra asset name {name!r} must be a plain file name other than {EXPORT_INFO}")
+            _write_extra(extra, name, value)
+        _write_extra(extra, EXPORT_INFO, info)
+    return out_dir
+
+
+def _staged_assets(stage: str, vocab_file: str, labels: list[str]) -> dict[str, str]:
+    """Copy vocab and labels to a staging folder; Asset copies them into the SavedModel's assets/."""
+    vocab_path, labels_path = os.path.join(stage, "vocab.txt"), os.path.join(stage, "labels.txt")
+    with tf.io.gfile.GFile(vocab_file, "rb") as src, open(vocab_path, "wb") as dst:
+        dst.write(src.read())
+    pathlib.Path(labels_path).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    return {"vocab_file": vocab_path, "labels_file": labels_path}
+
+
+def export_task(
+    task_model,
+    task_type: str,
+    vocab_file: str,
+    lowercase: bool,
+    labels: list[str],
+    max_seq_length: int,
+    out_dir: str,
+    extra_assets: dict | None = None,
+    **task_options,
+) -> str:
+    """Write one raw-text SavedModel for a fine-tuned task to `out_dir` (atomically); return `out_dir`.
+
+    `task_options`: qa takes doc_stride, max_query_length, max_answer_length and
+    allow_no_answer (SQuAD 2.0: answer "" when the [CLS] null score wins);
+    long_document takes doc_stride and max_chunks. `extra_assets` maps file names
+    in assets.extra/ to str/bytes content, a JSON-able object, or a path (os.PathLike) to copy.
+    """
+    encoder = getattr(task_model, "encoder", None)
+    if encoder is None:
+        raise UserError(f"{type(task_model).__name__} has no .encoder: export_task needs a bert_keras task model")
+    labels = [str(label) for label in labels or []]
+    options = _check(task_type, labels, max_seq_length, encoder, task_options)
+    vocab = load_vocab(vocab_file)
+    if len(vocab) != encoder.vocab_size:
+        raise UserError(f"vocab file {vocab_file} has {len(vocab)} tokens but the model has {encoder.vocab_size}")
+    info = {
+        "format_version": FORMAT_VERSION,
+        "task_type": task_type,
+        "labels": labels,
+        "lowercase": bool(lowercase),
+        "max_seq_length": int(max_seq_length),
+        "vocab_size": len(vocab),
+        "task_options": options,
+    }
+    with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
+        assets = _staged_assets(stage, vocab_file, labels)
+        server = _Server(task_model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets)
+        return _save(server, out_dir, info, extra_assets)
+
+
+def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_length: int, out_dir: str) -> str:
+    """A SavedModel whose serving_default (and embed) map text to pooled and mean-pooled vectors."""
+    vocab = load_vocab(vocab_file)
+    if len(vocab) != encoder.vocab_size:
+        raise UserError(f"vocab file {vocab_file} has {len(vocab)} tokens but the encoder has {encoder.vocab_size}")
+    _check("classification", ["", ""], max_seq_length, encoder, {})
+    info = {
+        "format_version": FORMAT_VERSION,
+        "task_type": "embedding",
+        "labels": [],
+        "lowercase": bool(lowercase),
+        "max_seq_length": int(max_seq_length),
+        "vocab_size": len(vocab),
+        "task_options": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
+        assets = _staged_assets(stage, vocab_file, [])
+        server = _Server(encoder, encoder, "embedding", vocab, lowercase, [], max_seq_length, {}, assets)
+        return _save(server, out_dir, info, None)
+
+
+def read_export_info(model_dir: str) -> dict:
+    """The export's bertpipe_export.json (task type, labels, signatures), or a one-line error."""
+    path = os.path.join(model_dir, "assets.extra", EXPORT_INFO)
+    if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
+        raise UserError(f"{model_dir} is not a SavedModel (no saved_model.pb): point at a bertpipe export directory")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"{model_dir} has no assets.extra/{EXPORT_INFO}: not a bertpipe export") from None

@@ -1,0 +1,299 @@
+"""Raw-text SavedModels: every signature, proven in a fresh process that cannot import bertpipe.
+
+References are computed here independently of the export graph: token ids from
+the shared tokenizer, packing and windows written out in Python (Google BERT's
+`_truncate_seq_pair`, the data job's long-document windows), rows padded to the
+full max length, then the Keras task model. The SavedModel pads to each batch's
+longest row instead, so agreement also proves that shortcut changes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert_keras.export import EXPORT_INFO, export_encoder_embedding, export_task
+from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+from pipeline.errors import UserError
+from pipeline.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from tests.export_models import LABELS, SEQ, VOCAB, tiny_encoder, tiny_task_model
+
+STRIDE, MAX_CHUNKS = 12, 3
+LONG = ("The committee reviewed the budget and the report twice. " * 3000)[:100_000]
+BAD = [b"", b"   ", b"\t\n ", LONG.encode(), b"bad \xff\xfe bytes \xc3", "Café naïve façade".encode()]
+GOOD = [
+    b"An honest and keenly observed film.",
+    b"Ultimately, it ponders the reasons we need stories so much.",
+    b"A dull, lifeless affair that never finds its footing, despite a cast that clearly tried hard.",
+]
+TEXTS = GOOD + BAD
+PAIR_B = [b"It is a film.", b"", b"Stories matter " * 20, b"x", b"\xff", LONG.encode()[:3000], b"ok", b"   ", b"yes"]
+
+_vocab = load_vocab(VOCAB)
+_tok = make_tokenizer(_vocab)
+_ids = special_ids(_vocab)
+
+
+def pieces(texts) -> list[list[int]]:
+    return _tok.tokenize(tf.constant(texts)).to_list()
+
+
+def truncate_pair(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """google-research/bert `_truncate_seq_pair`: pop from the longer, from b on ties."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        (a if len(a) > len(b) else b).pop()
+    return a, b
+
+
+def packed(rows: list[list[list[int]]], seq: int = SEQ) -> dict[str, np.ndarray]:
+    """[CLS] A [SEP] (B [SEP]) per row, padded to `seq`."""
+    ids, segs = np.zeros((len(rows), seq), np.int32), np.zeros((len(rows), seq), np.int32)
+    mask = np.zeros((len(rows), seq), np.int32)
+    for i, segments in enumerate(rows):
+        row = [_ids.cls] + segments[0] + [_ids.sep]
+        seg = [0] * len(row)
+        if len(segments) > 1:
+            row += segments[1] + [_ids.sep]
+            seg += [1] * (len(segments[1]) + 1)
+        ids[i, : len(row)], segs[i, : len(row)], mask[i, : len(row)] = row, seg, 1
+    return {TOKEN_IDS: ids, SEGMENT_IDS: segs, PADDING_MASK: mask}
+
+
+def softmax(logits) -> np.ndarray:
+    logits = np.asarray(logits, np.float64).reshape(len(logits), -1)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def reference_single(model, texts):
+    feats = packed([[p[: SEQ - 2]] for p in pieces(texts)])
+    return feats, softmax(model(feats, training=False)["logits"])
+
+
+def reference_pair(model, texts_a, texts_b):
+    rows = [list(truncate_pair(a, b, SEQ - 3)) for a, b in zip(pieces(texts_a), pieces(texts_b), strict=True)]
+    return softmax(model(packed(rows), training=False)["logits"])
+
+
+def reference_long(model, texts):
+    width = SEQ - 2
+    out = []
+    for p in pieces(texts):  # the data job's windows (beam_jobs.finetune_examples)
+        starts = list(range(0, max(1, len(p) - width + STRIDE), STRIDE))[:MAX_CHUNKS]
+        chunks = packed([[p[s : s + width]] for s in starts])
+        feats = {k: np.zeros((1, MAX_CHUNKS, SEQ), np.int32) for k in chunks}
+        for k, v in chunks.items():
+            feats[k][0, : len(starts)] = v
+        feats[CHUNK_MASK] = np.array([[1] * len(starts) + [0] * (MAX_CHUNKS - len(starts))], np.int32)
+        out.append(softmax(model(feats, training=False)["logits"])[0])
+    return np.stack(out)
+
+
+def reference_embed(encoder, texts):
+    feats = packed([[p[: SEQ - 2]] for p in pieces(texts)])
+    out = encoder(feats, training=False)
+    mask = feats[PADDING_MASK][..., None].astype(np.float64)
+    mean = (np.asarray(out["sequence_output"]) * mask).sum(1) / mask.sum(1)
+    return np.asarray(out["pooled_output"])[:, 0], mean
+
+
+# A fresh interpreter: bertpipe's packages and keras_hub cannot even be imported.
+# (Keras itself is imported by `import tensorflow` in TF 2.21; the graph does not need it.)
+FRESH = r"""
+import base64, json, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("bert_keras", "pipeline", "beam_jobs", "keras_hub"):
+            raise ImportError(f"{name} must not be needed to serve")
+sys.meta_path.insert(0, Block())
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+def plain(v):
+    v = v.numpy()
+    if v.dtype == object:
+        return [base64.b64encode(x).decode() for x in v.tolist()]
+    return v.tolist()
+
+jobs, out = json.load(open(sys.argv[1])), {}
+for name, job in jobs.items():
+    m = tf.saved_model.load(job["dir"])
+    inputs = {k: tf.constant([base64.b64decode(x) for x in v]) for k, v in job["inputs"].items()}
+    res = {"signatures": sorted(m.signatures)}
+    res["serving_default"] = {k: plain(v) for k, v in m.signatures["serving_default"](**inputs).items()}
+    text = inputs[job["text_input"]]
+    res["embed"] = {k: plain(v) for k, v in m.signatures["embed"](text=text).items()}
+    res["tokenize"] = {k: plain(v) for k, v in m.signatures["tokenize"](text=text).items()}
+    n = len(next(iter(job["inputs"].values())))
+    examples = [
+        tf.train.Example(features=tf.train.Features(feature={
+            k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[base64.b64decode(v[i])]))
+            for k, v in job["inputs"].items()})).SerializeToString()
+        for i in range(n)
+    ]
+    res["serve_examples"] = {k: plain(v) for k, v in m.signatures["serve_examples"](serialized=tf.constant(examples)).items()}
+    out[name] = res
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
+
+def b64(values) -> list[str]:
+    return [base64.b64encode(v).decode() for v in values]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    models = {
+        "classification": tiny_task_model("classification"),
+        "pair": tiny_task_model("pair", num_classes=3),
+        "long_document": tiny_task_model("long_document"),
+    }
+    export_task(models["classification"], "classification", VOCAB, True, LABELS, SEQ, str(root / "classification"),
+                extra_assets={"task_config.json": {"type": "classification"}, "NOTE.txt": "hello"})
+    export_task(models["pair"], "pair", VOCAB, True, ["contradiction", "entailment", "neutral"], SEQ, str(root / "pair"))
+    export_task(models["long_document"], "long_document", VOCAB, True, LABELS, SEQ, str(root / "long_document"),
+                doc_stride=STRIDE, max_chunks=MAX_CHUNKS)
+    models["embedding"] = tiny_encoder(1)
+    export_encoder_embedding(models["embedding"], VOCAB, True, SEQ, str(root / "embedding"))
+    return root, models
+
+
+@pytest.fixture(scope="module")
+def fresh(exported, tmp_path_factory):
+    root, _ = exported
+    jobs = {
+        "classification": {"inputs": {"text": b64(TEXTS)}, "text_input": "text"},
+        "pair": {"inputs": {"text_a": b64(TEXTS), "text_b": b64(PAIR_B)}, "text_input": "text_a"},
+        "long_document": {"inputs": {"text": b64(TEXTS)}, "text_input": "text"},
+        "embedding": {"inputs": {"text": b64(TEXTS)}, "text_input": "text"},
+    }
+    for name, job in jobs.items():
+        job["dir"] = str(root / name)
+    work = tmp_path_factory.mktemp("fresh")
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    (work / "fresh.py").write_text(FRESH)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(work / "fresh.py"), str(work / "jobs.json"), str(work / "out.json")],
+                          cwd=str(work), env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((work / "out.json").read_text())
+
+
+def test_classification_fresh_process_matches_in_memory_model(exported, fresh):
+    _, models = exported
+    res = fresh["classification"]
+    assert res["signatures"] == ["embed", "serve_examples", "serving_default", "tokenize"]
+    feats, want = reference_single(models["classification"], TEXTS)
+    got = np.array(res["serving_default"]["probabilities"])
+    assert got.shape == (len(TEXTS), 2)  # an answer for every input, the bad ones too
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.ptp(want[:, 0]) > 1e-3  # the inputs really give different outputs
+    labels = [base64.b64decode(x).decode() for x in res["serving_default"]["label"]]
+    assert labels == [LABELS[i] for i in want.argmax(1)]
+    assert res["serving_default"]["label_id"] == want.argmax(1).tolist()
+    np.testing.assert_allclose(np.array(res["serve_examples"]["probabilities"]), got, atol=1e-6)
+    # The packed ids the graph feeds the model are the Python packing, trimmed to the batch's longest row.
+    width = len(res["tokenize"][TOKEN_IDS][0])
+    assert width == feats[PADDING_MASK].sum(1).max() <= SEQ
+    for key in (TOKEN_IDS, SEGMENT_IDS, PADDING_MASK):
+        np.testing.assert_array_equal(np.array(res["tokenize"][key]), feats[key][:, :width])
+
+
+def test_pair_fresh_process_matches_bert_truncation(exported, fresh):
+    _, models = exported
+    res = fresh["pair"]
+    assert "pair" in res["signatures"]
+    got = np.array(res["serving_default"]["probabilities"])
+    np.testing.assert_allclose(got, reference_pair(models["pair"], TEXTS, PAIR_B), atol=1e-5)
+    np.testing.assert_allclose(np.array(res["serve_examples"]["probabilities"]), got, atol=1e-6)
+
+
+def test_long_document_fresh_process_matches_chunked_model(exported, fresh):
+    _, models = exported
+    got = np.array(fresh["long_document"]["serving_default"]["probabilities"])
+    np.testing.assert_allclose(got, reference_long(models["long_document"], TEXTS), atol=1e-5)
+
+
+def test_embedding_fresh_process_matches_encoder(exported, fresh):
+    _, models = exported
+    pooled, mean = reference_embed(models["embedding"], TEXTS)
+    for res in (fresh["embedding"]["serving_default"], fresh["embedding"]["embed"]):
+        np.testing.assert_allclose(np.array(res["pooled"]), pooled, atol=1e-5)
+        np.testing.assert_allclose(np.array(res["mean_pooled"]), mean, atol=1e-5)
+    # A task export's embed signature is its own fine-tuned encoder's.
+    pooled, mean = reference_embed(exported[1]["classification"].encoder, TEXTS)
+    np.testing.assert_allclose(np.array(fresh["classification"]["embed"]["mean_pooled"]), mean, atol=1e-5)
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    root, _ = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    proc = subprocess.run([cli, "show", "--all", "--dir", str(root / "pair")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("serving_default", "pair", "embed", "tokenize", "serve_examples"):
+        assert f"signature_def['{name}']" in proc.stdout
+    for field in ("inputs['text_a']", "inputs['text_b']", "outputs['label']", "outputs['probabilities']"):
+        assert field in proc.stdout
+
+
+def test_non_string_input_is_a_clear_error(exported):
+    root, _ = exported
+    model = tf.saved_model.load(str(root / "classification"))
+    with pytest.raises(Exception, match="string"):
+        model.signatures["serving_default"](text=tf.constant([1, 2]))
+
+
+def test_assets_travel_inside(exported):
+    root, _ = exported
+    path = root / "classification"
+    assert (path / "assets" / "labels.txt").read_text().split() == LABELS
+    assert (path / "assets" / "vocab.txt").read_bytes() == open(VOCAB, "rb").read()
+    info = json.loads((path / "assets.extra" / EXPORT_INFO).read_text())
+    assert info["labels"] == LABELS and info["max_seq_length"] == SEQ and info["task_type"] == "classification"
+    assert info["signatures"]["serving_default"]["inputs"] == ["text"]
+    assert json.loads((path / "assets.extra" / "task_config.json").read_text()) == {"type": "classification"}
+    assert (path / "assets.extra" / "NOTE.txt").read_text() == "hello"
+    loaded = tf.saved_model.load(str(path))
+    assert os.path.dirname(loaded.vocab_file.asset_path.numpy().decode()) == str(path / "assets")
+
+
+def test_failed_export_leaves_the_previous_one(exported, tmp_path):
+    _, models = exported
+    out = tmp_path / "model"
+    export_task(models["classification"], "classification", VOCAB, True, LABELS, SEQ, str(out))
+    before = (out / "saved_model.pb").read_bytes()
+    with pytest.raises(UserError, match="plain file name"):
+        export_task(models["classification"], "classification", VOCAB, True, ["b", "a"], SEQ, str(out),
+                    extra_assets={"../escape.txt": "x"})
+    assert (out / "saved_model.pb").read_bytes() == before
+    assert (out / "assets" / "labels.txt").read_text().split() == LABELS
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temp directory left behind
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"task_type": "ner"}, "unknown task type"),
+        ({"labels": ["only"]}, "at least 2 label"),
+        ({"max_seq_length": 1000}, "max_seq_length"),
+        ({"max_chunks": 4}, "do not apply"),
+        ({"vocab_file": os.path.join(os.path.dirname(VOCAB), "missing.txt")}, "not found"),
+    ],
+)
+def test_bad_export_arguments_are_one_line_errors(exported, tmp_path, kwargs, message):
+    args = dict(task_type="classification", vocab_file=VOCAB, lowercase=True, labels=LABELS, max_seq_length=SEQ,
+                out_dir=str(tmp_path / "m"))
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k == "max_chunks"}
+    args.update(kwargs)
+    with pytest.raises(UserError, match=message):
+        export_task(exported[1]["classification"], **args, **options)
+    assert not (tmp_path / "m").exists()
