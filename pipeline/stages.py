@@ -111,11 +111,84 @@ def _pretrain(cfg: Config):
     )
 
 
-def _not_yet(name: str, issue: int):
-    def run(ctx: StageContext) -> dict[str, Any]:
-        raise UserError(f"stage {name} is not yet available in this version of bertpipe (tracked in issue {issue})")
+def _checkpoint_dir(spec: str | None) -> str | None:
+    """"hf:DIR" / "google:DIR" -> DIR; anything else -> None."""
+    if spec and spec.split(":", 1)[0] in ("hf", "google"):
+        return spec.split(":", 1)[1]
+    return None
 
-    return run
+
+def _finetune(cfg: Config, name: str, with_pretrain: bool):
+    task = cfg.finetune[name]
+    checkpoint = _checkpoint_dir(task.init)
+    if task.init == "pretrained" and not with_pretrain:
+        raise UserError(
+            f"finetune.{name}.init is 'pretrained' but run.stages has no pretrain stage: "
+            "add it, or set the task's init to random, hf:DIR or google:DIR"
+        )
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        from beam_jobs.finetune_data import prepare_task_data
+        from bert_keras.finetune import run_finetune
+
+        # An imported checkpoint brings its own vocab; otherwise the run's vocab stage made it.
+        vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else ctx.upstream["vocab"]["outputs"]["vocab_file"]
+        data_dir = os.path.join(ctx.out_dir, "data")
+        manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
+        init = {"pretrained": None, "random": None}.get(task.init, task.init)
+        if task.init == "pretrained":
+            init = ctx.upstream["pretrain"]["outputs"]["encoder_weights"]
+        result = run_finetune(
+            name,
+            task,
+            cfg.model,
+            vocab_file,
+            cfg.data.lowercase,
+            {split: os.path.join(data_dir, split) for split in manifests},
+            init,
+            ctx.out_dir,
+            cfg.run.seed,
+            tracker=ctx.tracker,
+        )
+        result["vocab_file"] = vocab_file
+        return result
+
+    upstream = ["vocab"] + (["pretrain"] if task.init == "pretrained" else [])
+    inputs = [p for p in (task.train_file, task.eval_file, checkpoint) if p]
+    section = {
+        "task": to_dict(task),
+        "model": to_dict(cfg.model),
+        "lowercase": cfg.data.lowercase,
+        "seed": cfg.run.seed,
+    }
+    return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
+
+
+def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
+    """Gather every task's raw-text SavedModel (written and verified by its finetune stage)
+    under export/, and add the encoder's embedding SavedModel."""
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        models: dict[str, str] = {}
+        for name in tasks:
+            source = ctx.upstream[f"finetune:{name}"]["outputs"]["paths"]["saved_model"]
+            models[name] = os.path.join(ctx.out_dir, name)
+            shutil.copytree(source, models[name])
+        if cfg.export.embedding and with_pretrain:
+            from bert_keras.encoder import build_encoder
+            from bert_keras.export import export_encoder_embedding
+
+            vocab = ctx.upstream["vocab"]["outputs"]
+            encoder = build_encoder(cfg.model, cfg.model.vocab_size or vocab["vocab_size"])
+            encoder.load_weights(ctx.upstream["pretrain"]["outputs"]["encoder_weights"])
+            models["embedding"] = export_encoder_embedding(
+                encoder, vocab["vocab_file"], cfg.data.lowercase, cfg.prepare.max_seq_length, os.path.join(ctx.out_dir, "embedding")
+            )
+        return {"models": models, "summary": f"{len(models)} SavedModel(s): {', '.join(models)}"}
+
+    upstream = ["vocab"] + (["pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
+    section = {"export": to_dict(cfg.export), "tasks": tasks}
+    return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
 
 def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
@@ -124,13 +197,17 @@ def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
     if until is not None:
         wanted = [s for s in STAGE_ORDER[: STAGE_ORDER.index(until) + 1] if s in wanted or s == until]
     builders = {"vocab": _vocab, "prepare": _prepare, "pretrain": _pretrain}
+    with_pretrain = "pretrain" in cfg.run.stages
     stages: list[Stage] = []
     for name in wanted:
         if name in builders:
             stages.append(builders[name](cfg))
         elif name == "finetune":
-            for task in cfg.finetune:
-                stages.append(Stage(f"finetune:{task}", _not_yet("finetune", 5), to_dict(cfg.finetune[task])))
+            stages += [_finetune(cfg, task, with_pretrain) for task in cfg.finetune]
         elif name == "export":
-            stages.append(Stage("export", _not_yet("export", 6), to_dict(cfg.export)))
+            tasks = cfg.export.tasks if cfg.export.tasks is not None else list(cfg.finetune)
+            unknown = [t for t in tasks if t not in cfg.finetune]
+            if unknown:
+                raise UserError(f"export.tasks names {', '.join(unknown)}, which the finetune section does not define")
+            stages.append(_export(cfg, tasks, with_pretrain))
     return stages
