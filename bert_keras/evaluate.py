@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,9 +37,14 @@ class EvalResult:
     rows: list[dict] = dataclasses.field(default_factory=list)
 
 
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its traced inference step
+
+
 def collect(model, dataset, keep: Sequence[str]) -> dict[str, np.ndarray]:
     """Model outputs + the `keep` features over the whole dataset, concatenated on axis 0."""
-    forward = tf.function(lambda batch: model(batch, training=False))
+    if model not in _FORWARD:  # one trace per model, reused by every evaluation (the last batch may be smaller)
+        _FORWARD[model] = tf.function(lambda batch: model(batch, training=False), reduce_retracing=True)
+    forward = _FORWARD[model]
     parts: dict[str, list[np.ndarray]] = {}
     for batch in dataset:
         out = {k: v.numpy() for k, v in forward(batch).items()}
