@@ -56,8 +56,8 @@ def word_spans(tokens: np.ndarray, maskable: np.ndarray, is_suffix: np.ndarray) 
     gap = np.ones(pos.size, dtype=bool)
     gap[1:] = pos[1:] != pos[:-1] + 1
     starts = np.flatnonzero(~suffix | gap)
-    ends = np.append(starts[1:], pos.size)
-    return [(int(pos[s]), int(pos[e - 1]) + 1) for s, e in zip(starts, ends, strict=True)]
+    ends = np.append(starts[1:], pos.size) - 1
+    return list(zip(pos[starts].tolist(), (pos[ends] + 1).tolist(), strict=True))
 
 
 def lexicon_index(phrases: Sequence[tuple[int, ...]]) -> dict[int, tuple[tuple[int, ...], ...]]:
@@ -89,69 +89,75 @@ def lexicon_matches(tokens: np.ndarray, words: list[tuple[int, int]], index) -> 
     return found
 
 
-def masking_units(tokens: np.ndarray, maskable: np.ndarray, spec: MaskingSpec) -> list[list[int]]:
-    """Units of `tokens` for `spec.mode` (span mode returns words; spans are drawn in `mask_tokens`)."""
+def masking_units(tokens: np.ndarray, maskable: np.ndarray, spec: MaskingSpec) -> list[tuple[int, int]]:
+    """Units of `tokens` for `spec.mode` as [start, end) ranges: every unit is contiguous
+    (span mode returns words; spans are drawn in `mask_tokens`)."""
     if spec.mode == "token":
-        return [[p] for p in np.flatnonzero(maskable).tolist()]
+        return [(p, p + 1) for p in np.flatnonzero(maskable).tolist()]
     words = word_spans(tokens, maskable, spec.is_suffix)
     if spec.mode != "entity":
-        return [list(range(s, e)) for s, e in words]
-    units: list[list[int]] = []
+        return words
+    units: list[tuple[int, int]] = []
     taken = 0
     for first, last in lexicon_matches(tokens, words, spec.lexicon):
-        units.extend(list(range(s, e)) for s, e in words[taken:first])
-        units.append(list(range(words[first][0], words[last][1])))  # the whole phrase: one unit
+        units.extend(words[taken:first])
+        units.append((words[first][0], words[last][1]))  # the whole phrase: one unit
         taken = last + 1
-    units.extend(list(range(s, e)) for s, e in words[taken:])
+    units.extend(words[taken:])
     return units
 
 
-def word_ids(length: int, units: list[list[int]]) -> np.ndarray:
+def word_ids(length: int, units: list[tuple[int, int]]) -> np.ndarray:
     """(length,) unit index per token, -1 where the token is in no unit (specials, padding)."""
     out = np.full(length, -1, dtype=np.int64)
-    for i, unit in enumerate(units):
-        out[unit] = i
+    for i, (s, e) in enumerate(units):
+        out[s:e] = i
     return out
 
 
-def _span_units(words: list[list[int]], max_ngram: int, rng: random.Random) -> list[list[int]]:
-    """Candidate spans of 1..max_ngram consecutive words, one per start word, shuffled."""
-    ngrams = list(range(1, max_ngram + 1))
-    weights = [1.0 / n for n in ngrams]  # short spans more likely, as BERT's n-gram masking
-    starts = list(range(len(words)))
-    rng.shuffle(starts)
-    spans = []
-    for i in starts:
-        n = rng.choices(ngrams, weights)[0]
-        group = words[i : i + n]
-        # Keep a span inside one segment: cut it at the first gap ([SEP] between words).
-        for k in range(1, len(group)):
-            if group[k][0] != group[k - 1][-1] + 1:
-                group = group[:k]
-                break
-        spans.append([p for w in group for p in w])
-    return spans
+def _random_order(n: int, rng: random.Random):
+    """Indices 0..n-1 in uniformly random order, produced lazily (a partial Fisher-Yates):
+    masking stops after ~20 tokens, so shuffling all ~100 units first is wasted work."""
+    order = list(range(n))
+    random_ = rng.random
+    for k in range(n):
+        j = k + int(random_() * (n - k))
+        order[k], order[j] = order[j], order[k]
+        yield order[k]
+
+
+def _span(words: list[tuple[int, int]], i: int, n: int) -> tuple[int, int]:
+    """Words i..i+n-1 as one range, cut at the first gap ([SEP] between words)."""
+    end = words[i][1]
+    for k in range(i + 1, min(i + n, len(words))):
+        if words[k][0] != end:
+            break
+        end = words[k][1]
+    return words[i][0], end
 
 
 def mask_tokens(tokens: np.ndarray, maskable: np.ndarray, spec: MaskingSpec, rng: random.Random) -> Masked:
     """Choose ~masked_lm_prob of the maskable tokens, whole units at a time, and apply 80/10/10."""
     budget = min(spec.max_predictions, max(1, int(round(int(maskable.sum()) * spec.masked_lm_prob))))
     units = masking_units(tokens, maskable, spec)
-    if spec.mode == "span":
-        candidates = _span_units(units, spec.max_ngram, rng)
-    else:
-        candidates = units
-        rng.shuffle(candidates)
-    chosen: set[int] = set()
-    for unit in candidates:
-        if len(chosen) >= budget:
+    ngrams = list(range(1, spec.max_ngram + 1))
+    cum_weights = np.cumsum([1.0 / n for n in ngrams]).tolist()  # p(n) ~ 1/n, as BERT's n-gram masking
+    chosen = bytearray(len(tokens))  # a bytearray: slicing it is far cheaper than numpy on ~3 items
+    count = 0
+    for i in _random_order(len(units), rng):
+        if count >= budget:
             break
-        if len(chosen) + len(unit) > budget or any(p in chosen for p in unit):
+        if spec.mode == "span":
+            s, e = _span(units, i, rng.choices(ngrams, cum_weights=cum_weights)[0])
+        else:
+            s, e = units[i]
+        if count + e - s > budget or any(chosen[s:e]):
             continue  # as BERT: a unit that does not fit whole is not masked in part
-        chosen.update(unit)
-    positions = sorted(chosen)
+        chosen[s:e] = b"\x01" * (e - s)
+        count += e - s
+    positions = [p for p, c in enumerate(chosen) if c]
     out = tokens.copy()
-    labels = [int(tokens[p]) for p in positions]
+    labels = tokens[positions].tolist()
     kinds = []
     for p in positions:
         r = rng.random()
@@ -161,6 +167,6 @@ def mask_tokens(tokens: np.ndarray, maskable: np.ndarray, spec: MaskingSpec, rng
         elif r < 0.9:
             kinds.append(1)
         else:
-            out[p] = spec.replace_ids[rng.randrange(len(spec.replace_ids))]
+            out[p] = spec.replace_ids[int(rng.random() * len(spec.replace_ids))]
             kinds.append(2)
     return Masked(out, positions, labels, kinds)

@@ -15,6 +15,7 @@ the fixed-size donor pool), so memory does not grow with the corpus.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import random
 
 import apache_beam as beam
@@ -39,29 +40,52 @@ def split_document(text: str) -> tuple[bytes, list[str]]:
     return corpus.document_key(text), sentences.split_sentences(text)
 
 
-def load_lexicon(path: str, vocab: list[str], lowercase: bool, max_tokens: int) -> tuple[list[tuple[int, ...]], int]:
-    """Wordpiece ids of each lexicon phrase; entries longer than `max_tokens` can never fit
-    in a segment and are dropped and counted. Returns (phrases, too_long)."""
+def read_lexicon(path: str) -> list[str]:
+    """The phrases of a lexicon file (one a line, `#` comments); read without TensorFlow."""
     from apache_beam.io.filesystems import FileSystems
-
-    from bert_keras.tokenizer import make_tokenizer
 
     try:
         with FileSystems.open(path) as fh:
             raw = fh.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError, Exception) as err:  # Beam wraps filesystem errors
+    except UnicodeDecodeError:
+        raise UserError(f"lexicon file {path} (prepare.lexicon) is not UTF-8 text") from None
+    except Exception as err:  # Beam wraps filesystem errors in its own types
         raise UserError(f"cannot read lexicon file {path} (prepare.lexicon): {err}") from None
-    lines = [ln.strip() for ln in raw.splitlines()]
-    phrases = [ln for ln in lines if ln and not ln.startswith("#")]
+    phrases = [ln.strip() for ln in raw.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     if not phrases:
         raise UserError(f"lexicon file {path} (prepare.lexicon) has no entries: one phrase a line")
+    return phrases
+
+
+def tokenize_lexicon(phrases: list[str], vocab: list[str], lowercase: bool, max_tokens: int):
+    """Wordpiece ids of each phrase; entries longer than `max_tokens` could never be masked
+    as one unit inside a segment, so they are dropped and counted. Returns (ids, too_long)."""
+    from bert_keras.tokenizer import make_tokenizer
+
     ids = tokenize_texts(make_tokenizer(vocab, lowercase=lowercase), phrases)
     kept = [tuple(a.tolist()) for a in ids if 0 < a.size <= max_tokens]
     return kept, sum(1 for a in ids if a.size > max_tokens)
 
 
+def load_lexicon(path: str, vocab: list[str], lowercase: bool, max_tokens: int):
+    return tokenize_lexicon(read_lexicon(path), vocab, lowercase, max_tokens)
+
+
+class _LexiconFn(beam.DoFn):
+    """phrases -> their ids (a side input), tokenized once in a worker."""
+
+    def __init__(self, vocab_file: str, lowercase: bool, max_tokens: int):
+        self._vocab_file, self._lowercase, self._max = vocab_file, lowercase, max_tokens
+
+    def process(self, phrases):
+        kept, too_long = tokenize_lexicon(phrases, load_vocab(self._vocab_file), self._lowercase, self._max)
+        if too_long:
+            Metrics.counter(corpus.SKIPPED, "lexicon_entry_too_long").inc(too_long)
+        yield kept
+
+
 class _DonorsFn(beam.DoFn):
-    """The sampled candidates (text) -> [Donor] with wordpiece ids, one tokenizer call."""
+    """The sampled candidates (text) -> DonorPool of wordpiece ids, one tokenizer call."""
 
     def __init__(self, vocab_file: str, lowercase: bool):
         self._vocab_file, self._lowercase = vocab_file, lowercase
@@ -72,12 +96,10 @@ class _DonorsFn(beam.DoFn):
         tokenizer = make_tokenizer(load_vocab(self._vocab_file), lowercase=self._lowercase)
         texts = [s for _, _, run in candidates for s in run]
         pieces = iter(tokenize_texts(tokenizer, texts))
-        donors = []
+        runs = []
         for _, doc, run in candidates:
-            ids = [a for a in (next(pieces) for _ in run) if a.size]
-            if ids:
-                donors.append(instances.Donor(doc, ids))
-        yield donors
+            runs.append((doc, [a for a in (next(pieces) for _ in run) if a.size]))
+        yield instances.make_pool(runs)
 
 
 class _CreateInstancesFn(beam.DoFn):
@@ -115,8 +137,9 @@ class _FeaturesFn(beam.DoFn):
     the per-record cost is a dict update, not a metrics call.
     """
 
-    def __init__(self, vocab_file: str, prepare: PrepareConfig, lexicon: list[tuple[int, ...]]):
-        self._vocab_file, self._prepare, self._lexicon = vocab_file, prepare, lexicon
+    def __init__(self, vocab_file: str, prepare: PrepareConfig):
+        self._vocab_file, self._prepare = vocab_file, prepare
+        self._lexicon = None
 
     def setup(self):
         p = self._prepare
@@ -129,7 +152,6 @@ class _FeaturesFn(beam.DoFn):
             is_suffix=v.is_suffix,
             replace_ids=v.replace_ids,
             max_ngram=p.max_ngram,
-            lexicon=masking.lexicon_index(self._lexicon),
         )
         self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
         self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
@@ -137,7 +159,10 @@ class _FeaturesFn(beam.DoFn):
     def start_bundle(self):
         self._totals = collections.Counter()
 
-    def process(self, item):
+    def process(self, item, lexicon):
+        if self._lexicon is None:  # side inputs are not available in setup
+            self._lexicon = lexicon
+            self._spec = dataclasses.replace(self._spec, lexicon=masking.lexicon_index(lexicon))
         seed, inst = item
         p, seq = self._prepare, self._prepare.max_seq_length
         n = len(inst.tokens)
@@ -177,6 +202,11 @@ class _FeaturesFn(beam.DoFn):
 def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir):
     """Wire the steps onto `pipeline`; returns the PCollection of (shard name, count)."""
     max_chars = 6 * prepare.max_seq_length  # a donor run long enough for any segment B
+    lexicon_ids = (
+        pipeline
+        | "Lexicon" >> beam.Create([lexicon])
+        | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.lowercase, prepare.max_seq_length - 3))
+    )
     donors = (
         pipeline
         | "ReadForDonors" >> corpus.ReadDocuments(files, data, count=False)
@@ -192,7 +222,8 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
         | "CreateInstances"
         >> beam.ParDo(_CreateInstancesFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors))
-        | "MaskAndSerialize" >> beam.ParDo(_FeaturesFn(vocab_file, prepare, lexicon))
+        | "MaskAndSerialize"
+        >> beam.ParDo(_FeaturesFn(vocab_file, prepare), lexicon=beam.pvalue.AsSingleton(lexicon_ids))
         | "WriteShards" >> WriteShards(out_dir, prepare.num_shards, prepare.compression)
     )
 
@@ -222,13 +253,11 @@ def prepare_pretraining_data(
     files = corpus.expand_corpus(data.corpus)
     vocab = load_vocab(vocab_file)
     special_ids(vocab, f"vocab file {vocab_file}")  # a vocab without [MASK]/[CLS]/[SEP] stops here
-    lexicon: list[tuple[int, ...]] = []
-    skipped_lexicon = 0
+    lexicon: list[str] = []
     if prepare.masking == "entity":
         if not prepare.lexicon:
             raise UserError("prepare.masking is entity but prepare.lexicon is not set: give a lexicon file")
-        # A phrase longer than a segment could never be masked as one unit.
-        lexicon, skipped_lexicon = load_lexicon(prepare.lexicon, vocab, data.lowercase, prepare.max_seq_length - 3)
+        lexicon = read_lexicon(prepare.lexicon)
     kind = schema.PRETRAIN_DYNAMIC if prepare.dynamic else schema.PRETRAIN_STATIC
     with atomic_directory(out_dir) as tmp:
         pipeline = beam.Pipeline(options=PipelineOptions(list(prepare.beam_args)))
@@ -237,8 +266,6 @@ def prepare_pretraining_data(
         result.wait_until_finish()
         remove_parts_dir(tmp)
         skipped = corpus.query_counters(result, corpus.SKIPPED)
-        if skipped_lexicon:
-            skipped["lexicon_entry_too_long"] = skipped_lexicon
         totals = corpus.query_counters(result, COUNTS)
         totals.update({f"documents_{k}" if k != "documents_read" else k: v
                        for k, v in corpus.query_counters(result, corpus.NOTED).items()})  # fmt: skip

@@ -16,7 +16,6 @@ import re
 # End punctuation, optional closing quotes/brackets, whitespace, then something
 # that can start a sentence (capital, digit, opening quote/bracket).
 _BOUNDARY = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
-_LAST_WORD = re.compile(r"(\S+)$")
 
 # A period after these does not end a sentence ("Mr. Lincoln", "U.S. Senate").
 ABBREVIATIONS = frozenset(
@@ -30,10 +29,12 @@ def _ends_sentence(line: str, punct_start: int, punct: str) -> bool:
     """Does the punctuation run `punct` found at `punct_start` end a sentence?"""
     if "!" in punct or "?" in punct or punct.startswith(".."):
         return True
-    match = _LAST_WORD.search(line, 0, punct_start)
-    if not match:
+    # The word before the punctuation: look back to the last space only (a regex
+    # anchored at the end would rescan the line from its start for every candidate).
+    word = line[line.rfind(" ", 0, punct_start) + 1 : punct_start]
+    if not word:
         return True
-    word = match.group(1).lstrip("\"'([\u201c\u2018").lower()
+    word = word.lstrip("\"'([\u201c\u2018").lower()
     if word in ABBREVIATIONS:
         return False
     # Initials ("John F. Kennedy"): a single letter before the period.

