@@ -78,8 +78,9 @@ class ParseLine(beam.DoFn):
             record = json.loads(line)
             texts = fields_of(record, self._input_names, "input line")
         except (ValueError, UserError) as err:
+            reason = f"not JSON ({err.msg})" if isinstance(err, json.JSONDecodeError) else str(err)
             self._invalid.inc()
-            yield beam.pvalue.TaggedOutput(INVALID, json.dumps({"error": str(err), "line": line[:1000]}))
+            yield beam.pvalue.TaggedOutput(INVALID, json.dumps({"error": reason, "line": line[:1000]}))
             return
         key = {k: record[k] for k in PASS_THROUGH if k in record}
         yield json.dumps(key, sort_keys=True), tuple(texts)
