@@ -107,3 +107,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     fresh = make_trainer(tmp_path / "run", cfg, seed=1)
     assert fresh.restore() == 2
     assert all(np.isfinite(v.numpy()).all() for v in fresh.model.trainable_variables)
+
+
+def test_mixed_float16_uses_loss_scaling_and_trains(tmp_path):
+    ds = batches(tmp_path, 4)
+    cfg = PretrainConfig(batch_size=4, steps=3, log_every=1, checkpoint_every=100, accumulation_steps=2,
+                         learning_rate=1e-3, warmup_steps=0)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = BertPretrainingModel(build_encoder(TINY, 30522))
+        opt = build_optimizer(cfg, cfg.steps, model.trainable_variables, loss_scale=True)
+        before = [v.numpy().copy() for v in model.trainable_variables]
+        trainer = Trainer(model, pretraining_loss, opt, tf.distribute.get_strategy(), str(tmp_path / "fp16"),
+                          LoopSettings.from_config(cfg), log_fn=lambda s: None)
+        result = trainer.fit(ds, 3, rows_per_step=4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
+    assert model.encoder.blocks[0].compute_dtype == "float16"
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    moved = [not np.array_equal(v.numpy(), b) for v, b in zip(model.trainable_variables, before, strict=True)]
+    assert sum(moved) > len(moved) // 2  # steps were applied, not all skipped as overflow
