@@ -9,7 +9,10 @@ default). Each job runs in a fresh subprocess (so the wall time includes Python,
 TensorFlow and Beam start-up, like the reference's) while this process samples
 the memory of the whole process tree (the job and its Beam worker processes):
 the sum of RSS (counts shared TensorFlow library pages once per process) and
-the sum of PSS (shares them out; the honest total).
+the sum of PSS (shares them out; the honest total). CPU seconds of the job and
+its workers are printed too: on a shared, loaded machine wall time mostly
+measures the neighbours, and the reference is single-process, so instances per
+CPU-second is the comparison that survives contention.
 
 Also measured in this run: FastBertTokenizer alone on the same sentences, the
 ceiling for a job that has to tokenize the corpus.
@@ -21,6 +24,7 @@ import argparse
 import glob
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -57,6 +61,7 @@ def run_job(corpus: list[str], dupe: int, workers: int, out: str) -> dict:
     spec = json.dumps({"corpus": corpus, "prepare": prepare, "vocab": VOCAB, "out": out})
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     start = time.time()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen([sys.executable, "-c", _JOB, spec], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, cwd=REPO)  # fmt: skip
     root = psutil.Process(proc.pid)
@@ -76,10 +81,12 @@ def run_job(corpus: list[str], dupe: int, workers: int, out: str) -> dict:
         time.sleep(0.2)
     wall = time.time() - start
     stdout, stderr = proc.communicate()
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the job and every worker it reaped
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if proc.returncode:
         sys.exit(f"job failed:\n{stderr.decode()[-3000:]}")
     result = json.loads(stdout.decode().strip().splitlines()[-1])
-    result.update(wall_s=wall, peak_rss_mb=peak_rss / 2**20, peak_pss_mb=peak_pss / 2**20)
+    result.update(wall_s=wall, cpu_s=cpu, peak_rss_mb=peak_rss / 2**20, peak_pss_mb=peak_pss / 2**20)
     return result
 
 
@@ -121,7 +128,9 @@ def main() -> None:
                 f"{r['instances'] / r['inner_s']:,.0f}/s); peak RSS sum {r['peak_rss_mb']:,.0f} MB, "
                 f"PSS sum {r['peak_pss_mb']:,.0f} MB ({r['peak_pss_mb'] / ref_mb:.2f}x reference {ref_mb:,} MB); "
                 f"corpus pieces/s {pieces / r['wall_s'] / 1e6:.2f} M = {pieces / r['wall_s'] / ceiling:.1%} of the tokenizer ceiling; "
-                f"masked rate {r['counts'].get('masked_rate', 0):.4f}"
+                f"masked rate {r['counts'].get('masked_rate', 0):.4f}; CPU {r['cpu_s']:.1f} s = "
+                f"{r['instances'] / r['cpu_s']:,.0f} inst per CPU-s ({r['instances'] / r['cpu_s'] / (ref_n / ref_s):.2f}x the "
+                "single-process reference's inst/s)"
             )
         if not args.skip_8x and 1 in results:
             big = os.path.join(tmp, "corpus8x")
