@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", required=True, metavar="JSONL", help="where to write one prediction a line")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--debug", action="store_true", help="show full tracebacks")
+    score = sub.add_parser(
+        "score",
+        help="Beam batch scoring (RunInference) of JSONL files with an exported SavedModel, on any runner",
+        description="Score JSONL files at scale with Beam's RunInference. Arguments after `--` are standard Beam "
+        "pipeline options, e.g. -- --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp",
+    )
+    score.add_argument("--model", required=True, metavar="DIR", help="an exported SavedModel directory")
+    score.add_argument("--input", required=True, metavar="PATTERN", help="JSONL files (glob, any Beam filesystem)")
+    score.add_argument("--output", required=True, metavar="PREFIX", help="output prefix: PREFIX-SSSSS-of-NNNNN.jsonl")
+    score.add_argument("--debug", action="store_true", help="show full tracebacks")
+    score.add_argument("beam_args", nargs=argparse.REMAINDER, help="-- then Beam pipeline options")
     return parser
 
 
@@ -132,6 +143,15 @@ def _predict(args: argparse.Namespace) -> int:
     return predict_jsonl(args.model, args.input, args.output, args.batch_size)
 
 
+def _score(args: argparse.Namespace) -> int:
+    from beam_jobs.score import score_jsonl
+
+    beam_args = [a for a in args.beam_args if a != "--"]
+    counts = score_jsonl(args.model, args.input, args.output, beam_args)
+    print(f"bertpipe score: {counts.get('scored', 0)} scored, {counts.get('invalid', 0)} invalid lines -> {args.output}-*")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "score":
+            return _score(args)
         return _run_pipeline(args)
     except UserError as err:
         print(f"bertpipe: error: {err}", file=sys.stderr)

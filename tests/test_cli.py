@@ -21,12 +21,12 @@ def assert_one_line_error(result, code, needle):
     assert len(lines) == 1 and needle in lines[0], result.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "config", "predict", *STAGE_HELP])
+@pytest.mark.parametrize("command", ["run", "config", "predict", "score", *STAGE_HELP])
 def test_every_command_has_help(command):
     result = run(command, "--help")
     assert result.returncode == 0
     assert result.stdout.startswith("usage: bertpipe " + command)
-    assert "--config" in result.stdout or command == "predict"
+    assert "--config" in result.stdout or command in ("predict", "score")
 
 
 def test_no_command_prints_help_and_exits_2():
