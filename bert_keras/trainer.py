@@ -208,13 +208,16 @@ class Trainer:
         self._train_step = self._train_step or self._build_train_step()
         s = self.settings
         start = time.perf_counter()
-        window_start, window_steps, last = start, 0, {}
+        window_start, window_steps, last, sums = start, 0, {}, {}
         step = resumed
         while step < steps:
             loss_t, metrics_t = self._train_step(iterator)
             step += 1
             window_steps += 1
             loss = float(loss_t)
+            sums["loss"] = sums.get("loss", 0.0) + loss
+            for k, v in metrics_t.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
             if not math.isfinite(loss):
                 kept = self.manager.latest_checkpoint
                 raise UserError(
@@ -223,10 +226,11 @@ class Trainer:
                 )
             if step % s.log_every == 0 or step == steps:
                 now = time.perf_counter()
-                last = {"loss": loss, **{k: float(v) for k, v in metrics_t.items()},
-                        "sequences_per_second": window_steps * rows_per_step / max(now - window_start, 1e-9),
-                        "learning_rate": current_lr(self.optimizer), "step": step}
-                window_start, window_steps = now, 0
+                # Means over the steps since the last line, not one noisy step.
+                last = {k: v / window_steps for k, v in sums.items()}
+                last.update(sequences_per_second=window_steps * rows_per_step / max(now - window_start, 1e-9),
+                            learning_rate=current_lr(self.optimizer), step=step)
+                window_start, window_steps, sums = now, 0, {}
                 self._log(step, last, history)
             if eval_fn is not None and eval_every and step % eval_every == 0:
                 self._log(step, {f"eval_{k}": v for k, v in eval_fn().items()}, None)
