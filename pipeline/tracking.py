@@ -180,7 +180,7 @@ class Tracker:
                 artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
                 # The wrapper's package travels with the model, so serving needs no bertpipe install.
                 code_paths=[os.path.dirname(wrapper.__file__)],
-                signature=infer_signature(input_example, output_example),
+                signature=None if input_example is None else infer_signature(input_example, output_example),
                 input_example=input_example,
                 registered_model_name=registered_name,
                 # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
