@@ -211,7 +211,7 @@ class ExampleBuilder:
             if inside.size:
                 tok_start, tok_end = int(inside[0]), int(inside[-1])
         offset = len(q) + 2
-        w.examples.write(json.dumps({"example_id": index, **{k: row[k] for k in ("id", "question", "context", "answers", "is_impossible")}}) + "\n")
+        w.examples.write(json.dumps({schema.EXAMPLE_ID: index, **{k: row[k] for k in ("id", "question", "context", "answers", "is_impossible")}}) + "\n")
         w.counts["examples"] += 1
         for wi, (start, length) in enumerate(windows):
             tokens = np.concatenate(([self.ids.cls], q, [self.ids.sep], ids[start : start + length], [self.ids.sep]))

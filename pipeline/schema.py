@@ -121,21 +121,25 @@ def serialize(kind: str, values: Mapping[str, Iterable[Any]], shape: Mapping[str
     shape mismatch deep inside a training step.
     """
     import numpy as np
-    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
 
-    feats = {}
+    example = example_pb2.Example()
+    feature_map = example.features.feature
     for f in features(kind):
         if f.name not in values:
             raise ContractError(f"record of kind {kind!r} is missing feature {f.name!r}")
-        arr = np.asarray(values[f.name]).reshape(-1)
+        flat = np.asarray(values[f.name]).reshape(-1)
         want = int(np.prod(shape[f.name]))
-        if arr.size != want:
-            raise ContractError(f"feature {f.name!r} has {arr.size} values, schema wants {want} {shape[f.name]}")
+        if flat.size != want:
+            raise ContractError(f"feature {f.name!r} has {flat.size} values, schema wants {want} {shape[f.name]}")
+        # Extending with a Python list is ~2x faster than handing protobuf numpy scalars.
         if f.dtype == INT:
-            feats[f.name] = tf.train.Feature(int64_list=tf.train.Int64List(value=arr.astype(np.int64)))
+            feature_map[f.name].int64_list.value.extend(flat.astype(np.int64).tolist())
         else:
-            feats[f.name] = tf.train.Feature(float_list=tf.train.FloatList(value=arr.astype(np.float32)))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+            feature_map[f.name].float_list.value.extend(flat.astype(np.float32).tolist())
+    # deterministic=True: the map of features serializes in one order in every process,
+    # so the same record is the same bytes whatever worker wrote it.
+    return example.SerializeToString(deterministic=True)
 
 
 def parse_spec(kind: str, shape: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
