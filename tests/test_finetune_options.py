@@ -182,3 +182,15 @@ def test_qa_answer_not_at_answer_start_is_skipped_and_the_rest_trains(tmp_path, 
     assert out["skipped"]["train"] == {"answer_text_not_at_answer_start": 1}
     assert out["eval"].metrics["examples"] == 4  # the four good questions are evaluated
     assert len(out["eval"].rows) == 4 and 0.0 <= out["eval"].metrics["f1"] <= 100.0
+
+
+def test_packed_classification_rows_train_and_evaluate_per_instance(tmp_path, data_dir, vocab):
+    rows = reviews(data_dir, 64)
+    task = TaskConfig(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), eval_fraction=0.25,
+                      max_seq_length=64, batch_size=8, epochs=1, packing=True, pack_max_instances=4, **FAST)
+    dirs = prepare(tmp_path, task, vocab)
+    out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
+    # Short reviews share rows: fewer steps per epoch than ceil(records / batch).
+    assert out["steps_per_epoch"] < -(-out["train_records"] // 8)
+    assert out["eval"].metrics["examples"] == out["eval_records"]  # eval is unpacked: one prediction per review
+    assert all(np.isfinite(h["loss"]) for h in out["history"])
