@@ -35,6 +35,7 @@ signatures) next to any `extra_assets` (e.g. the resolved run config).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -121,6 +122,31 @@ def sliding_windows(tokens, window, stride, max_windows: int | None = None):
     return pieces, doc, starts, counts
 
 
+# Batches of at least BUCKET_MIN_BATCH rows run as BUCKETS slices of rows of similar
+# length, each cut to its own longest row: short texts (reviews: 25 pieces on
+# average, 60 for the longest of 32) then stop paying for the batch's longest one.
+BUCKETS, BUCKET_MIN_BATCH = 4, 16
+
+
+def length_bucketed(run, features):
+    """run(features) -> (batch, ...) tensors, computed on length-sorted slices and put back in order."""
+    lengths = tf.reduce_sum(tf.cast(tf.not_equal(features[PADDING_MASK], 0), tf.int32), axis=1)  # (batch,)
+    batch = tf.shape(lengths)[0]
+
+    def sliced():
+        order = tf.argsort(lengths, stable=True)
+        outs = []
+        for i in range(BUCKETS):  # every slice is non-empty: batch >= BUCKET_MIN_BATCH >= BUCKETS
+            rows = order[batch * i // BUCKETS : batch * (i + 1) // BUCKETS]
+            width = tf.reduce_max(tf.gather(lengths, rows))
+            outs.append(run({k: tf.gather(v, rows)[:, :width] for k, v in features.items()}))
+        merged = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *outs)
+        back = tf.math.invert_permutation(order)
+        return tf.nest.map_structure(lambda t: tf.gather(t, back), merged)
+
+    return tf.cond(batch >= BUCKET_MIN_BATCH, sliced, lambda: run(features))
+
+
 def _first(outputs, *keys):
     """The first of `keys` in a dict output, or the output itself."""
     if isinstance(outputs, dict):
@@ -196,11 +222,14 @@ class _Server(tf.Module):
     def _tokenize(self, text):
         return self._features(text)
 
+    def _logits(self, features):
+        return classification_logits(self.model(features, training=False))
+
     def _classify(self, text):
-        return self._labelled(classification_logits(self.model(self._features(text), training=False)))
+        return self._labelled(length_bucketed(self._logits, self._features(text)))
 
     def _classify_pair(self, text_a, text_b):
-        return self._labelled(classification_logits(self.model(self._features(text_a, text_b), training=False)))
+        return self._labelled(length_bucketed(self._logits, self._features(text_a, text_b)))
 
     def _classify_long(self, text):
         tokens = self.tokenizer.tokenize(text)
@@ -224,7 +253,9 @@ class _Server(tf.Module):
         return answer_spans(self.tokenizer, self.special, run, question, context, self.max_seq_length, **self.options)
 
     def _embed(self, text):
-        features = self._features(text)
+        return length_bucketed(self._embed_features, self._features(text))
+
+    def _embed_features(self, features):
         out = self.encoder(features, training=False)
         sequence = tf.cast(out["sequence_output"], tf.float32)  # (batch, seq, hidden)
         real = tf.cast(tf.not_equal(features[PADDING_MASK], 0), tf.float32)[..., None]  # (batch, seq, 1)
@@ -238,6 +269,30 @@ class _Server(tf.Module):
 
 
 # ---- writing ----------------------------------------------------------------------------
+PRECISIONS = ("float32", "bfloat16")
+
+
+@contextlib.contextmanager
+def _compute_precision(model, precision: str):
+    """Trace the signatures with every layer computing in `precision` (variables stay float32).
+
+    bfloat16 halves the matmul time on CPUs with AVX512-BF16 / AMX and on TPUs and
+    recent GPUs, and is emulated (slow) elsewhere, so it is opt-in. The layers'
+    own policies are restored afterwards: the caller's model is not changed.
+    """
+    if precision == "float32":
+        yield
+        return
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    saved = [layer.dtype_policy for layer in layers]
+    try:
+        for layer in layers:
+            layer.dtype_policy = "mixed_bfloat16"
+        yield
+    finally:
+        for layer, policy in zip(layers, saved, strict=True):
+            layer.dtype_policy = policy
+
 def _check(task_type, labels, max_seq_length, encoder, task_options):
     if task_type not in TASK_TYPES:
         raise UserError(f"unknown task type {task_type!r}: export knows {', '.join(TASK_TYPES)}")
@@ -270,13 +325,17 @@ def _write_extra(directory: str, name: str, value) -> None:
         pathlib.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None) -> str:
-    signatures = server.signatures()
+def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None, precision: str = "float32") -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"export precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    info["precision"] = precision
+    with _compute_precision(server.model, precision):
+        signatures = server.signatures()
     info["signatures"] = {
         name: {"inputs": sorted(fn.function_type.parameters), "outputs": sorted(fn.structured_outputs)}
         for name, fn in signatures.items()
     }
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir) as tmp, _compute_precision(server.model, precision):
         tf.saved_model.save(server, tmp, signatures=signatures)
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
@@ -306,6 +365,7 @@ def export_task(
     max_seq_length: int,
     out_dir: str,
     extra_assets: dict | None = None,
+    precision: str = "float32",
     **task_options,
 ) -> str:
     """Write one raw-text SavedModel for a fine-tuned task to `out_dir` (atomically); return `out_dir`.
@@ -314,6 +374,8 @@ def export_task(
     allow_no_answer (SQuAD 2.0: answer "" when the [CLS] null score wins);
     long_document takes doc_stride and max_chunks. `extra_assets` maps file names
     in assets.extra/ to str/bytes content, a JSON-able object, or a path (os.PathLike) to copy.
+    `precision="bfloat16"` bakes bf16 compute into the graph (float32 logits and
+    outputs): about 2x faster on CPUs with AVX512-BF16, probabilities within ~1e-2.
     """
     encoder = getattr(task_model, "encoder", None)
     if encoder is None:
@@ -335,7 +397,7 @@ def export_task(
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, labels)
         server = _Server(task_model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets)
-        return _save(server, out_dir, info, extra_assets)
+        return _save(server, out_dir, info, extra_assets, precision)
 
 
 def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_length: int, out_dir: str) -> str:

@@ -286,6 +286,7 @@ def test_failed_export_leaves_the_previous_one(exported, tmp_path):
         ({"labels": ["only"]}, "at least 2 label"),
         ({"max_seq_length": 1000}, "max_seq_length"),
         ({"max_chunks": 4}, "do not apply"),
+        ({"precision": "float8"}, "precision"),
         ({"vocab_file": os.path.join(os.path.dirname(VOCAB), "missing.txt")}, "not found"),
     ],
 )
@@ -297,3 +298,31 @@ def test_bad_export_arguments_are_one_line_errors(exported, tmp_path, kwargs, me
     with pytest.raises(UserError, match=message):
         export_task(exported[1]["classification"], **args, **options)
     assert not (tmp_path / "m").exists()
+
+
+def test_bfloat16_export_is_close_and_leaves_the_model_alone(exported, tmp_path):
+    _, models = exported
+    model = models["classification"]
+    export_task(model, "classification", VOCAB, True, LABELS, SEQ, str(tmp_path / "bf16"), precision="bfloat16")
+    assert all(layer.dtype_policy.name == "float32" for layer in model._flatten_layers())  # restored
+    info = json.loads((tmp_path / "bf16" / "assets.extra" / EXPORT_INFO).read_text())
+    assert info["precision"] == "bfloat16"
+    got = tf.saved_model.load(str(tmp_path / "bf16")).signatures["serving_default"](text=tf.constant(TEXTS))
+    probabilities = got["probabilities"].numpy()
+    assert probabilities.dtype == np.float32
+    _, want = reference_single(model, TEXTS)
+    np.testing.assert_allclose(probabilities, want, atol=3e-2)
+    assert not np.allclose(probabilities, want, atol=1e-6)  # it really computed in bf16
+
+
+def test_large_batches_run_in_length_buckets_with_the_same_answers(exported):
+    root, models = exported
+    reviews = [json.loads(line)["text"].encode() for line in open(os.path.join(os.path.dirname(VOCAB), "..", "reviews", "test.jsonl"))]
+    texts = reviews[:37] + TEXTS  # above BUCKET_MIN_BATCH: the bucketed branch, long and empty rows mixed in
+    loaded = tf.saved_model.load(str(root / "classification"))
+    got = loaded.signatures["serving_default"](text=tf.constant(texts))["probabilities"].numpy()
+    np.testing.assert_allclose(got, reference_single(models["classification"], texts)[1], atol=1e-5)
+    pooled, mean = reference_embed(models["classification"].encoder, texts)
+    emb = loaded.signatures["embed"](text=tf.constant(texts))
+    np.testing.assert_allclose(emb["pooled"].numpy(), pooled, atol=1e-5)
+    np.testing.assert_allclose(emb["mean_pooled"].numpy(), mean, atol=1e-5)
