@@ -49,10 +49,13 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
     log_fn(f"fine-tuning {name} ({task.type}) from {init or 'random init'}")
     main = train_task(task, model_cfg, vocab_file, data_dirs, init, os.path.join(out_dir, "model"), seed,
                       forward(""), log_fn)
-    report_paths = write_reports(main, task, os.path.join(out_dir, "reports"))
+    # Multi-worker: every worker trains (collectives), only the chief writes files and logs.
+    chief = main["chief"]
+    report_paths = write_reports(main, task, os.path.join(out_dir, "reports")) if chief else {}
     model_weights = os.path.join(out_dir, "task_model.weights.h5")
-    main["model"].save_weights(model_weights)
-    saved_model = export(main, task, vocab_file, lowercase, os.path.join(out_dir, "saved_model"))
+    if chief:
+        main["model"].save_weights(model_weights)
+    saved_model = export(main, task, vocab_file, lowercase, os.path.join(out_dir, "saved_model")) if chief else None
 
     random_init = None
     if task.compare_random_init and init not in (None, "", "random"):
@@ -77,9 +80,10 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
     result["summary"] = summary_line(task.type, result["metrics"],
                                      random_init["eval"].metrics if random_init is not None else None)
     result["wall_seconds"] = round(time.perf_counter() - start, 2)
-    if tracker is not None:
+    if tracker is not None and chief:
         result["registered_model"] = _track(tracker, task, result, report_paths, saved_model, main)
-    atomic_write_text(os.path.join(out_dir, "finetune_result.json"), json.dumps(result, indent=2, default=str) + "\n")
+    if chief:
+        atomic_write_text(os.path.join(out_dir, "finetune_result.json"), json.dumps(result, indent=2, default=str) + "\n")
     log_fn(f"{name}: {result['summary']}")
     return result
 

@@ -282,7 +282,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         "precision": policy, "strategy": type(strategy).__name__, "starting_weights": loaded,
         "train_records": train_m.num_records, "eval_records": eval_m.num_records,
         "skipped": {"train": train_m.skipped, "eval": eval_m.skipped},
-        "allow_null": allow_null,
+        "allow_null": allow_null, "chief": trainer.chief,
         "class_weights": None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
     }
 
