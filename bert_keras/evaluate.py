@@ -94,8 +94,8 @@ def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequen
     example_ids = got[schema.EXAMPLE_ID][real] if schema.EXAMPLE_ID in got else np.full(len(gold), -1)
     rows_of_real = np.nonzero(real)[0]  # the record each instance came from (unpacked eval: one each)
     rows = [
-        {"example_id": int(example_ids[i]), "text": detokenize(token_ids[rows_of_real[i]], vocab),
-         "label": labels[int(gold[i])], "predicted": labels[int(pred[i])],
+        {schema.EXAMPLE_ID: int(example_ids[i]), "text": detokenize(token_ids[rows_of_real[i]], vocab),
+         schema.LABEL: labels[int(gold[i])], "predicted": labels[int(pred[i])],
          "confidence": round(float(probs[i, pred[i]]), 4), "correct": bool(gold[i] == pred[i])}
         for i in range(len(gold))
     ]
@@ -118,7 +118,7 @@ def load_qa_examples(data_dir: str) -> dict[int, dict]:
                 continue
             row = json.loads(line)
             answers = [a["text"] if isinstance(a, Mapping) else str(a) for a in row.get("answers") or []]
-            examples[int(row.get("example_id", n))] = {**row, "answers": answers}
+            examples[int(row.get(schema.EXAMPLE_ID, n))] = {**row, "answers": answers}
     return examples
 
 

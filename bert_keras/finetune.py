@@ -21,6 +21,7 @@ from typing import Any
 
 from bert_keras import reports
 from bert_keras.task_training import train_task
+from pipeline import schema
 from pipeline.atomic import atomic_write_text
 from pipeline.config import ModelConfig, TaskConfig, to_dict
 
@@ -153,12 +154,12 @@ def _with_source_text(rows: list[dict], task: TaskConfig) -> list[dict]:
     if task.type == "qa" or not rows:
         return rows
     try:
-        source = _source_rows(task, {r["example_id"] for r in rows})
+        source = _source_rows(task, {r[schema.EXAMPLE_ID] for r in rows})
     except Exception:  # the source moved or changed: the wordpiece text is still there
         return rows
     out = []
     for r in rows:
-        raw = source.get(r["example_id"])
+        raw = source.get(r[schema.EXAMPLE_ID])
         if raw is not None:
             r = {**r, "text": raw.get(task.text_field, r["text"])}
             if task.type == "pair":
