@@ -12,13 +12,15 @@ file's column names), `question`/`context` for QA. Output: a DataFrame with the
 signature's outputs (label, label_id, probabilities; or answer, score,
 start_char, end_char), strings decoded from UTF-8.
 
-This module imports only mlflow at import time (TensorFlow when the model
-loads), and it is what MLflow pickles by reference; nothing here logs to MLflow
-(that is `pipeline.tracking`).
+The model is logged "from code": MLflow stores this file itself and runs it when
+the model loads (`set_model` below), so no pickle is ever written or read. It
+imports only mlflow at import time (TensorFlow when the model loads) and needs
+nothing else of bertpipe; nothing here logs to MLflow (that is `pipeline.tracking`).
 """
 
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 
 SAVED_MODEL_ARTIFACT = "saved_model"
@@ -67,3 +69,7 @@ def _as_frame(model_input, inputs):
     if isinstance(model_input, (list, tuple)) and all(isinstance(x, str) for x in model_input) and len(inputs) == 1:
         return pd.DataFrame({inputs[0]: list(model_input)})
     return pd.DataFrame(model_input)
+
+
+# Models from code: this file is the model definition MLflow logs and loads.
+mlflow.models.set_model(SavedModelPyfunc())

@@ -178,10 +178,10 @@ class Tracker:
             versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
             info = self.mlflow.pyfunc.log_model(
                 name=name,
-                python_model=wrapper.SavedModelPyfunc(),
+                # Logged from code (the file, not a pickle); it is self-contained, so
+                # serving needs no bertpipe install.
+                python_model=wrapper.__file__,
                 artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
-                # The wrapper's package travels with the model, so serving needs no bertpipe install.
-                code_paths=[os.path.dirname(wrapper.__file__)],
                 signature=None if input_example is None else infer_signature(input_example, output_example),
                 input_example=input_example,
                 registered_model_name=registered_name,

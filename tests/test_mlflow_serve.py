@@ -59,6 +59,10 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     assert {"confusion_matrix.png", "per_class.json", "per_class.csv", "learning_curves.png",
             "predictions_sample.jsonl"} <= reports
     assert client.get_model_version(NAME, "1").run_id == run_id
+    # Logged from code: the model directory holds no pickle to load.
+    local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", tracking_uri=store)
+    files = [f for _, _, names in os.walk(local) for f in names]
+    assert "mlflow_model.py" in files and not [f for f in files if f.endswith((".pkl", ".pickle"))]
 
     port = free_port()
     log = open(tmp_path / "serve.log", "w")
