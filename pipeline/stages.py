@@ -153,7 +153,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         result["vocab_file"] = vocab_file
         return result
 
-    upstream = ["vocab"] + (["pretrain"] if task.init == "pretrained" else [])
+    upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
     inputs = [p for p in (task.train_file, task.eval_file, checkpoint) if p]
     section = {
         "task": to_dict(task),
@@ -186,7 +186,7 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
             )
         return {"models": models, "summary": f"{len(models)} SavedModel(s): {', '.join(models)}"}
 
-    upstream = ["vocab"] + (["pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
+    upstream = (["vocab", "pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
     section = {"export": to_dict(cfg.export), "tasks": tasks}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 

@@ -93,3 +93,12 @@ def test_task_names_cannot_escape_the_run_directory(tmp_path, name):
     path = write(tmp_path, f'finetune:\n  "{name}":\n    type: classification\n    train_file: x.jsonl\n')
     with pytest.raises(ConfigError, match="names a directory"):
         load_config(path)
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.dirname(DEFAULT_CONFIG))))
+def test_every_shipped_config_loads_and_builds_its_stages(name):
+    from pipeline.stages import build_stages
+
+    cfg = load_config(os.path.join(os.path.dirname(DEFAULT_CONFIG), name))
+    stages = build_stages(cfg)
+    assert [s.name.split(":")[0] for s in stages][0] in ("vocab", "finetune")
