@@ -19,7 +19,8 @@ Signatures per task type (inputs -> outputs, every input a (batch,) string):
                     check serving against training data)
 
 Rows are padded to the longest row of the batch (never above max_seq_length),
-so short requests do not pay for 128-token padding.
+and batches of 16 or more run as length-sorted slices, each cut to its own
+longest row (`bert_keras.export_inputs`), so short texts do not pay for padding.
 
 Contract with the task models (`bert_keras.tasks`): `task_model.encoder` is the
 `BertEncoder`; `task_model(features, training=False)` takes the batch dict named
@@ -43,12 +44,12 @@ import shutil
 import tempfile
 
 import tensorflow as tf
-import tensorflow_text as tf_text
 
+from bert_keras.export_inputs import length_bucketed, pack_segments, sliding_windows
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.atomic import atomic_directory
 from pipeline.errors import UserError
-from pipeline.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from pipeline.schema import CHUNK_MASK, PADDING_MASK, TOKEN_IDS
 
 TASK_TYPES = ("classification", "pair", "qa", "long_document")
 EXPORT_INFO = "bertpipe_export.json"  # in assets.extra/
@@ -67,84 +68,6 @@ _OPTIONS = {  # task options each type accepts, with defaults
     "qa": {"doc_stride": 64, "max_query_length": 32, "max_answer_length": 30, "allow_no_answer": False},
     "long_document": {"doc_stride": 64, "max_chunks": 8},
 }
-
-
-# ---- packing (shared with export_qa) -------------------------------------------------
-def pad_packed(ids, segments):
-    """Ragged (batch, pieces) ids and segment ids -> int32 model inputs padded to the longest row."""
-    # At least 1 column keeps an empty batch (or an all-empty one) well formed.
-    longest = tf.reduce_max(tf.concat([ids.row_lengths(), tf.ones([1], tf.int64)], 0))
-    token_ids, mask = tf_text.pad_model_inputs(ids, longest)
-    segment_ids, _ = tf_text.pad_model_inputs(segments, longest)
-    return {
-        TOKEN_IDS: tf.cast(token_ids, tf.int32),
-        SEGMENT_IDS: tf.cast(segment_ids, tf.int32),
-        PADDING_MASK: tf.cast(mask, tf.int32),
-    }
-
-
-def pack_segments(segments, special, max_seq_length: int):
-    """[CLS] A [SEP] (B [SEP]) from ragged wordpiece ids, trimmed to fit `max_seq_length`.
-
-    RoundRobinTrimmer takes one piece from each segment in turn until the budget
-    is spent, so a pair keeps an equal share of each side (the outcome of BERT's
-    "truncate the longer one first" rule); one segment is simply truncated.
-    """
-    budget = max_seq_length - 1 - len(segments)  # [CLS] plus one [SEP] per segment
-    trimmed = tf_text.RoundRobinTrimmer(budget).trim(segments)
-    ids, segment_ids = tf_text.combine_segments(trimmed, special.cls, special.sep)
-    return pad_packed(ids, segment_ids)
-
-
-def sliding_windows(tokens, window, stride, max_windows: int | None = None):
-    """Split each row of ragged `tokens` (batch, pieces) into windows `stride` apart.
-
-    `window` and `stride` are scalars or (batch,) tensors (QA: the room the
-    question leaves). Windows start at 0, stride, 2*stride, ... until one reaches
-    the row's end (google-research/bert run_squad.py's doc spans, the data job's
-    `beam_jobs.finetune_examples` windows); an empty row gets one empty window;
-    `max_windows` keeps the first ones. Written with ragged index maths
-    rather than `tf_text.sliding_window` because window and count vary per row.
-    Returns (pieces ragged (num_windows, <=window), doc (num_windows,) row of each
-    window, starts (num_windows,) first piece index in its row, counts (batch,)).
-    """
-    lengths = tokens.row_lengths()  # (batch,)
-    window = tf.broadcast_to(tf.cast(window, tf.int64), tf.shape(lengths))
-    stride = tf.broadcast_to(tf.cast(stride, tf.int64), tf.shape(lengths))
-    counts = 1 + (tf.maximum(lengths - window, 0) + stride - 1) // stride
-    if max_windows:
-        counts = tf.minimum(counts, max_windows)
-    doc = tf.repeat(tf.range(tf.size(lengths, out_type=tf.int64)), counts)  # (num_windows,)
-    starts = tf.ragged.range(counts).flat_values * tf.gather(stride, doc)
-    ends = tf.minimum(starts + tf.gather(window, doc), tf.gather(lengths, doc))
-    base = tf.gather(tokens.row_starts(), doc)  # offset of each window's row in flat_values
-    pieces = tf.gather(tokens.flat_values, tf.ragged.range(base + starts, base + ends))
-    return pieces, doc, starts, counts
-
-
-# Batches of at least BUCKET_MIN_BATCH rows run as BUCKETS slices of rows of similar
-# length, each cut to its own longest row: short texts (reviews: 25 pieces on
-# average, 60 for the longest of 32) then stop paying for the batch's longest one.
-BUCKETS, BUCKET_MIN_BATCH = 4, 16
-
-
-def length_bucketed(run, features):
-    """run(features) -> (batch, ...) tensors, computed on length-sorted slices and put back in order."""
-    lengths = tf.reduce_sum(tf.cast(tf.not_equal(features[PADDING_MASK], 0), tf.int32), axis=1)  # (batch,)
-    batch = tf.shape(lengths)[0]
-
-    def sliced():
-        order = tf.argsort(lengths, stable=True)
-        outs = []
-        for i in range(BUCKETS):  # every slice is non-empty: batch >= BUCKET_MIN_BATCH >= BUCKETS
-            rows = order[batch * i // BUCKETS : batch * (i + 1) // BUCKETS]
-            width = tf.reduce_max(tf.gather(lengths, rows))
-            outs.append(run({k: tf.gather(v, rows)[:, :width] for k, v in features.items()}))
-        merged = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *outs)
-        back = tf.math.invert_permutation(order)
-        return tf.nest.map_structure(lambda t: tf.gather(t, back), merged)
-
-    return tf.cond(batch >= BUCKET_MIN_BATCH, sliced, lambda: run(features))
 
 
 def _first(outputs, *keys):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from bert_keras.export import pad_packed, sliding_windows
+from bert_keras.export_inputs import pad_packed, sliding_windows
 
 ANSWER_OUT, SCORE_OUT, START_CHAR_OUT, END_CHAR_OUT = "answer", "score", "start_char", "end_char"
 _NEG = -1.0e30  # "no span here"; far below any real logit sum
