@@ -114,7 +114,9 @@ class ExampleBuilder:
             budget = seq - 1 - len(segs)  # [CLS] + one [SEP] per segment
             w.counts["truncated"] += int(sum(len(s) for s in segs) > budget)
             while sum(len(s) for s in segs) > budget:  # trim the longer side, from the end
-                longest = max(range(len(segs)), key=lambda i: len(segs[i]))
+                # Ties trim the last segment (B), as google-research/bert's _truncate_seq_pair
+                # and the exported serving graph do, so training and serving keep the same pieces.
+                longest = max(reversed(range(len(segs))), key=lambda i: len(segs[i]))
                 segs[longest] = segs[longest][:-1]
             tokens = np.concatenate([[cls]] + [np.append(s, sep) for s in segs])
             segment = np.concatenate([[0]] + [np.full(len(s) + 1, i) for i, s in enumerate(segs)])

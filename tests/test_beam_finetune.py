@@ -120,3 +120,17 @@ def test_bad_rows_are_counted_or_one_line_errors(tmp_path):
     bad.write_text(json.dumps(squad))
     qa = TaskConfig(type="qa", train_file=str(bad), eval_file=str(bad), max_seq_length=64, doc_stride=24, max_query_length=16)
     assert prepare_task_data(qa, VOCAB, True, str(tmp_path / "q"), 0, [])["train"].skipped == {"answer_text_not_at_answer_start": 1}
+
+
+def test_pair_truncation_trims_b_on_ties_like_bert_and_the_serving_graph(tmp_path):
+    rows = [{"text": "one two three four five", "text_b": "six seven eight nine ten", "label": "x"},
+            {"text": "alpha beta", "text_b": "gamma", "label": "y"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    task = TaskConfig(type="pair", train_file=str(path), eval_file=str(path), max_seq_length=10)
+    prepare_task_data(task, VOCAB, True, str(tmp_path / "out"), 0, [])
+    _, rec = _read(str(tmp_path / "out" / "train"))
+    first = np.flatnonzero(rec[schema.PADDING_MASK].sum(axis=1) == 10)[0]
+    segments = rec[schema.SEGMENT_IDS][first]
+    # budget 7 pieces for 5 + 5: B is cut on the tie (5, 4), then A (4, 4), then B (4, 3).
+    assert (segments == 0).sum() == 1 + 4 + 1 and (segments == 1).sum() == 3 + 1
