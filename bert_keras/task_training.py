@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from bert_keras import data, distribute, packing
 from bert_keras.evaluate import EvalResult, evaluate_classification, evaluate_qa, load_qa_examples
@@ -41,22 +40,6 @@ KINDS = {"classification": schema.CLASSIFICATION, "pair": schema.CLASSIFICATION,
 BEST_WEIGHTS, BEST_STATE, EVAL_HISTORY = "best.weights.h5", "best.json", "eval_history.jsonl"
 LOWER_IS_BETTER = ("loss",)
 HEADLINE = {"qa": ("f1", "exact_match")}  # task type -> metrics quoted in the summary; default accuracy, macro_f1
-
-
-class TaskTrainer(Trainer):
-    """The trainer, with sparse gradients made dense before the cross-replica sum.
-
-    A task model's embedding gradients are `IndexedSlices` whose row count
-    depends on each replica's tokens; MirroredStrategy's collective all-reduce
-    then fails on mismatched shapes (pretraining escapes it: its tied MLM output
-    makes that gradient dense). With one replica nothing changes.
-    """
-
-    def _micro_grads(self, batch):
-        grads, loss, metrics = super()._micro_grads(batch)
-        if self.replicas > 1:
-            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
-        return grads, loss, metrics
 
 
 class _EarlyStop(Exception):
@@ -211,7 +194,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         def run_eval() -> EvalResult:
             return evaluate_classification(model, eval_ds, labels, vocab)
 
-    trainer = TaskTrainer(model, loss_for(task.type, class_weights), optimizer, strategy, out_dir,
+    trainer = Trainer(model, loss_for(task.type, class_weights), optimizer, strategy, out_dir,
                       LoopSettings.from_config(task), on_log=on_metrics, log_fn=log_fn)
     restored = trainer.restore()
     state_path, best_path = os.path.join(out_dir, BEST_STATE), os.path.join(out_dir, BEST_WEIGHTS)
