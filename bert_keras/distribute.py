@@ -13,7 +13,6 @@ Must be set before the model is built.
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import tensorflow as tf
@@ -21,7 +20,6 @@ import tensorflow as tf
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 
-log = logging.getLogger(__name__)
 
 
 def tf_config_workers() -> int:
@@ -122,5 +120,4 @@ def describe(strategy: tf.distribute.Strategy, per_replica: int, accumulation_st
         f"global batch {global_batch_size(per_replica, strategy, accumulation_steps)} = {per_replica} per replica "
         f"x {strategy.num_replicas_in_sync} replicas x {accumulation_steps} accumulation steps"
     )
-    log.info(line)
-    return line
+    return line  # the caller prints it (through its log_fn), once
