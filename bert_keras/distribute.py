@@ -21,7 +21,6 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 
 
-
 def tf_config_workers() -> int:
     """Number of workers (chief included) named by TF_CONFIG, 0 when unset."""
     raw = os.environ.get("TF_CONFIG")
