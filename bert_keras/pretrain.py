@@ -16,9 +16,9 @@ import keras
 import tensorflow as tf
 
 from bert_keras import data, distribute, dynamic_masking, packing
-from bert_keras.encoder import build_encoder
 from bert_keras.optimization import build_optimizer
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
+from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.tokenizer import MASK, load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline import schema
@@ -101,13 +101,16 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     keras.utils.set_random_seed(seed)
 
     with strategy.scope():
-        encoder = build_encoder(model_cfg, vocab_size)
+        # model.init_from (hf:DIR / google:DIR): continued pretraining; the checkpoint sets the sizes.
+        encoder, pending = build_encoder_for(model_cfg.init_from, model_cfg, vocab_size)
         model = BertPretrainingModel(encoder)
         optimizer = build_optimizer(train_cfg, train_cfg.steps, model.trainable_variables,
                                     loss_scale=policy == "mixed_float16")
     trainer = Trainer(model, pretraining_loss, optimizer, strategy, out_dir, LoopSettings.from_config(train_cfg),
                       on_log=on_log, log_fn=log_fn)
     start = trainer.restore()
+    if start == 0 and model_cfg.init_from:  # a resumed run already holds its own weights
+        log_fn("starting weights: " + apply_init(model, encoder, model_cfg.init_from, pending))
     pack, mask = _input_fns(manifest, data_dir, train_cfg, seed, train_cfg.batch_size * accum)
     # A resumed run reshuffles with a new seed instead of replaying the first batches.
     data_seed = seed + 1_000_003 * start

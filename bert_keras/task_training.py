@@ -27,6 +27,7 @@ import numpy as np
 from bert_keras import data, distribute, packing
 from bert_keras.evaluate import EvalResult, evaluate_classification, evaluate_qa, load_qa_examples
 from bert_keras.optimization import build_optimizer
+from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.tasks import balanced_class_weights, build_task_model, loss_for
 from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
@@ -44,45 +45,6 @@ HEADLINE = {"qa": ("f1", "exact_match")}  # task type -> metrics quoted in the s
 
 class _EarlyStop(Exception):
     """Raised from the evaluation hook to end training early (the trainer has no stop flag)."""
-
-
-# ---- encoder initialization ---------------------------------------------------------
-def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int):
-    """(encoder, weights to assign or None). hf:/google: checkpoints dictate the architecture."""
-    from bert_keras.encoder import BertEncoder, build_encoder
-
-    if init and init.split(":", 1)[0] in ("hf", "google"):
-        from bert_keras import weights
-
-        cfg, state, source = weights.read_checkpoint(init)
-        kwargs = weights.encoder_kwargs_from_config(cfg, source)
-        if kwargs["vocab_size"] != vocab_size:
-            raise ContractError(f"{source} has a vocab of {kwargs['vocab_size']} tokens but the task data was "
-                                f"written with {vocab_size}: use the checkpoint's vocab.txt")
-        return BertEncoder(**kwargs, name="bert_encoder"), (state, source)
-    return build_encoder(model_cfg, vocab_size), None
-
-
-def apply_init(model, encoder, init: str | None, pending) -> str:
-    """Load the starting weights; returns a one-line description of what was loaded."""
-    if pending is not None:
-        from bert_keras import weights
-
-        return weights.assign_state(model, *pending).summary()
-    if init in (None, "", "random"):
-        return "random init"
-    path = init
-    if os.path.isdir(path):
-        path = os.path.join(path, "encoder.weights.h5")  # a pretrain stage directory
-    if not os.path.exists(path):
-        raise UserError(f"encoder weights {path} not found: run the pretrain stage, or set finetune.<task>.init "
-                        "to random, hf:DIR or google:DIR")
-    try:
-        encoder.load_weights(path)
-    except ValueError as err:
-        raise ContractError(f"encoder weights {path} do not fit model.* ({str(err).splitlines()[0][:120]}): "
-                            "fine-tune with the model config the encoder was pretrained with") from None
-    return f"encoder weights from {path}"
 
 
 # ---- data ---------------------------------------------------------------------------

@@ -19,15 +19,19 @@ STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
 
 
 def _vocab(cfg: Config):
+    # Continued pretraining (model.init_from) reads the checkpoint's own vocab.
+    checkpoint = _checkpoint_dir(cfg.model.init_from)
+    given = cfg.vocab.vocab_file or (os.path.join(checkpoint, "vocab.txt") if checkpoint else None)
+
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.tokenizer import load_vocab, special_ids
 
         out_path = os.path.join(ctx.out_dir, "vocab.txt")
-        if cfg.vocab.vocab_file:
-            tokens = load_vocab(cfg.vocab.vocab_file)
-            special_ids(tokens, source=f"vocab file {cfg.vocab.vocab_file}")
-            shutil.copyfile(cfg.vocab.vocab_file, out_path)
-            stats: dict[str, Any] = {"source": cfg.vocab.vocab_file}
+        if given:
+            tokens = load_vocab(given)
+            special_ids(tokens, source=f"vocab file {given}")
+            shutil.copyfile(given, out_path)
+            stats: dict[str, Any] = {"source": given}
         else:
             from beam_jobs.vocab import learn_vocab
 
@@ -35,10 +39,8 @@ def _vocab(cfg: Config):
             tokens = load_vocab(out_path)
         return {"vocab_file": out_path, "vocab_size": len(tokens), "stats": stats}
 
-    inputs = [cfg.vocab.vocab_file] if cfg.vocab.vocab_file else list(cfg.data.corpus)
-    section = {"data": to_dict(cfg.data), "vocab": to_dict(cfg.vocab)}
-    if cfg.vocab.vocab_file:
-        section = {"vocab_file": cfg.vocab.vocab_file}
+    inputs = [given] if given else list(cfg.data.corpus)
+    section = {"vocab_file": given} if given else {"data": to_dict(cfg.data), "vocab": to_dict(cfg.vocab)}
     return Stage("vocab", run, section, inputs=inputs, artifacts=lambda out: [out["vocab_file"]])
 
 
