@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bert_keras.layers import TransformerBlock, attention_bias, packed_positions, same_instance
+from bert_keras.layers import FastDropout, TransformerBlock, attention_bias, packed_positions, same_instance
 from pipeline.schema import CLS_POSITIONS, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
 SEQUENCE_OUTPUT = "sequence_output"
@@ -73,7 +73,7 @@ class BertEncoder(keras.Model):
             max_position_embeddings, hidden_size, embeddings_initializer=init, name="position_embedding"
         )
         self.embedding_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="embedding_norm")
-        self.embedding_dropout = keras.layers.Dropout(dropout)
+        self.embedding_dropout = FastDropout(dropout)
         self.blocks = [
             TransformerBlock(
                 hidden_size,

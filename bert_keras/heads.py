@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.encoder import gather_positions
-from bert_keras.layers import large_negative
+from bert_keras.layers import FastDropout, large_negative
 
 
 def _init(initializer_range):
@@ -90,7 +90,7 @@ class ClassificationHead(keras.layers.Layer):
         self.num_classes = num_classes
         self.dropout = dropout
         self.initializer_range = initializer_range
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = FastDropout(dropout)
         self.dense = keras.layers.Dense(num_classes, kernel_initializer=_init(initializer_range), name="logits")
         self.dense.build((None, hidden_size))
 

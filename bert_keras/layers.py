@@ -59,6 +59,37 @@ def _dense(units, initializer_range, name, activation=None):
     return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
 
 
+class FastDropout(keras.layers.Layer):
+    """Inverted dropout from 16-bit random draws, with no seed variable.
+
+    Written by hand because Keras' Dropout draws one float per element and, per call,
+    updates a SeedGenerator variable that orders every dropout in the graph after the
+    previous one. This draws one 32-bit word per two elements (each half compared with
+    a 16-bit threshold: rate 0.1 becomes 6554/65536 = 0.100006) from a stateless
+    generator seeded by a stateful op. Measured in one process, alternating, bf16, the
+    bench_model_step shape: 43.8 vs 41.0 sequences/s with Keras' Dropout (+7%); the
+    dropout op alone, forward and backward on (32, 4, 128, 128): 7.8 vs 11.1 ms.
+    """
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self._threshold = int(round(rate * 65536))
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0:
+            return x
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+        n = tf.size(x)
+        words = tf.random.stateless_uniform([(n + 1) // 2], seed=seed, minval=None, maxval=None, dtype=tf.uint32)
+        halves = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:n]  # (n,) uniform 16-bit draws
+        keep = tf.reshape(halves >= self._threshold, tf.shape(x))
+        return tf.where(keep, x * tf.cast(1.0 / (1.0 - self.rate), x.dtype), tf.zeros_like(x))
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate}
+
+
 class TransformerBlock(keras.layers.Layer):
     """One post-LayerNorm BERT layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
 
@@ -95,8 +126,8 @@ class TransformerBlock(keras.layers.Layer):
         self.intermediate = _dense(intermediate_size, initializer_range, "intermediate", activation="gelu")
         self.output_dense = _dense(hidden_size, initializer_range, "output")
         self.output_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="output_norm")
-        self.attention_probs_dropout = keras.layers.Dropout(attention_dropout)
-        self.hidden_dropout = keras.layers.Dropout(dropout)
+        self.attention_probs_dropout = FastDropout(attention_dropout)
+        self.hidden_dropout = FastDropout(dropout)
 
     def build(self, input_shape=None):
         h = self.hidden_size
