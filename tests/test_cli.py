@@ -54,3 +54,8 @@ def test_config_command_prints_resolved_yaml():
     result = run("config", "--set", "pretrain.steps=7")
     assert result.returncode == 0
     assert "steps: 7" in result.stdout
+
+
+def test_corpus_glob_matching_nothing(tmp_path):
+    result = run("vocab", "--no-mlflow", "--work-dir", str(tmp_path / "run"), "--set", f"data.corpus=[{tmp_path}/none/*.txt]")
+    assert_one_line_error(result, 1, "matches no files: check data.corpus")
