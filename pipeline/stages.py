@@ -37,7 +37,8 @@ def _vocab(cfg: Config):
 
             stats = learn_vocab(cfg.data, cfg.vocab, out_path, list(cfg.prepare.beam_args))
             tokens = load_vocab(out_path)
-        return {"vocab_file": out_path, "vocab_size": len(tokens), "stats": stats}
+        summary = f"{len(tokens)} tokens" + ("" if given else " learned")
+        return {"vocab_file": out_path, "vocab_size": len(tokens), "stats": stats, "summary": summary}
 
     inputs = [given] if given else list(cfg.data.corpus)
     section = {"vocab_file": given} if given else {"data": to_dict(cfg.data), "vocab": to_dict(cfg.vocab)}
@@ -56,7 +57,12 @@ def _prepare(cfg: Config):
         if ctx.tracker is not None:
             ctx.tracker.metrics({f"data.{k}": v for k, v in manifest.counts.items()})
             ctx.tracker.metrics({f"skipped.{k}": v for k, v in manifest.skipped.items()})
-        return {"data_dir": data_dir, "manifest": dataclasses.asdict(manifest) | {"config": None}}
+        skipped = sum(manifest.skipped.values())
+        summary = (
+            f"{manifest.num_records} instances, masked rate {manifest.counts.get('masked_rate', 0):.3f}, "
+            f"{skipped} input(s) skipped"
+        )
+        return {"data_dir": data_dir, "manifest": dataclasses.asdict(manifest) | {"config": None}, "summary": summary}
 
     inputs = list(cfg.data.corpus) + ([cfg.prepare.lexicon] if cfg.prepare.lexicon else [])
     section = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "seed": cfg.run.seed}
