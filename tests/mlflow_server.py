@@ -17,6 +17,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, log_path: str, timeout: float, poll: float = 0.5) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it dies or times out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                raise AssertionError(f"server at {url} did not start: " + fh.read()[-2000:])
+        time.sleep(poll)
+
+
 @contextlib.contextmanager
 def mlflow_server(root: str):
     port = free_port()
@@ -33,17 +49,7 @@ def mlflow_server(root: str):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("mlflow server did not start: " + open(os.path.join(root, "server.log")).read()[-2000:])
-            time.sleep(0.5)
+        wait_until_up(url + "/health", proc, os.path.join(root, "server.log"), timeout=120)
         yield url, proc
     finally:
         proc.terminate()

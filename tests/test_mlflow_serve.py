@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -15,7 +14,7 @@ from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
 from pipeline.config import ModelConfig, TaskConfig
 from pipeline.tracking import Tracker
-from tests.mlflow_server import free_port
+from tests.mlflow_server import free_port, wait_until_up
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 NAME = "sentiment-tiny"
@@ -76,17 +75,7 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise AssertionError("mlflow models serve did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
-            time.sleep(1)
+        wait_until_up(url + "/ping", server, str(tmp_path / "serve.log"), timeout=180, poll=1)
         texts = ["A gorgeous, moving film with a wonderful cast.", "Dull, lifeless and far too long.", ""]
         answer = post(url + "/invocations", {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
         predictions = answer["predictions"]
