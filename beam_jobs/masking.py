@@ -20,7 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-MODES = ("token", "whole_word", "span", "entity")
+from pipeline.config import MASKING_MODES
+
+MODES = MASKING_MODES
 
 
 @dataclasses.dataclass(frozen=True)

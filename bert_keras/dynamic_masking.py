@@ -26,9 +26,10 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from pipeline import schema
+from pipeline.config import MASKING_MODES
 from pipeline.errors import ContractError
 
-MODES = ("token", "whole_word", "span", "entity")
+MODES = MASKING_MODES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,6 +31,11 @@ DEFAULT_CONFIG = next(
 )
 
 
+# The masking modes, named once: the config accepts them, the Beam job and the
+# trainer's dynamic masking implement them.
+MASKING_MODES = ("token", "whole_word", "span", "entity")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -75,7 +80,7 @@ class PrepareConfig(_Section):
     masked_lm_prob: float = Field(0.15, gt=0, lt=1)
     short_seq_prob: float = Field(0.1, ge=0, le=1)
     dupe_factor: int = Field(1, ge=1)  # copies of each instance, each with a different mask
-    masking: Literal["token", "whole_word", "span", "entity"] = "whole_word"
+    masking: Literal[MASKING_MODES] = "whole_word"
     max_ngram: int = Field(3, ge=1)  # span masking: spans of 1..max_ngram words
     lexicon: str | None = None  # entity masking: one entity or phrase a line
     dynamic: bool = False  # write unmasked rows; the trainer masks per step
