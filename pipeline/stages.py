@@ -143,9 +143,10 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else ctx.upstream["vocab"]["outputs"]["vocab_file"]
         data_dir = os.path.join(ctx.out_dir, "data")
         manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
-        init = {"pretrained": None, "random": None}.get(task.init, task.init)
         if task.init == "pretrained":
             init = ctx.upstream["pretrain"]["outputs"]["encoder_weights"]
+        else:
+            init = None if task.init == "random" else task.init  # hf:DIR / google:DIR
         result = run_finetune(
             name,
             task,
