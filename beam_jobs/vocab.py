@@ -8,22 +8,26 @@ learner only sees (word, count) pairs, whose number grows with the vocabulary
 of the language, not with the corpus. The vocab file is laid out for BERT:
 [PAD]=0, [UNK], [CLS], [SEP], [MASK], [unused0..N-1], then the learned pieces
 (`##` marks a continuation piece), and is written atomically.
+
+The counts travel from the workers to this process as text files in a place
+both reach (next to a remote `out_path`, or under `--temp_location`), so the
+job runs on any Beam runner; the directory is removed afterwards.
 """
 
 from __future__ import annotations
 
-import glob
-import os
 import re
 import tempfile
 import unicodedata
+import uuid
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import corpus
 from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
-from pipeline.atomic import atomic_write_text
+from pipeline.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
 from pipeline.config import DataConfig, VocabConfig
 from pipeline.errors import UserError
 
@@ -70,31 +74,63 @@ def learn_from_counts(counts: list[tuple[str, int]], vocab: VocabConfig) -> list
     return out
 
 
+def _counts_dir(out_path: str, options: PipelineOptions) -> str:
+    """Where the workers write the word counts: a place they and this process both reach.
+
+    Next to a remote `out_path` (gs://, s3://, ...); else under the job's
+    `--temp_location` when one is given (a remote runner with a local out_path);
+    else a local temp dir, which only in-process and local-subprocess runners reach.
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    name = f".tmp-wordcounts-{uuid.uuid4().hex[:12]}"
+    if is_remote(out_path):
+        return FileSystems.join(FileSystems.split(out_path)[0], name)
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    if temp_location:
+        return join(temp_location, name)
+    return tempfile.mkdtemp(prefix="bertpipe-wordcounts-")
+
+
+def _read_counts(counts_dir: str) -> list[tuple[str, int]]:
+    counts: list[tuple[str, int]] = []
+    for meta in sorted(FileSystems.match([join(counts_dir, "counts*")])[0].metadata_list, key=lambda m: m.path):
+        with open_read(meta.path) as fh:
+            for line in fh.read().decode("utf-8").split("\n"):  # not splitlines: it also splits on \x1c, \u2028...
+                if not line:
+                    continue
+                n, word = line.split("\t", 1)
+                counts.append((word, int(n)))
+    return counts
+
+
 def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: list[str]) -> dict:
-    """Learn a vocab from the corpus and write it to `out_path`; returns stats for tracking."""
+    """Learn a vocab from the corpus and write it to `out_path` (a local path or any
+    Beam filesystem path); returns stats for tracking."""
     files = corpus.expand_corpus(data.corpus)
-    with tempfile.TemporaryDirectory(prefix="bertpipe-wordcounts-") as tmp:
-        pipeline = beam.Pipeline(options=PipelineOptions(list(beam_args)))
+    options = PipelineOptions(list(beam_args))
+    counts_dir = _counts_dir(out_path, options)
+    try:
+        pipeline = beam.Pipeline(options=options)
         _ = (
             pipeline
             | "Read" >> corpus.ReadDocuments(files, data)
             | "Words" >> beam.FlatMap(words, data.lowercase, data.strip_accents)
             | "CountWords" >> beam.combiners.Count.PerElement()
             | "FormatCounts" >> beam.MapTuple(lambda word, n: f"{n}\t{word}")
-            | "WriteCounts" >> beam.io.WriteToText(os.path.join(tmp, "counts"))
+            | "WriteCounts" >> beam.io.WriteToText(join(counts_dir, "counts"))
         )
         result = pipeline.run()
         result.wait_until_finish()
         skipped = corpus.query_counters(result, corpus.SKIPPED)
         noted = corpus.query_counters(result, corpus.NOTED)
-        counts: list[tuple[str, int]] = []
-        for path in sorted(glob.glob(os.path.join(tmp, "counts*"))):
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    n, word = line.rstrip("\n").split("\t", 1)
-                    counts.append((word, int(n)))
+        counts = _read_counts(counts_dir)
+    finally:
+        remove_tree(counts_dir)
     if not counts:
-        raise UserError(f"no words found in data.corpus ({', '.join(data.corpus)}): every document was skipped {skipped}")
+        raise UserError(
+            f"no words found in data.corpus ({', '.join(data.corpus)}): every document was skipped {skipped}"
+        )
     counts.sort(key=lambda wc: (-wc[1], wc[0]))  # deterministic input order for the learner
     tokens = learn_from_counts(counts, vocab)
     atomic_write_text(out_path, "\n".join(tokens) + "\n")

@@ -28,7 +28,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.atomic import atomic_write_text, ensure_writable_dir
+from pipeline.atomic import (
+    atomic_write_text,
+    ensure_writable_dir,
+    exists,
+    is_remote,
+    join,
+    open_read,
+    remove_file,
+    remove_tree,
+)
 from pipeline.errors import UserError
 
 log = logging.getLogger("bertpipe")
@@ -89,12 +98,17 @@ def fingerprint(stage: Stage, input_hashes: dict[str, str], upstream_prints: dic
 
 
 def read_stage_record(work_dir: str, name: str) -> dict[str, Any] | None:
-    path = os.path.join(work_dir, _dirname(name), STAGE_FILE)
+    path = join(join(work_dir, _dirname(name)), STAGE_FILE)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        return _read_json(path) if exists(path) else None
     except (OSError, ValueError):
         return None
+
+
+def _read_json(path: str) -> Any:
+    # A local path or any Beam filesystem path (the data jobs can write to gs://, s3://, ...).
+    with open_read(path) as fh:
+        return json.loads(fh.read().decode("utf-8"))
 
 
 def _dirname(name: str) -> str:
@@ -124,7 +138,7 @@ def run_stages(stages: list[Stage], work_dir: str, tracker: Any = None, force: b
                 records[up] = rec
         input_hashes = hash_inputs(stage.inputs)
         print_ = fingerprint(stage, input_hashes, {up: records[up]["fingerprint"] for up in stage.upstream})
-        out_dir = os.path.join(work_dir, _dirname(stage.name))
+        out_dir = join(work_dir, _dirname(stage.name))
         previous = read_stage_record(work_dir, stage.name)
         if previous and previous.get("fingerprint") == print_ and not force:
             log.info("[%s] up to date (inputs and config unchanged), skipping", stage.name)
@@ -138,15 +152,16 @@ def run_stages(stages: list[Stage], work_dir: str, tracker: Any = None, force: b
 
 def _prepare_dir(stage: Stage, out_dir: str, print_: str, force: bool) -> None:
     """Clear a stale output; keep a resumable stage's partial output of the same fingerprint."""
-    marker = os.path.join(out_dir, INPROGRESS_FILE)
+    marker = join(out_dir, INPROGRESS_FILE)
     keep = False
-    if stage.resumable and not force and os.path.exists(marker):
+    if stage.resumable and not force and exists(marker):
         try:
-            with open(marker, encoding="utf-8") as fh:
-                keep = json.load(fh).get("fingerprint") == print_
+            keep = _read_json(marker).get("fingerprint") == print_
         except (OSError, ValueError):
             keep = False
-    if os.path.exists(out_dir) and not keep:
+    if is_remote(out_dir) and not keep:
+        remove_tree(out_dir)  # object stores: a "directory" never exists, its objects do
+    elif os.path.exists(out_dir) and not keep:
         shutil.rmtree(out_dir)
     ensure_writable_dir(out_dir)
     if keep:
@@ -201,7 +216,7 @@ def _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, f
             record = _record(stage, print_, input_hashes, outputs, start, run_id)
             _write_record(out_dir, record)
             tracker.metrics({"stage_seconds": record["seconds"]})
-            tracker.artifact(os.path.join(out_dir, STAGE_FILE))
+            tracker.artifact(join(out_dir, STAGE_FILE))
             for path in stage.artifacts(outputs):
                 tracker.artifact(path)
     else:
@@ -227,7 +242,9 @@ def _record(stage, print_, input_hashes, outputs, start, run_id) -> dict[str, An
 
 
 def _write_record(out_dir: str, record: dict[str, Any]) -> None:
-    atomic_write_text(os.path.join(out_dir, STAGE_FILE), json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    marker = os.path.join(out_dir, INPROGRESS_FILE)
-    if os.path.exists(marker):
+    atomic_write_text(join(out_dir, STAGE_FILE), json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    marker = join(out_dir, INPROGRESS_FILE)
+    if is_remote(marker):
+        remove_file(marker)
+    elif os.path.exists(marker):
         os.unlink(marker)

@@ -209,20 +209,22 @@ class DataManifest:
 
 def write_manifest(directory: str, manifest: DataManifest) -> str:
     """Write `manifest.json` atomically (temp file then rename) and return its path."""
-    from pipeline.atomic import atomic_write_text
+    from pipeline.atomic import atomic_write_text, join
 
-    path = os.path.join(directory, MANIFEST_NAME)
+    path = join(directory, MANIFEST_NAME)  # local, or any Beam filesystem (gs://, s3://, ...)
     atomic_write_text(path, json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n")
     return path
 
 
 def read_manifest(directory: str) -> DataManifest:
-    path = os.path.join(directory, MANIFEST_NAME)
-    if not os.path.exists(path):
+    from pipeline.atomic import exists, join, open_read
+
+    path = join(directory, MANIFEST_NAME)  # local, or any Beam filesystem (gs://, s3://, ...)
+    if not exists(path):
         raise ContractError(f"{path} not found: run the data job first (bertpipe prepare) or point at its output")
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh)
+        with open_read(path) as fh:
+            raw = json.loads(fh.read().decode("utf-8"))
         return DataManifest(**raw)
     except (ValueError, TypeError) as err:
         raise ContractError(f"{path} is not a bertpipe data manifest: {err}") from None
