@@ -2,7 +2,7 @@
 
 The pipeline, as labelled steps:
 
-    Read -> SplitSentences -> Tokenize -> CreateInstances(donors) -> Mask -> Serialize -> WriteShards
+    Read -> SplitSentences -> Tokenize -> InstancesToRecords(donors, lexicon) -> WriteShards
     ReadForDonors -> SplitForDonors -> DonorCandidates -> DonorSample -> TokenizeDonors  (side input)
 
 Logic lives in pure modules (`sentences`, `instances`, `masking`); the DoFns
@@ -94,24 +94,49 @@ class _DonorsFn(beam.DoFn):
         from bert_keras.tokenizer import make_tokenizer
 
         tokenizer = make_tokenizer(load_vocab(self._vocab_file), lowercase=self._lowercase)
-        texts = [s for _, _, run in candidates for s in run]
-        pieces = iter(tokenize_texts(tokenizer, texts))
-        runs = []
-        for _, doc, run in candidates:
-            runs.append((doc, [a for a in (next(pieces) for _ in run) if a.size]))
+        # Runs start at every sentence, so each sentence is in several runs: tokenize each
+        # distinct sentence once (same text, same ids) instead of ~5x the pool's text.
+        unique = list(dict.fromkeys(s for _, _, run in candidates for s in run))
+        ids = dict(zip(unique, tokenize_texts(tokenizer, unique), strict=True))
+        runs = [(doc, [ids[s] for s in run if ids[s].size]) for _, doc, run in candidates]
         yield instances.make_pool(runs)
 
 
-class _CreateInstancesFn(beam.DoFn):
-    """(doc key, tokenized sentences) -> (seed, Instance) for every dupe copy."""
+class _RecordsFn(beam.DoFn):
+    """(doc key, tokenized sentences) -> (seed, serialized record) for every dupe copy.
+
+    Instances are built, masked (static) or given word ids (dynamic) one at a
+    time, then each copy of a document is encoded in one `serialize_batch` call:
+    per-record protobuf building was the job's largest cost. Totals for the
+    manifest are summed per bundle and flushed as counters.
+    """
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int):
         self._vocab_file, self._prepare, self._seed = vocab_file, prepare, seed
+        self._lexicon = None
 
     def setup(self):
+        p = self._prepare
         self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
+        self._spec = masking.MaskingSpec(
+            mode=p.masking,
+            masked_lm_prob=p.masked_lm_prob,
+            max_predictions=p.max_predictions_per_seq,
+            mask_id=self._vocab.mask,
+            is_suffix=self._vocab.is_suffix,
+            replace_ids=self._vocab.replace_ids,
+            max_ngram=p.max_ngram,
+        )
+        self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
+        self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
 
-    def process(self, item, donors):
+    def start_bundle(self):
+        self._totals = collections.Counter()
+
+    def process(self, item, donors, lexicon):
+        if self._lexicon is None:  # side inputs are not available in setup
+            self._lexicon = lexicon
+            self._spec = dataclasses.replace(self._spec, lexicon=masking.lexicon_index(lexicon))
         key, doc = item
         if len(doc) < 2:  # no sentence boundary: no true next segment to learn from
             Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
@@ -126,73 +151,51 @@ class _CreateInstancesFn(beam.DoFn):
             )  # fmt: skip
             if dropped:
                 Metrics.counter(corpus.SKIPPED, "no_other_document_for_random_next").inc(dropped)
-            for j, inst in enumerate(made):
-                yield instances.stable_int(seed, j), inst
+            if made:
+                seeds = [instances.stable_int(seed, j) for j in range(len(made))]
+                yield from zip(seeds, self._encode(made, seeds), strict=True)
 
-
-class _FeaturesFn(beam.DoFn):
-    """(seed, Instance) -> (seed, serialized record); static masks or dynamic word ids.
-
-    Totals for the manifest are summed per bundle and flushed as counters, so
-    the per-record cost is a dict update, not a metrics call.
-    """
-
-    def __init__(self, vocab_file: str, prepare: PrepareConfig):
-        self._vocab_file, self._prepare = vocab_file, prepare
-        self._lexicon = None
-
-    def setup(self):
-        p = self._prepare
-        v = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
-        self._spec = masking.MaskingSpec(
-            mode=p.masking,
-            masked_lm_prob=p.masked_lm_prob,
-            max_predictions=p.max_predictions_per_seq,
-            mask_id=v.mask,
-            is_suffix=v.is_suffix,
-            replace_ids=v.replace_ids,
-            max_ngram=p.max_ngram,
-        )
-        self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
-        self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
-
-    def start_bundle(self):
-        self._totals = collections.Counter()
-
-    def process(self, item, lexicon):
-        if self._lexicon is None:  # side inputs are not available in setup
-            self._lexicon = lexicon
-            self._spec = dataclasses.replace(self._spec, lexicon=masking.lexicon_index(lexicon))
-        seed, inst = item
-        p, seq = self._prepare, self._prepare.max_seq_length
-        n = len(inst.tokens)
-        maskable = instances.maskable_positions(inst)
-        values = {
-            schema.SEGMENT_IDS: instances.segment_ids(inst, seq),
-            schema.PADDING_MASK: instances.pad(np.ones(n, dtype=np.int64), seq),
-            schema.NSP_LABEL: [int(inst.is_random_next)],
-        }
-        t = self._totals
-        t["instances"] += 1
-        t["tokens"] += n
-        t["maskable_tokens"] += int(maskable.sum())
-        t["nsp_random"] += int(inst.is_random_next)
+    def _encode(self, made: list[instances.Instance], seeds: list[int]) -> list[bytes]:
+        """The records of one document copy, as (records, seq) / (records, pred) arrays."""
+        p, seq, pred = self._prepare, self._prepare.max_seq_length, self._prepare.max_predictions_per_seq
+        n = len(made)
+        tokens = np.zeros((n, seq), np.int64)
+        segments = np.zeros((n, seq), np.int64)
+        padding = np.zeros((n, seq), np.int64)
+        values = {schema.TOKEN_IDS: tokens, schema.SEGMENT_IDS: segments, schema.PADDING_MASK: padding,
+                  schema.NSP_LABEL: np.array([[int(x.is_random_next)] for x in made], np.int64)}  # fmt: skip
         if p.dynamic:
-            units = masking.masking_units(inst.tokens, maskable, self._spec)
-            values[schema.TOKEN_IDS] = instances.pad(inst.tokens, seq)
-            values[schema.WORD_IDS] = instances.pad(masking.word_ids(n, units), seq, fill=-1)
-            t["masking_units"] += len(units)
+            values[schema.WORD_IDS] = word_ids = np.full((n, seq), -1, np.int64)
         else:
-            m = masking.mask_tokens(inst.tokens, maskable, self._spec, random.Random(seed))
-            pred = p.max_predictions_per_seq
-            values[schema.TOKEN_IDS] = instances.pad(m.tokens, seq)
-            values[schema.MASK_POSITIONS] = instances.pad(m.positions, pred)
-            values[schema.MASK_IDS] = instances.pad(m.labels, pred)
-            values[schema.MASK_WEIGHTS] = instances.pad([1] * len(m.positions), pred).astype(np.float32)
-            t["masked_tokens"] += len(m.positions)
-            for kind, name in enumerate(("masked_as_mask", "masked_kept", "masked_random")):
-                t[name] += m.kinds.count(kind)
-        yield seed, schema.serialize(self._kind, values, self._shape)
+            values[schema.MASK_POSITIONS] = positions = np.zeros((n, pred), np.int64)
+            values[schema.MASK_IDS] = labels = np.zeros((n, pred), np.int64)
+            values[schema.MASK_WEIGHTS] = weights = np.zeros((n, pred), np.float32)
+        t = self._totals
+        for r, (inst, seed) in enumerate(zip(made, seeds, strict=True)):
+            length = len(inst.tokens)
+            maskable = instances.maskable_positions(inst)
+            padding[r, :length] = 1
+            segments[r, inst.len_a + 2 : length] = 1
+            t["tokens"] += length
+            t["maskable_tokens"] += int(maskable.sum())
+            t["nsp_random"] += int(inst.is_random_next)
+            if p.dynamic:
+                units = masking.masking_units(inst.tokens, maskable, self._spec)
+                tokens[r, :length] = inst.tokens
+                word_ids[r, :length] = masking.word_ids(length, units)
+                t["masking_units"] += len(units)
+            else:
+                m = masking.mask_tokens(inst.tokens, maskable, self._spec, random.Random(seed))
+                k = len(m.positions)
+                tokens[r, :length] = m.tokens
+                positions[r, :k] = m.positions
+                labels[r, :k] = m.labels
+                weights[r, :k] = 1.0
+                t["masked_tokens"] += k
+                for kind, name in enumerate(("masked_as_mask", "masked_kept", "masked_random")):
+                    t[name] += m.kinds.count(kind)
+        t["instances"] += n
+        return schema.serialize_batch(self._kind, values, self._shape)
 
     def finish_bundle(self):
         for name, value in self._totals.items():
@@ -220,10 +223,9 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         | "Read" >> corpus.ReadDocuments(files, data)
         | "SplitSentences" >> beam.Map(split_document)
         | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
-        | "CreateInstances"
-        >> beam.ParDo(_CreateInstancesFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors))
-        | "MaskAndSerialize"
-        >> beam.ParDo(_FeaturesFn(vocab_file, prepare), lexicon=beam.pvalue.AsSingleton(lexicon_ids))
+        | "InstancesToRecords"
+        >> beam.ParDo(_RecordsFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors),
+                      lexicon=beam.pvalue.AsSingleton(lexicon_ids))  # fmt: skip
         | "WriteShards" >> WriteShards(out_dir, prepare.num_shards, prepare.compression)
     )
 

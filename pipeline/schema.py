@@ -114,32 +114,36 @@ def shapes(kind: str, seq_length: int, max_predictions: int = 0, max_chunks: int
 
 
 def serialize(kind: str, values: Mapping[str, Iterable[Any]], shape: Mapping[str, tuple[int, ...]]) -> bytes:
-    """Encode one record as a serialized tf.train.Example.
+    """Encode one record as a serialized tf.train.Example (see `serialize_batch`)."""
+    import numpy as np
 
-    `values` maps every feature of `kind` to a flat or nested list of numbers;
-    each is checked against `shape` so a writer bug is an error here, not a
-    shape mismatch deep inside a training step.
+    return serialize_batch(kind, {name: np.asarray(v)[None] for name, v in values.items()}, shape)[0]
+
+
+def serialize_batch(kind: str, values: Mapping[str, Any], shape: Mapping[str, tuple[int, ...]]) -> list[bytes]:
+    """Encode a batch of records as serialized tf.train.Examples, one per row.
+
+    `values` maps every feature of `kind` to an array whose first axis is the
+    record; the rest must hold exactly the feature's `shape`, so a writer bug is
+    an error here, not a shape mismatch deep inside a training step. The bytes
+    are protobuf's deterministic serialization, so the same record is the same
+    bytes whatever worker wrote it.
     """
     import numpy as np
-    from tensorflow.core.example import example_pb2
 
-    example = example_pb2.Example()
-    feature_map = example.features.feature
+    from pipeline import tfexample
+
+    columns = {}
     for f in features(kind):
         if f.name not in values:
             raise ContractError(f"record of kind {kind!r} is missing feature {f.name!r}")
-        flat = np.asarray(values[f.name]).reshape(-1)
+        array = np.asarray(values[f.name])
         want = int(np.prod(shape[f.name]))
-        if flat.size != want:
-            raise ContractError(f"feature {f.name!r} has {flat.size} values, schema wants {want} {shape[f.name]}")
-        # Extending with a Python list is ~2x faster than handing protobuf numpy scalars.
-        if f.dtype == INT:
-            feature_map[f.name].int64_list.value.extend(flat.astype(np.int64).tolist())
-        else:
-            feature_map[f.name].float_list.value.extend(flat.astype(np.float32).tolist())
-    # deterministic=True: the map of features serializes in one order in every process,
-    # so the same record is the same bytes whatever worker wrote it.
-    return example.SerializeToString(deterministic=True)
+        per_record = int(np.prod(array.shape[1:])) if array.ndim else -1
+        if per_record != want:
+            raise ContractError(f"feature {f.name!r} has {max(per_record, 0)} values, schema wants {want} {shape[f.name]}")
+        columns[f.name] = (f.dtype == FLOAT, array.reshape(len(array), want))
+    return tfexample.encode(columns)
 
 
 def parse_spec(kind: str, shape: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -235,8 +239,10 @@ def shard_paths(directory: str, manifest: DataManifest) -> list[str]:
 
 
 def file_sha256(path: str) -> str:
+    from pipeline.atomic import open_read  # a vocab may live on gs:// like the corpus
+
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open_read(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
