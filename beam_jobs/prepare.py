@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import corpus, instances, masking, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
-from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
+from beam_jobs.tokenize import BATCH_SENTENCES, TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import load_vocab, special_ids
 from pipeline import schema
 from pipeline.atomic import atomic_directory
@@ -97,7 +97,10 @@ class _DonorsFn(beam.DoFn):
         # Runs start at every sentence, so each sentence is in several runs: tokenize each
         # distinct sentence once (same text, same ids) instead of ~5x the pool's text.
         unique = list(dict.fromkeys(s for _, _, run in candidates for s in run))
-        ids = dict(zip(unique, tokenize_texts(tokenizer, unique), strict=True))
+        ids = {}
+        for start in range(0, len(unique), BATCH_SENTENCES):  # bounded batches, as the main path:
+            batch = unique[start : start + BATCH_SENTENCES]  # one call on the whole pool cost +300 MB RSS
+            ids.update(zip(batch, tokenize_texts(tokenizer, batch), strict=True))
         runs = [(doc, [ids[s] for s in run if ids[s].size]) for _, doc, run in candidates]
         yield instances.make_pool(runs)
 
