@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per timing window")
     parser.add_argument("--rounds", type=int, default=3, help="alternating windows per contender (median)")
     parser.add_argument("--jit", action="store_true", help="also time bertpipe with XLA")
+    parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"],
+                        choices=["float32", "mixed_bfloat16"])  # fmt: skip
     args = parser.parse_args()
     batch = synthetic_batch(np.random.default_rng(0))
     flops = train_flops_per_sequence()
@@ -136,7 +138,7 @@ def main() -> None:
           f"bf16 {ceiling['mixed_bfloat16'] / 1e9:.0f} GFLOP/s; {flops / 1e9:.2f} GFLOP per training sequence")
     print(f"{'precision':<16}{'keras-hub seq/s':>16}{'bertpipe seq/s':>16}{'ratio':>8}"
           f"{'bertpipe GFLOP/s':>18}{'% of matmul':>13}")
-    for policy in ("float32", "mixed_bfloat16"):
+    for policy in args.precision:
         runners = [keras_hub_runner(policy, batch), bertpipe_runner(policy, batch)]
         if args.jit:
             runners.append(bertpipe_runner(policy, batch, jit=True))

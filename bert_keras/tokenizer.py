@@ -26,12 +26,12 @@ class SpecialIds:
 
 def load_vocab(path: str) -> list[str]:
     """Read a vocab file (one token a line, id = line number)."""
-    if "://" in path:  # gs://, s3://, ...: TensorFlow's filesystems
-        import tensorflow as tf
+    if "://" in path:  # gs://, s3://, ...: Beam's filesystems, the same ones the corpus is read with
+        from pipeline.atomic import exists, open_read
 
-        if not tf.io.gfile.exists(path):
+        if not exists(path):
             raise UserError(f"vocab file {path} not found")
-        with tf.io.gfile.GFile(path, "rb") as fh:
+        with open_read(path) as fh:
             raw = fh.read()
     else:
         try:

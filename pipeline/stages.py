@@ -25,12 +25,14 @@ def _vocab(cfg: Config):
 
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.tokenizer import load_vocab, special_ids
+        from pipeline.atomic import atomic_write_bytes, open_read
 
         out_path = os.path.join(ctx.out_dir, "vocab.txt")
         if given:
             tokens = load_vocab(given)
             special_ids(tokens, source=f"vocab file {given}")
-            shutil.copyfile(given, out_path)
+            with open_read(given) as fh:  # given may be gs://, s3://, ...
+                atomic_write_bytes(out_path, fh.read())
             stats: dict[str, Any] = {"source": given}
         else:
             from beam_jobs.vocab import learn_vocab

@@ -167,3 +167,14 @@ def test_runner_records_stages_on_object_store(store):
     assert [r.status for r in first] == ["ran", "ran"] and [r.status for r in second] == ["cached", "cached"]
     assert calls == ["vocab", "prepare"]
     assert objects(store) == [f"bucket/run/{s}/{f}" for s in ("prepare", "vocab") for f in ("out.txt", STAGE_FILE)]
+
+
+def test_vocab_file_read_from_the_object_store(store):
+    """A vocab given as a remote path (vocab.vocab_file=gs://...) is read through Beam's
+    filesystems, hashed for the manifest the same way, and a missing one is one line."""
+    (store / "b").mkdir()
+    (store / "b/vocab.txt").write_bytes(open(VOCAB, "rb").read())
+    assert load_vocab("bptest://b/vocab.txt") == load_vocab(VOCAB)
+    assert schema.file_sha256("bptest://b/vocab.txt") == schema.file_sha256(VOCAB)
+    with pytest.raises(UserError, match="vocab file bptest://b/none.txt not found"):
+        load_vocab("bptest://b/none.txt")
