@@ -121,7 +121,11 @@ class Trainer:
             scaled = loss * scale
             if self.loss_scale:
                 scaled = self.optimizer.scale_loss(scaled)
+        # ZERO, not None, for variables the loss does not reach (e.g. the NSP head when a
+        # loss uses MLM only): the accumulation, clipping and all-reduce need a tensor each.
+        # (by hand: UnconnectedGradients.ZERO fails on Keras 3 variables, whose dtype is a string)
         grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros(v.shape, v.dtype) if g is None else g for g, v in zip(grads, variables, strict=True)]
         metrics = {k: tf.cast(v, tf.float32) for k, v in metrics.items()}
         return grads, loss, metrics
 

@@ -148,3 +148,24 @@ def test_fused_adamw_matches_keras_adamw():
     for a, b in zip(*results, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # same math, different rounding order
     assert not np.allclose(results[1][0], init[0])
+
+
+def test_a_loss_that_ignores_some_variables_trains(tmp_path):
+    """An MLM-only loss leaves the pooler and NSP head without a gradient: the loop must
+    still train (it crashed on None gradients), and must leave the untouched head's
+    weights moved only by weight decay, never by a gradient."""
+    ds = batches(tmp_path, 4)
+    cfg = PretrainConfig(batch_size=4, steps=3, log_every=1, checkpoint_every=100, weight_decay=0.0)
+
+    def mlm_only(batch, outputs):
+        _, metrics = pretraining_loss(batch, outputs)
+        return metrics["mlm_loss"], metrics
+
+    trainer = make_trainer(tmp_path / "run", cfg, loss_fn=mlm_only)
+    nsp_before = [v.numpy().copy() for v in trainer.model.nsp_head.trainable_variables]
+    mlm_before = trainer.model.mlm_head.output_bias.numpy().copy()
+    trainer.fit(ds, 3, rows_per_step=4)
+    assert int(trainer.step.numpy()) == 3
+    for before, v in zip(nsp_before, trainer.model.nsp_head.trainable_variables, strict=True):
+        np.testing.assert_array_equal(v.numpy(), before)
+    assert not np.array_equal(trainer.model.mlm_head.output_bias.numpy(), mlm_before)
