@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 
@@ -82,10 +83,45 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(debug: bool) -> None:
     if not debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its own level on import
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     for noisy in ("absl", "tensorflow", "apache_beam", "alembic", "mlflow", "h5py"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    if not debug:  # Beam warns on the root logger that an optional GCP client (BigQuery's) is absent
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(lambda record: not record.getMessage().startswith("apitools not found"))
+
+
+# TensorFlow's C++ libraries print these from static initializers, before TF_CPP_MIN_LOG_LEVEL
+# applies, and twice (two libraries); users read them as problems. Only these lines are dropped.
+_NATIVE_BANNERS = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I0000 \S+ +\d+ \S+\] (oneDNN custom operations are on|Could not find cuda drivers))"
+)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow once with its start-up INFO banners filtered out of stderr.
+
+    They are written to file descriptor 2 directly, so they are caught there (a
+    temporary file) and every other line is passed on unchanged.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", errors="replace").splitlines():
+                if not _NATIVE_BANNERS.match(line):
+                    print(line, file=sys.stderr)
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
@@ -160,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(getattr(args, "debug", False))
     try:
+        if args.command != "config" and not getattr(args, "debug", False):
+            _import_tensorflow_quietly()
         if args.command == "predict":
             return _predict(args)
         if args.command == "score":

@@ -59,3 +59,14 @@ def test_config_command_prints_resolved_yaml():
 def test_corpus_glob_matching_nothing(tmp_path):
     result = run("vocab", "--no-mlflow", "--work-dir", str(tmp_path / "run"), "--set", f"data.corpus=[{tmp_path}/none/*.txt]")
     assert_one_line_error(result, 1, "matches no files: check data.corpus")
+
+
+def test_a_user_error_is_the_only_line_on_stderr(tmp_path):
+    """TensorFlow's native start-up banners ("oneDNN custom operations are on", "Could not
+    find cuda drivers") are filtered: a command that loads TensorFlow and fails on the
+    user's input prints exactly its one error line."""
+    (tmp_path / "in.jsonl").write_text('{"text": "hello"}\n')
+    result = run("predict", "--model", str(tmp_path / "none"), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"))  # fmt: skip
+    assert_one_line_error(result, 1, "is not a SavedModel")
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.startswith("bertpipe:")]
