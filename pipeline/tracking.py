@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -176,18 +177,23 @@ class Tracker:
             import pipeline.mlflow_model as wrapper
 
             versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
-            info = self.mlflow.pyfunc.log_model(
-                name=name,
-                # Logged from code (the file, not a pickle); it is self-contained, so
-                # serving needs no bertpipe install.
-                python_model=wrapper.__file__,
-                artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
-                signature=None if input_example is None else infer_signature(input_example, output_example),
-                input_example=input_example,
-                registered_model_name=registered_name,
-                # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
-                pip_requirements=[f"{p}=={v}" for p, v in versions.items()] + ["pandas"],
-            )
+            with warnings.catch_warnings():
+                # The wrapper's predict is untyped on purpose (DataFrame, list or dict in) and the
+                # signature comes from the examples: MLflow's hints on both are not the user's to act on.
+                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+                warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+                info = self.mlflow.pyfunc.log_model(
+                    name=name,
+                    # Logged from code (the file, not a pickle); it is self-contained, so
+                    # serving needs no bertpipe install.
+                    python_model=wrapper.__file__,
+                    artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
+                    signature=None if input_example is None else infer_signature(input_example, output_example),
+                    input_example=input_example,
+                    registered_model_name=registered_name,
+                    # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
+                    pip_requirements=[f"{p}=={v}" for p, v in versions.items()] + ["pandas"],
+                )
             return {"model_uri": info.model_uri, "registered_name": registered_name,
                     "version": getattr(info, "registered_model_version", None)}
 
