@@ -14,7 +14,7 @@ start_char, end_char), strings decoded from UTF-8.
 
 The model is logged "from code": MLflow stores this file itself and runs it when
 the model loads (`set_model` below), so no pickle is ever written or read. It
-imports only mlflow at import time (TensorFlow when the model loads) and needs
+imports only mlflow and pandas at import time (TensorFlow when the model loads) and needs
 nothing else of bertpipe; nothing here logs to MLflow (that is `pipeline.tracking`).
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mlflow.models
 import mlflow.pyfunc
+import pandas as pd
 
 SAVED_MODEL_ARTIFACT = "saved_model"
 ALIASES = {"text_a": "text"}  # signature input -> column name also accepted for it
@@ -37,9 +38,10 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
         self._fn = self._model.signatures["serving_default"]
         self.inputs = sorted(self._fn.structured_input_signature[1])
 
-    def predict(self, context, model_input, params=None):
+    # The hint is DataFrame, a type MLflow infers no schema from: the signature comes from the
+    # logged examples, and `_as_frame` also takes a list of strings or a dict of lists.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         import numpy as np
-        import pandas as pd
 
         frame = _as_frame(model_input, self.inputs)
         columns = {}
@@ -60,8 +62,6 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def _as_frame(model_input, inputs):
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         return model_input
     if isinstance(model_input, dict):

@@ -178,9 +178,8 @@ class Tracker:
 
             versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
             with warnings.catch_warnings():
-                # The wrapper's predict is untyped on purpose (DataFrame, list or dict in) and the
-                # signature comes from the examples: MLflow's hints on both are not the user's to act on.
-                warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+                # The signature comes from the examples; MLflow's hint about integer columns in
+                # them (label ids) is not the user's to act on.
                 warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
                 info = self.mlflow.pyfunc.log_model(
                     name=name,
