@@ -85,7 +85,7 @@ class _LexiconFn(beam.DoFn):
 
 
 class _DonorsFn(beam.DoFn):
-    """The sampled candidates (text) -> DonorPool of wordpiece ids, one tokenizer call."""
+    """The sampled candidates (text) -> DonorPool of wordpiece ids, each distinct sentence tokenized once."""
 
     def __init__(self, vocab_file: str, lowercase: bool):
         self._vocab_file, self._lowercase = vocab_file, lowercase
@@ -178,7 +178,7 @@ class _RecordsFn(beam.DoFn):
             length = len(inst.tokens)
             maskable = instances.maskable_positions(inst)
             padding[r, :length] = 1
-            segments[r, inst.len_a + 2 : length] = 1
+            segments[r] = instances.segment_ids(inst, seq)
             t["tokens"] += length
             t["maskable_tokens"] += int(maskable.sum())
             t["nsp_random"] += int(inst.is_random_next)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipeline.atomic import exists, is_remote, open_read
 from pipeline.errors import ContractError, UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -26,9 +27,7 @@ class SpecialIds:
 
 def load_vocab(path: str) -> list[str]:
     """Read a vocab file (one token a line, id = line number)."""
-    if "://" in path:  # gs://, s3://, ...: Beam's filesystems, the same ones the corpus is read with
-        from pipeline.atomic import exists, open_read
-
+    if is_remote(path):  # gs://, s3://, ...: Beam's filesystems, the same ones the corpus is read with
         if not exists(path):
             raise UserError(f"vocab file {path} not found")
         with open_read(path) as fh:

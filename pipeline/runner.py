@@ -243,8 +243,4 @@ def _record(stage, print_, input_hashes, outputs, start, run_id) -> dict[str, An
 
 def _write_record(out_dir: str, record: dict[str, Any]) -> None:
     atomic_write_text(join(out_dir, STAGE_FILE), json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    marker = join(out_dir, INPROGRESS_FILE)
-    if is_remote(marker):
-        remove_file(marker)
-    elif os.path.exists(marker):
-        os.unlink(marker)
+    remove_file(join(out_dir, INPROGRESS_FILE))
