@@ -137,6 +137,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
         sys.stdout.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return 0
+    if not args.debug:  # after the config checks, so a config error is not delayed by TensorFlow's import
+        _import_tensorflow_quietly()
     until = None if args.command == "run" else args.command
     stages = build_stages(cfg, until=until)
     work_dir = cfg.run.work_dir
@@ -196,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging(getattr(args, "debug", False))
     try:
-        if args.command != "config" and not getattr(args, "debug", False):
+        if args.command in ("predict", "score") and not args.debug:
             _import_tensorflow_quietly()
         if args.command == "predict":
             return _predict(args)
