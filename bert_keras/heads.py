@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.encoder import gather_positions
-from bert_keras.layers import FastDropout, large_negative
+from bert_keras.layers import FastDropout, gelu, large_negative
 
 
 def _init(initializer_range):
@@ -39,7 +39,7 @@ class MaskedLMHead(keras.layers.Layer):
         self.layer_norm_epsilon = layer_norm_epsilon
         hidden = token_embedding.output_dim
         self.transform = keras.layers.Dense(
-            hidden, activation="gelu", kernel_initializer=_init(initializer_range), name="transform"
+            hidden, activation=gelu, kernel_initializer=_init(initializer_range), name="transform"
         )
         self.transform_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="transform_norm")
         self.transform.build((None, hidden))

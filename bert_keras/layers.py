@@ -23,6 +23,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bert_keras.fused import bias_gelu, dropout_add_norm, softmax_dropout
+
 
 def large_negative(dtype) -> float:
     """A finite "minus infinity" for additive masks: -inf would make padding rows NaN."""
@@ -52,6 +54,24 @@ def attention_bias(allowed, dtype):
     """(batch, seq, seq) bool -> additive bias (batch, 1, seq, seq) in `dtype`, broadcast over heads."""
     neg = tf.constant(large_negative(dtype), dtype)
     return tf.where(allowed[:, None], tf.zeros([], dtype), neg)
+
+
+@keras.saving.register_keras_serializable(package="bert_keras")
+def gelu(x):
+    """Exact GELU in BERT's own form, 0.5 * x * (1 + erf(x / sqrt(2))) (google-research/bert).
+
+    Written out because Keras' "gelu" (tf.nn.gelu) uses the erfc form, whose CPU
+    kernel is not vectorized for bfloat16: forward + backward of the bias + GELU on a
+    (4096, 1024) bf16 tensor took 21.5 ms with tf.nn.gelu and 11.0 ms with this
+    (one process, same inputs; results agree to bf16 rounding).
+    """
+    return 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)))
+
+
+def _matmul(dense, x):
+    """x @ dense.kernel without the bias: (..., in) -> (..., out), as one 2-D matmul."""
+    flat = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(dense.kernel, x.dtype))  # (rows, out)
+    return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [dense.units]], axis=0))
 
 
 def _dense(units, initializer_range, name, activation=None):
@@ -95,7 +115,7 @@ class TransformerBlock(keras.layers.Layer):
 
     The attention is written out (instead of keras `MultiHeadAttention`) for the
     fused QKV projection and an additive per-row mask computed once per batch and
-    shared by all layers. GELU is the exact erf form, as in BERT and Hugging Face.
+    shared by all layers. GELU is the exact erf form (`gelu`), as in BERT and Hugging Face.
     """
 
     def __init__(
@@ -123,7 +143,7 @@ class TransformerBlock(keras.layers.Layer):
         self.qkv = _dense(3 * hidden_size, initializer_range, "qkv")  # columns: [query | key | value]
         self.attention_output = _dense(hidden_size, initializer_range, "attention_output")
         self.attention_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="attention_norm")
-        self.intermediate = _dense(intermediate_size, initializer_range, "intermediate", activation="gelu")
+        self.intermediate = _dense(intermediate_size, initializer_range, "intermediate", activation=gelu)
         self.output_dense = _dense(hidden_size, initializer_range, "output")
         self.output_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="output_norm")
         self.attention_probs_dropout = FastDropout(attention_dropout)
@@ -140,7 +160,12 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, bias, training=None):
-        """x: (batch, seq, hidden); bias: (batch, 1, seq, seq) additive mask."""
+        """x: (batch, seq, hidden); bias: (batch, 1, seq, seq) additive mask.
+
+        Training runs the element-wise stretches as fused kernels (`bert_keras.fused`);
+        inference runs the same math as plain Keras layers and ops.
+        """
+        fused = isinstance(training, bool) and training
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         qkv = self.qkv(x)  # (batch, seq, 3*hidden)
         qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_dim])
@@ -149,15 +174,27 @@ class TransformerBlock(keras.layers.Layer):
         # writes a zero-filled copy of the whole qkv tensor; unstack's is one stack (+21% step rate, bf16 CPU).
         q, k, v = tf.unstack(qkv, num=3, axis=0)
         q = q * tf.cast(self.head_dim**-0.5, q.dtype)  # scale the smaller tensor, not (seq, seq) scores
-        scores = tf.matmul(q, k, transpose_b=True) + tf.cast(bias, q.dtype)  # (batch, heads, seq, seq)
-        probs = tf.nn.softmax(scores, axis=-1)
-        probs = self.attention_probs_dropout(probs, training=training)
+        scores = tf.matmul(q, k, transpose_b=True)  # (batch, heads, seq, seq)
+        if fused:
+            probs = softmax_dropout(scores, bias, rate=self.attention_dropout)
+        else:
+            probs = self.attention_probs_dropout(tf.nn.softmax(scores + tf.cast(bias, q.dtype), axis=-1),
+                                                 training=training)
         context = tf.matmul(probs, v)  # (batch, heads, seq, head_dim)
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, self.hidden_size])
-        attended = self.hidden_dropout(self.attention_output(context), training=training)
-        x = self.attention_norm(x + attended)
-        ffn = self.hidden_dropout(self.output_dense(self.intermediate(x)), training=training)
-        return self.output_norm(x + ffn)
+        x = self._sublayer_end(self.attention_output, self.attention_norm, context, x, fused, training)
+        if fused:
+            inner = bias_gelu(_matmul(self.intermediate, x), self.intermediate.bias)
+        else:
+            inner = self.intermediate(x)
+        return self._sublayer_end(self.output_dense, self.output_norm, inner, x, fused, training)
+
+    def _sublayer_end(self, dense, norm, h, residual, fused, training):
+        """norm(residual + dropout(dense(h))): each sub-layer's output."""
+        if fused:
+            return dropout_add_norm(_matmul(dense, h), dense.bias, residual, norm.gamma, norm.beta,
+                                    rate=self.dropout, epsilon=norm.epsilon)
+        return norm(residual + self.hidden_dropout(dense(h), training=training))
 
     def get_config(self):
         config = super().get_config()

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT, BertEncoder
 from bert_keras.heads import MaskedLMHead, NextSentenceHead
+from bert_keras.losses import weighted_sparse_xent
 from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL
 
 MLM_LOGITS = "mlm_logits"
@@ -56,28 +57,18 @@ class BertPretrainingModel(keras.Model):
         return cls(encoder, **config)
 
 
-def _weighted_ce_and_accuracy(labels, logits, weights):
-    """Weighted mean sparse cross-entropy and accuracy; all float32 scalars."""
-    labels = tf.cast(labels, tf.int32)
-    weights = tf.cast(weights, tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=tf.cast(logits, tf.float32))
-    correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
-    total = tf.maximum(tf.reduce_sum(weights), 1e-6)  # a batch with no targets gives 0, not NaN
-    return tf.reduce_sum(ce * weights) / total, tf.reduce_sum(correct * weights) / total
-
-
 def pretraining_loss(batch, outputs):
     """(loss, metrics): MLM weighted by MASK_WEIGHTS plus NSP weighted by CLS_WEIGHTS.
 
     Both terms are weighted means over the batch passed in (per replica under a
     strategy); the trainer scales for the global batch.
     """
-    mlm_loss, mlm_acc = _weighted_ce_and_accuracy(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
+    mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
     nsp_logits = outputs[NSP_LOGITS]  # (batch, instances, 2)
     nsp_labels = tf.reshape(batch[NSP_LABEL], tf.shape(nsp_logits)[:2])  # (batch, 1) records -> (batch, instances)
     nsp_weights = batch.get(CLS_WEIGHTS)
     if nsp_weights is None:
         nsp_weights = tf.ones(tf.shape(nsp_labels), tf.float32)
-    nsp_loss, nsp_acc = _weighted_ce_and_accuracy(nsp_labels, nsp_logits, nsp_weights)
+    nsp_loss, nsp_acc = weighted_sparse_xent(nsp_labels, nsp_logits, nsp_weights)
     metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_loss, "nsp_accuracy": nsp_acc}
     return mlm_loss + nsp_loss, metrics

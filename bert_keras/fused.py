@@ -1,0 +1,174 @@
+"""Fused element-wise kernels for the training step: XLA-compiled, backward written out.
+
+Why: on CPU TensorFlow runs every element-wise op as its own pass over memory,
+and in bfloat16 each pass also converts every element: about 0.75 ms per op on a
+(4096, 1024) tensor here. A BERT layer's bias adds, GELU, dropouts, residual adds
+and LayerNorms are dozens of such passes forward and backward, more time than
+its matmuls. Compiling the whole step with XLA fuses them, but runs the matmuls
+through XLA's slower CPU dot and its CPU Philox generator (330 ms for 2M random
+words): -32% here. So only these regions are compiled, as one forward and one
+backward kernel each, joined by `tf.custom_gradient`; the matmuls stay on
+oneDNN. (Differentiating a compiled forward instead gave a backward twice as
+slow.) Measured in one process, forward + backward, bf16: bias + GELU on
+(4096, 1024) 11.0 ms as plain ops -> 3.7 ms.
+
+Each kernel computes in float32 and returns its input's dtype. Dropout draws
+its bits inside the kernel with ThreeFry (XLA's CPU Philox is ~200x slower), and
+the forward kernel hands the keep mask to the backward one. Seeds come from a
+stateful op per call, as in `layers.FastDropout`. The kernels serve training
+only; inference runs the plain layers, and tests check both give the same
+values and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+compiled = tf.function(jit_compile=True)  # one XLA kernel per call
+
+
+def new_seed():
+    """A fresh (2,) int64 seed per call: each dropout in each step gets its own bits."""
+    return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+
+
+def _keep(seed, like, rate: float):
+    """A Bernoulli(1 - rate) bool mask shaped like the 2-D `like`, from 16-bit draws,
+    two per random 32-bit word (rate 0.1 becomes 6554/65536 = 0.100006), as in
+    `layers.FastDropout`. All ones when rate is 0."""
+    rows, cols = tf.shape(like)[0], tf.shape(like)[1]  # compile-time constants to XLA
+    if not rate:
+        return tf.ones([rows, cols], tf.bool)
+    words = tf.random.stateless_uniform([rows, (cols + 1) // 2], seed=seed, minval=None, maxval=None,
+                                        dtype=tf.uint32, alg="threefry")
+    halves = tf.reshape(tf.bitcast(words, tf.uint16), [rows, -1])[:, :cols]  # (rows, words, 2) -> (rows, cols)
+    return halves >= tf.constant(round(rate * 65536), tf.uint16)
+
+
+def _f32(x):
+    return tf.cast(x, tf.float32)
+
+
+def _rows(x):
+    """(..., n) -> (rows, n). The kernels take 2-D tensors: XLA's CPU code for the same
+    math on 3-D ones ran 3.5x slower here (GELU backward: 10.7 vs 2.3 ms)."""
+    return tf.reshape(x, [-1, tf.shape(x)[-1]])
+
+
+# ---- bias + GELU (the FFN's first dense) -------------------------------------------------
+
+
+def _cdf(y):
+    return 0.5 * (1.0 + tf.math.erf(y * (1.0 / math.sqrt(2.0))))
+
+
+@compiled
+def _bias_gelu_forward(x, bias):
+    y = _f32(x) + _f32(bias)
+    return tf.cast(y * _cdf(y), x.dtype)
+
+
+@compiled
+def _bias_gelu_backward(x, bias, upstream):
+    y = _f32(x) + _f32(bias)
+    pdf = tf.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
+    d = _f32(upstream) * (_cdf(y) + y * pdf)
+    return tf.cast(d, x.dtype), tf.cast(tf.reduce_sum(d, axis=0), bias.dtype)
+
+
+def bias_gelu(x, bias):
+    """gelu(x + bias), exact erf form; x (..., n), bias (n,)."""
+
+    @tf.custom_gradient
+    def run(rows, bias):
+        return _bias_gelu_forward(rows, bias), lambda upstream: _bias_gelu_backward(rows, bias, upstream)
+
+    return tf.reshape(run(_rows(x), tf.convert_to_tensor(bias)), tf.shape(x))
+
+
+# ---- bias + dropout + residual + LayerNorm (the end of each sub-layer) -------------------
+
+
+@compiled
+def _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon):
+    h = _f32(y) + _f32(bias)
+    keep = _keep(seed, h, rate)
+    s = tf.where(keep, h * (1.0 / (1.0 - rate)), 0.0) + _f32(residual)
+    centered = s - tf.reduce_mean(s, axis=-1, keepdims=True)
+    inv_std = tf.math.rsqrt(tf.reduce_mean(centered * centered, axis=-1, keepdims=True) + epsilon)
+    normalized = centered * inv_std
+    out = normalized * _f32(gamma) + _f32(beta)
+    return tf.cast(out, y.dtype), keep, normalized, inv_std
+
+
+@compiled
+def _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate):
+    g = _f32(upstream)
+    d_gamma = tf.reduce_sum(g * normalized, axis=0)
+    d_beta = tf.reduce_sum(g, axis=0)
+    gn = g * _f32(gamma)
+    d_s = inv_std * (gn - tf.reduce_mean(gn, axis=-1, keepdims=True)
+                     - normalized * tf.reduce_mean(gn * normalized, axis=-1, keepdims=True))
+    d_h = tf.where(keep, d_s * (1.0 / (1.0 - rate)), 0.0)
+    return (tf.cast(d_h, y.dtype), tf.cast(tf.reduce_sum(d_h, axis=0), bias.dtype), tf.cast(d_s, residual.dtype),
+            tf.cast(d_gamma, gamma.dtype), tf.cast(d_beta, beta.dtype))
+
+
+def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: float):
+    """LayerNorm(residual + dropout(y + bias)) * gamma + beta, in y's dtype.
+
+    y, residual: (..., hidden); bias, gamma, beta: (hidden,).
+    """
+    seed = new_seed()
+
+    @tf.custom_gradient
+    def run(y, bias, residual, gamma, beta):
+        out, keep, normalized, inv_std = _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon)
+
+        def grad(upstream):
+            return _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate)
+
+        return out, grad
+
+    # Variables are read here, outside: the tape then carries their gradients through the reads.
+    bias, gamma, beta = (tf.convert_to_tensor(v) for v in (bias, gamma, beta))
+    return tf.reshape(run(_rows(y), bias, _rows(residual), gamma, beta), tf.shape(y))
+
+
+# ---- masked softmax + dropout (attention probabilities) ----------------------------------
+
+
+@compiled
+def _softmax_dropout_forward(scores, bias, seed, rate):
+    masked = _f32(scores) + _f32(bias)  # (batch, heads, seq, seq) + (batch, 1, seq, seq)
+    probs = tf.nn.softmax(_rows(masked), axis=-1)  # (batch*heads*seq, seq)
+    keep = _keep(seed, probs, rate)
+    dropped = tf.where(keep, probs * (1.0 / (1.0 - rate)), 0.0)
+    return tf.cast(dropped, scores.dtype), keep, tf.cast(probs, scores.dtype)
+
+
+@compiled
+def _softmax_dropout_backward(upstream, keep, probs, rate):
+    p = _f32(probs)
+    d_p = tf.where(keep, _f32(upstream) * (1.0 / (1.0 - rate)), 0.0)
+    d_scores = p * (d_p - tf.reduce_sum(d_p * p, axis=-1, keepdims=True))
+    return tf.cast(d_scores, upstream.dtype)
+
+
+def softmax_dropout(scores, bias, *, rate: float):
+    """dropout(softmax(scores + bias)) over the last axis; `bias` (the additive
+    attention mask, broadcast to scores) gets no gradient."""
+    seed = new_seed()
+
+    @tf.custom_gradient
+    def run(scores):
+        dropped, keep, probs = _softmax_dropout_forward(scores, bias, seed, rate)
+
+        def grad(upstream):
+            return tf.reshape(_softmax_dropout_backward(_rows(upstream), keep, probs, rate), tf.shape(scores))
+
+        return tf.reshape(dropped, tf.shape(scores)), grad
+
+    return run(scores)

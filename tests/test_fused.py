@@ -1,0 +1,89 @@
+"""The fused training kernels compute the plain layers' math, forward and backward,
+and their dropout masks are Bernoulli, scaled, and shared by the backward pass."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert_keras import fused
+from bert_keras.layers import TransformerBlock, attention_bias, same_instance
+
+
+def _grads(fn, tensors, variables):
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        out = fn()
+        mix = tf.cos(tf.reshape(tf.range(tf.size(out), dtype=tf.float32), tf.shape(out)))  # distinct output weights
+        loss = tf.reduce_sum(tf.cast(out, tf.float32) * mix)
+    return out, tape.gradient(loss, tensors + variables)
+
+
+@pytest.mark.parametrize("policy,tol", [("float32", 2e-5), ("mixed_bfloat16", 0.05)])
+def test_fused_block_matches_plain_block_without_dropout(policy, tol):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        block = TransformerBlock(16, 2, 32, dropout=0.0, attention_dropout=0.0, name="blk")
+        block.build()
+        rng = np.random.default_rng(0)
+        x = tf.constant(rng.standard_normal((2, 6, 16)), tf.as_dtype(block.compute_dtype))
+        padding = tf.constant([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])  # packed row with padding, full row
+        bias = attention_bias(same_instance(padding), x.dtype)
+        weights = [v.value for v in block.trainable_variables]
+        plain, plain_grads = _grads(lambda: block(x, bias, training=False), [x], weights)
+        fused_out, fused_grads = _grads(lambda: block(x, bias, training=True), [x], weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert fused_out.dtype == plain.dtype
+    np.testing.assert_allclose(np.float32(fused_out), np.float32(plain), atol=tol, rtol=tol)
+    assert len(fused_grads) == len(plain_grads) == 1 + 12  # x, then 4 dense (kernel, bias) and 2 norms
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        want = np.float32(want)
+        np.testing.assert_allclose(np.float32(got), want, atol=tol * max(1.0, np.abs(want).max()), rtol=tol)
+
+
+def test_softmax_dropout_mask_is_bernoulli_scaled_and_shared_with_backward():
+    rate = 0.3
+    scores = tf.zeros([8, 2, 64, 64])  # uniform probabilities 1/64
+    bias = tf.zeros([8, 1, 64, 64])
+    upstream = tf.random.stateless_normal(scores.shape, seed=[0, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(scores)
+        out = fused.softmax_dropout(scores, bias, rate=rate)
+    grad = tape.gradient(out, scores, output_gradients=upstream)
+    kept = out.numpy() > 0
+    np.testing.assert_allclose(out.numpy()[kept], 1 / 64 / (1 - rate), rtol=1e-6)
+    assert abs(1 - kept.mean() - rate) < 0.01  # 65,536 draws
+    # softmax backward through the same mask: p * (d - sum(d * p)), d = upstream * keep / (1 - rate)
+    p = 1 / 64
+    d = np.where(kept, upstream.numpy() / (1 - rate), 0.0)
+    np.testing.assert_allclose(grad.numpy(), p * (d - (d * p).sum(-1, keepdims=True)), atol=1e-6)
+    assert not np.array_equal(kept, fused.softmax_dropout(scores, bias, rate=rate).numpy() > 0)  # fresh bits
+
+
+def test_dropout_add_norm_drops_exactly_what_its_gradient_skips():
+    rate = 0.25
+    rng = np.random.default_rng(1)
+    y = tf.constant(rng.standard_normal((64, 32)) + 3.0, tf.float32)  # y + bias never 0
+    bias, residual = tf.constant(rng.standard_normal(32), tf.float32), tf.constant(rng.standard_normal((64, 32)), tf.float32)
+    gamma, beta = tf.constant(rng.uniform(0.5, 1.5, 32), tf.float32), tf.constant(rng.standard_normal(32), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        out = fused.dropout_add_norm(y, bias, residual, gamma, beta, rate=rate, epsilon=1e-12)
+    keep = tape.gradient(out, y, output_gradients=tf.ones_like(out) + tf.range(32, dtype=tf.float32)).numpy() != 0
+    assert abs(1 - keep.mean() - rate) < 0.03  # 2,048 draws
+    s = np.where(keep, (y.numpy() + bias.numpy()) / (1 - rate), 0.0) + residual.numpy()
+    normalized = (s - s.mean(-1, keepdims=True)) / np.sqrt(s.var(-1, keepdims=True) + 1e-12)
+    np.testing.assert_allclose(out.numpy(), normalized * gamma.numpy() + beta.numpy(), atol=1e-4)
+
+
+def test_bias_gelu_is_exact_erf_gelu_with_its_gradient():
+    x = tf.constant(np.linspace(-6, 6, 3 * 40).reshape(3, 40), tf.float32)
+    bias = tf.constant(np.linspace(-1, 1, 40), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, bias])
+        got = fused.bias_gelu(x, bias)
+        want = tf.nn.gelu(x + bias, approximate=False)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
+    for g, w in zip(tape.gradient(got, [x, bias]), tape.gradient(want, [x, bias]), strict=True):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-5)

@@ -1,0 +1,56 @@
+"""The hand-written cross-entropy gives TensorFlow's loss, gradient and accuracy."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from bert_keras.losses import weighted_sparse_xent
+
+
+def _reference(labels, logits, weights):
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+    total = tf.maximum(tf.reduce_sum(weights), 1e-6)
+    return tf.reduce_sum(ce * weights) / total, tf.reduce_sum(hit * weights) / total
+
+
+def _loss_and_grad(fn, labels, logits, weights):
+    logits = tf.constant(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss, acc = fn(labels, logits, weights)
+    return loss.numpy(), acc.numpy(), tape.gradient(loss, logits).numpy()
+
+
+@pytest.mark.parametrize("shape", [(6, 50), (2, 3, 7)])
+def test_matches_tensorflow_kernel(shape):
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(shape) * 4).astype(np.float32)
+    labels = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32)
+    weights = rng.integers(0, 2, size=shape[:-1]).astype(np.float32)
+    weights.flat[0] = 1.0  # at least one target
+    labels.flat[1] = int(np.argmax(logits.reshape(-1, shape[-1])[1]))  # at least one correct prediction
+    weights.flat[1] = 1.0
+
+    flat = (labels.reshape(-1), logits.reshape(-1, shape[-1]), weights.reshape(-1))
+    ref_loss, ref_acc, ref_grad = _loss_and_grad(_reference, *flat)
+    loss, acc, grad = _loss_and_grad(weighted_sparse_xent, labels, logits, weights)
+
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    assert acc == pytest.approx(ref_acc) and acc > 0
+    np.testing.assert_allclose(grad.reshape(ref_grad.shape), ref_grad, atol=1e-7)
+    assert np.all(grad.reshape(-1, shape[-1])[weights.reshape(-1) == 0] == 0)  # weight 0: no gradient
+
+
+def test_no_targets_gives_zero_not_nan():
+    loss, acc, grad = _loss_and_grad(weighted_sparse_xent, np.zeros([4], np.int32),
+                                     np.ones([4, 5], np.float32), np.zeros([4], np.float32))
+    assert loss == 0 and acc == 0 and np.all(grad == 0)
+
+
+def test_bfloat16_logits_give_float32_loss_and_bfloat16_gradient():
+    logits = tf.cast(tf.random.stateless_normal([4, 9], seed=[1, 2]), tf.bfloat16)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss, _ = weighted_sparse_xent(tf.constant([1, 2, 3, 4]), logits, tf.ones([4]))
+    assert loss.dtype == tf.float32 and tape.gradient(loss, logits).dtype == tf.bfloat16
