@@ -35,16 +35,17 @@ def new_seed():
 
 
 def _keep(seed, like, rate: float):
-    """A Bernoulli(1 - rate) bool mask shaped like the 2-D `like`, from 16-bit draws,
-    two per random 32-bit word (rate 0.1 becomes 6554/65536 = 0.100006), as in
-    `layers.FastDropout`. All ones when rate is 0."""
-    rows, cols = tf.shape(like)[0], tf.shape(like)[1]  # compile-time constants to XLA
+    """A Bernoulli(1 - rate) bool mask shaped like `like`, all ones when rate is 0.
+
+    One 32-bit draw per element (rate exact to 2^-32): in XLA that ran 3.5x faster
+    than splitting each word into two 16-bit draws (0.8 vs 2.9 ms for 2M elements),
+    the trick `layers.FastDropout` uses outside XLA.
+    """
     if not rate:
-        return tf.ones([rows, cols], tf.bool)
-    words = tf.random.stateless_uniform([rows, (cols + 1) // 2], seed=seed, minval=None, maxval=None,
-                                        dtype=tf.uint32, alg="threefry")
-    halves = tf.reshape(tf.bitcast(words, tf.uint16), [rows, -1])[:, :cols]  # (rows, words, 2) -> (rows, cols)
-    return halves >= tf.constant(round(rate * 65536), tf.uint16)
+        return tf.ones(tf.shape(like), tf.bool)
+    bits = tf.random.stateless_uniform(tf.shape(like), seed=seed, minval=None, maxval=None, dtype=tf.uint32,
+                                       alg="threefry")
+    return bits >= tf.constant(round(rate * 2**32), tf.uint32)
 
 
 def _f32(x):
