@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bert_keras.layers import FastDropout, TransformerBlock, attention_bias, packed_positions, same_instance
+from bert_keras.layers import Dense, FastDropout, TransformerBlock, attention_bias, packed_positions, same_instance
 from pipeline.schema import CLS_POSITIONS, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
 SEQUENCE_OUTPUT = "sequence_output"
@@ -87,7 +87,7 @@ class BertEncoder(keras.Model):
             )
             for i in range(num_layers)
         ]
-        self.pooler = keras.layers.Dense(hidden_size, activation="tanh", kernel_initializer=init, name="pooler")
+        self.pooler = Dense(hidden_size, activation="tanh", kernel_initializer=init, name="pooler")
         self._build_variables()
 
     def _build_variables(self):

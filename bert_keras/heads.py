@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.encoder import gather_positions
-from bert_keras.layers import FastDropout, gelu, large_negative
+from bert_keras.layers import Dense, FastDropout, gelu, large_negative
 
 
 def _init(initializer_range):
@@ -38,7 +38,7 @@ class MaskedLMHead(keras.layers.Layer):
         self.initializer_range = initializer_range
         self.layer_norm_epsilon = layer_norm_epsilon
         hidden = token_embedding.output_dim
-        self.transform = keras.layers.Dense(
+        self.transform = Dense(
             hidden, activation=gelu, kernel_initializer=_init(initializer_range), name="transform"
         )
         self.transform_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="transform_norm")
@@ -70,7 +70,7 @@ class NextSentenceHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.initializer_range = initializer_range
-        self.dense = keras.layers.Dense(2, kernel_initializer=_init(initializer_range), name="seq_relationship")
+        self.dense = Dense(2, kernel_initializer=_init(initializer_range), name="seq_relationship")
         self.dense.build((None, hidden_size))
 
     def call(self, pooled):
@@ -91,7 +91,7 @@ class ClassificationHead(keras.layers.Layer):
         self.dropout = dropout
         self.initializer_range = initializer_range
         self.drop = FastDropout(dropout)
-        self.dense = keras.layers.Dense(num_classes, kernel_initializer=_init(initializer_range), name="logits")
+        self.dense = Dense(num_classes, kernel_initializer=_init(initializer_range), name="logits")
         self.dense.build((None, hidden_size))
 
     def call(self, pooled, training=None):
@@ -118,7 +118,7 @@ class SpanHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.initializer_range = initializer_range
-        self.dense = keras.layers.Dense(2, kernel_initializer=_init(initializer_range), name="span_logits")
+        self.dense = Dense(2, kernel_initializer=_init(initializer_range), name="span_logits")
         self.dense.build((None, hidden_size))
 
     def call(self, sequence_output, padding_mask):
@@ -149,10 +149,10 @@ class ChunkPooling(keras.layers.Layer):
         self.mode = mode
         self.initializer_range = initializer_range
         if mode == "attention":
-            self.attention_dense = keras.layers.Dense(
+            self.attention_dense = Dense(
                 hidden_size, activation="tanh", kernel_initializer=_init(initializer_range), name="attention_dense"
             )
-            self.attention_score = keras.layers.Dense(
+            self.attention_score = Dense(
                 1, use_bias=False, kernel_initializer=_init(initializer_range), name="attention_score"
             )
             self.attention_dense.build((None, hidden_size))

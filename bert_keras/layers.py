@@ -74,9 +74,31 @@ def _matmul(dense, x):
     return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [dense.units]], axis=0))
 
 
+@keras.saving.register_keras_serializable(package="bert_keras")
+class Dense(keras.layers.Dense):
+    """keras `Dense` whose bias is added with a broadcast add, not `tf.nn.bias_add`.
+
+    Keras' TensorFlow backend turns `x + bias` into `bias_add`, and TensorFlow's CPU
+    gradient kernel for it (BiasAddGrad) sums bfloat16 rows in bfloat16: under
+    mixed_bfloat16 a (4096, 768) bias gradient came out 21% off on average (4,096
+    rows of 3.0 summed to 1,024), so every bias trained on a wrong gradient. The
+    gradient of a broadcast add is a reduce_sum, which accumulates in float32
+    (0.1% off, bfloat16 rounding of the result). Same variables and config as
+    keras `Dense`; LoRA and quantized layers keep Keras' own call.
+    """
+
+    def call(self, inputs, training=None):
+        if self.lora_enabled or self.quantization_mode:
+            return super().call(inputs, training=training)
+        x = keras.ops.matmul(inputs, self.kernel)
+        if self.bias is not None:
+            x = tf.add(x, tf.cast(self.bias, x.dtype))  # AddV2; its gradient is Sum, not BiasAddGrad
+        return self.activation(x) if self.activation is not None else x
+
+
 def _dense(units, initializer_range, name, activation=None):
     init = keras.initializers.TruncatedNormal(stddev=initializer_range)
-    return keras.layers.Dense(units, activation=activation, kernel_initializer=init, name=name)
+    return Dense(units, activation=activation, kernel_initializer=init, name=name)
 
 
 class FastDropout(keras.layers.Layer):

@@ -87,3 +87,19 @@ def test_bias_gelu_is_exact_erf_gelu_with_its_gradient():
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-6)
     for g, w in zip(tape.gradient(got, [x, bias]), tape.gradient(want, [x, bias]), strict=True):
         np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-5)
+
+
+def test_dense_bias_gradient_is_summed_in_float32_under_mixed_bfloat16():
+    """TensorFlow's CPU BiasAddGrad sums bfloat16 in bfloat16 (4,096 rows of 3.0 gave 1,024);
+    bert_keras' Dense adds its bias so that the gradient is a float32-accumulated sum."""
+    from bert_keras.layers import Dense
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        dense = Dense(8)
+        dense.build((None, 4))
+        with tf.GradientTape() as tape:
+            loss = 3.0 * tf.reduce_sum(tf.cast(dense(tf.ones([4096, 4], tf.bfloat16)), tf.float32))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    np.testing.assert_array_equal(tape.gradient(loss, dense.bias.value).numpy(), np.full(8, 3.0 * 4096))

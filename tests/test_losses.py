@@ -54,3 +54,8 @@ def test_bfloat16_logits_give_float32_loss_and_bfloat16_gradient():
         tape.watch(logits)
         loss, _ = weighted_sparse_xent(tf.constant([1, 2, 3, 4]), logits, tf.ones([4]))
     assert loss.dtype == tf.float32 and tape.gradient(loss, logits).dtype == tf.bfloat16
+
+
+def test_a_label_outside_the_classes_is_an_error():
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        weighted_sparse_xent(tf.constant([0, 5]), tf.zeros([2, 5]), tf.ones([2]))
