@@ -10,7 +10,11 @@ words): -32% here. So only these regions are compiled, as one forward and one
 backward kernel each, joined by `tf.custom_gradient`; the matmuls stay on
 oneDNN. (Differentiating a compiled forward instead gave a backward twice as
 slow.) Measured in one process, forward + backward, bf16: bias + GELU on
-(4096, 1024) 11.0 ms as plain ops -> 3.7 ms.
+(4096, 1024) 11.0 ms as plain ops -> 3.7 ms. On the bench_pretrain bf16 step
+(A/B in one process, alternating): bias + GELU +6-9%, bias + dropout + residual +
+LayerNorm +3.5-5%. Two more kernels measured no gain there and were left out:
+softmax + dropout of the attention probabilities, and the QKV bias + split into
+heads.
 
 Each kernel computes in float32 and returns its input's dtype. Dropout draws
 its bits inside the kernel with ThreeFry (XLA's CPU Philox is ~200x slower), and
@@ -136,40 +140,3 @@ def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: fl
     # Variables are read here, outside: the tape then carries their gradients through the reads.
     bias, gamma, beta = (tf.convert_to_tensor(v) for v in (bias, gamma, beta))
     return tf.reshape(run(_rows(y), bias, _rows(residual), gamma, beta), tf.shape(y))
-
-
-# ---- masked softmax + dropout (attention probabilities) ----------------------------------
-
-
-@compiled
-def _softmax_dropout_forward(scores, bias, seed, rate):
-    masked = _f32(scores) + _f32(bias)  # (batch, heads, seq, seq) + (batch, 1, seq, seq)
-    probs = tf.nn.softmax(_rows(masked), axis=-1)  # (batch*heads*seq, seq)
-    keep = _keep(seed, probs, rate)
-    dropped = tf.where(keep, probs * (1.0 / (1.0 - rate)), 0.0)
-    return tf.cast(dropped, scores.dtype), keep, tf.cast(probs, scores.dtype)
-
-
-@compiled
-def _softmax_dropout_backward(upstream, keep, probs, rate):
-    p = _f32(probs)
-    d_p = tf.where(keep, _f32(upstream) * (1.0 / (1.0 - rate)), 0.0)
-    d_scores = p * (d_p - tf.reduce_sum(d_p * p, axis=-1, keepdims=True))
-    return tf.cast(d_scores, upstream.dtype)
-
-
-def softmax_dropout(scores, bias, *, rate: float):
-    """dropout(softmax(scores + bias)) over the last axis; `bias` (the additive
-    attention mask, broadcast to scores) gets no gradient."""
-    seed = new_seed()
-
-    @tf.custom_gradient
-    def run(scores):
-        dropped, keep, probs = _softmax_dropout_forward(scores, bias, seed, rate)
-
-        def grad(upstream):
-            return tf.reshape(_softmax_dropout_backward(_rows(upstream), keep, probs, rate), tf.shape(scores))
-
-        return tf.reshape(dropped, tf.shape(scores)), grad
-
-    return run(scores)

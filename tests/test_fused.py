@@ -42,25 +42,6 @@ def test_fused_block_matches_plain_block_without_dropout(policy, tol):
         np.testing.assert_allclose(np.float32(got), want, atol=tol * max(1.0, np.abs(want).max()), rtol=tol)
 
 
-def test_softmax_dropout_mask_is_bernoulli_scaled_and_shared_with_backward():
-    rate = 0.3
-    scores = tf.zeros([8, 2, 64, 64])  # uniform probabilities 1/64
-    bias = tf.zeros([8, 1, 64, 64])
-    upstream = tf.random.stateless_normal(scores.shape, seed=[0, 1])
-    with tf.GradientTape() as tape:
-        tape.watch(scores)
-        out = fused.softmax_dropout(scores, bias, rate=rate)
-    grad = tape.gradient(out, scores, output_gradients=upstream)
-    kept = out.numpy() > 0
-    np.testing.assert_allclose(out.numpy()[kept], 1 / 64 / (1 - rate), rtol=1e-6)
-    assert abs(1 - kept.mean() - rate) < 0.01  # 65,536 draws
-    # softmax backward through the same mask: p * (d - sum(d * p)), d = upstream * keep / (1 - rate)
-    p = 1 / 64
-    d = np.where(kept, upstream.numpy() / (1 - rate), 0.0)
-    np.testing.assert_allclose(grad.numpy(), p * (d - (d * p).sum(-1, keepdims=True)), atol=1e-6)
-    assert not np.array_equal(kept, fused.softmax_dropout(scores, bias, rate=rate).numpy() > 0)  # fresh bits
-
-
 def test_dropout_add_norm_drops_exactly_what_its_gradient_skips():
     rate = 0.25
     rng = np.random.default_rng(1)
