@@ -57,5 +57,5 @@ def test_bfloat16_logits_give_float32_loss_and_bfloat16_gradient():
 
 
 def test_a_label_outside_the_classes_is_an_error():
-    with pytest.raises(tf.errors.InvalidArgumentError):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not below the number of classes"):
         weighted_sparse_xent(tf.constant([0, 5]), tf.zeros([2, 5]), tf.ones([2]))
