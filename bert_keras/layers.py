@@ -9,8 +9,10 @@ Why not keras-hub's `TransformerEncoder` + `PositionEmbedding` (checked in 0.32)
   per token here;
 - a hand-written block keeps the variables one-to-one with the Google / Hugging
   Face tensors (see `bert_keras.weights`), so import and export are plain copies.
-Layers that fit as they are (`Dense`, `Embedding`, `LayerNormalization`,
-`Dropout`) are Keras's own.
+Layers that fit as they are (`Embedding`, `LayerNormalization`) are Keras's own;
+`Dense` is Keras's with one change (its bias add, see `Dense`), and dropout is
+`FastDropout`. Training runs the element-wise stretches of a block through the
+fused kernels of `bert_keras.fused`.
 
 Packing (pipeline/schema.py): `padding_mask` holds the 1-based instance index of
 each token (0 = padding). Attention is allowed only between tokens with the same
