@@ -90,7 +90,9 @@ class FusedAdamW(keras.optimizers.AdamW):
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         index = self._get_variable_index(variable)
-        var, m, v = (_tf_variable(x) for x in (variable, self._momentums[index], self._velocities[index]))
+        # Handles, not variable objects: under a strategy, `.handle` is this device's copy, while a
+        # distributed variable passed into a tf.function resolves to its primary copy on every device.
+        var, m, v = (_tf_variable(x).handle for x in (variable, self._momentums[index], self._velocities[index]))
         beta1_power = tf.pow(tf.cast(self.beta_1, dtype), step)
         beta2_power = tf.pow(tf.cast(self.beta_2, dtype), step)
         lr, gradient = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
@@ -99,7 +101,7 @@ class FusedAdamW(keras.optimizers.AdamW):
                           float(self.beta_1), float(self.beta_2), float(self.epsilon))
         else:
             tf.raw_ops.ResourceApplyAdam(
-                var=var.handle, m=m.handle, v=v.handle, beta1_power=beta1_power, beta2_power=beta2_power, lr=lr,
+                var=var, m=m, v=v, beta1_power=beta1_power, beta2_power=beta2_power, lr=lr,
                 beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
                 epsilon=tf.cast(self.epsilon, dtype), grad=gradient)
 
@@ -107,13 +109,16 @@ class FusedAdamW(keras.optimizers.AdamW):
 @compiled
 def _decayed_adam(var, m, v, grad, lr, weight_decay, beta1_power, beta2_power, beta1, beta2, epsilon):
     """Keras AdamW's step for one variable as one XLA kernel: decay, then Adam with the
-    bias-corrected rate. beta1, beta2 and epsilon are Python floats (constants)."""
-    m_new = m + (grad - m) * (1.0 - beta1)
-    v_new = v + (grad * grad - v) * (1.0 - beta2)
+    bias-corrected rate. var, m, v are resource handles; beta1, beta2 and epsilon are
+    Python floats (constants)."""
+    value, m_old, v_old = (tf.raw_ops.ReadVariableOp(resource=h, dtype=grad.dtype) for h in (var, m, v))
+    m_new = m_old + (grad - m_old) * (1.0 - beta1)
+    v_new = v_old + (grad * grad - v_old) * (1.0 - beta2)
     alpha = lr * tf.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
-    var.assign(var - var * weight_decay * lr - (m_new * alpha) / (tf.sqrt(v_new) + epsilon))
-    m.assign(m_new)
-    v.assign(v_new)
+    tf.raw_ops.AssignVariableOp(resource=var, value=value - value * weight_decay * lr
+                                - (m_new * alpha) / (tf.sqrt(v_new) + epsilon))
+    tf.raw_ops.AssignVariableOp(resource=m, value=m_new)
+    tf.raw_ops.AssignVariableOp(resource=v, value=v_new)
 
 
 def _tf_variable(variable):
