@@ -65,21 +65,22 @@ def _rows(x):
 # ---- bias + GELU (the FFN's first dense) -------------------------------------------------
 
 
-def _cdf(y):
+def normal_cdf(y):
+    """Phi(y) = 0.5 * (1 + erf(y / sqrt(2))): GELU(y) = y * Phi(y), BERT's exact form."""
     return 0.5 * (1.0 + tf.math.erf(y * (1.0 / math.sqrt(2.0))))
 
 
 @compiled
 def _bias_gelu_forward(x, bias):
     y = _f32(x) + _f32(bias)
-    return tf.cast(y * _cdf(y), x.dtype)
+    return tf.cast(y * normal_cdf(y), x.dtype)
 
 
 @compiled
 def _bias_gelu_backward(x, bias, upstream):
     y = _f32(x) + _f32(bias)
     pdf = tf.exp(-0.5 * y * y) * (1.0 / math.sqrt(2.0 * math.pi))
-    d = _f32(upstream) * (_cdf(y) + y * pdf)
+    d = _f32(upstream) * (normal_cdf(y) + y * pdf)
     return tf.cast(d, x.dtype), tf.cast(tf.reduce_sum(d, axis=0), bias.dtype)
 
 
