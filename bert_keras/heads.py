@@ -49,13 +49,22 @@ class MaskedLMHead(keras.layers.Layer):
         )  # float32 even under mixed precision: added to float32 logits
 
     def call(self, sequence_output, mask_positions):
+        logits = self.unbiased_logits(sequence_output, mask_positions)
+        return tf.cast(logits, tf.float32) + self.output_bias
+
+    def unbiased_logits(self, sequence_output, mask_positions):
+        """(batch, pred, vocab) logits before the output bias, in the compute dtype.
+
+        Training passes these and `output_bias` to the cross-entropy, which adds the
+        bias inside its kernel (`losses.weighted_sparse_xent`): the float32 logits
+        are then never written out.
+        """
         x = gather_positions(sequence_output, mask_positions)  # (batch, pred, hidden)
         x = self.transform_norm(self.transform(x))
         batch, pred = tf.shape(x)[0], tf.shape(x)[1]
         flat = tf.reshape(x, [-1, x.shape[-1]])  # (batch*pred, hidden): one 2-D matmul
         table = tf.cast(self.token_embedding.embeddings, flat.dtype)  # (vocab, hidden)
         logits = tf.matmul(flat, table, transpose_b=True)  # (batch*pred, vocab)
-        logits = tf.cast(logits, tf.float32) + self.output_bias
         return tf.reshape(logits, [batch, pred, -1])
 
     def get_config(self):

@@ -2,9 +2,12 @@
 
 Contract (used by the trainer):
     model = BertPretrainingModel(encoder)
-    outputs = model(batch, training=True)
+    outputs = model(batch)
         # {"mlm_logits": (batch, pred, vocab) float32, "nsp_logits": (batch, instances, 2) float32}
-    loss, metrics = pretraining_loss(batch, outputs)
+    outputs = model(batch, training=True)
+        # {"mlm_logits_unbiased": (batch, pred, vocab) compute dtype, "mlm_output_bias": (vocab,) float32,
+        #  "nsp_logits": ...}: training leaves the bias to the loss's kernel (see MaskedLMHead.unbiased_logits)
+    loss, metrics = pretraining_loss(batch, outputs)  # either form
         # metrics: mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (float32 scalars)
 
 `batch` is the dict named by pipeline.schema: TOKEN_IDS, SEGMENT_IDS,
@@ -23,6 +26,8 @@ from bert_keras.losses import weighted_sparse_xent
 from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL
 
 MLM_LOGITS = "mlm_logits"
+MLM_UNBIASED = "mlm_logits_unbiased"
+MLM_BIAS = "mlm_output_bias"
 NSP_LOGITS = "nsp_logits"
 
 
@@ -42,10 +47,13 @@ class BertPretrainingModel(keras.Model):
 
     def call(self, inputs, training=None):
         enc = self.encoder(inputs, training=training)
-        return {
-            MLM_LOGITS: self.mlm_head(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS]),
-            NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT]),
-        }
+        outputs = {NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT])}
+        if isinstance(training, bool) and training:
+            outputs[MLM_UNBIASED] = self.mlm_head.unbiased_logits(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS])
+            outputs[MLM_BIAS] = tf.convert_to_tensor(self.mlm_head.output_bias)
+        else:
+            outputs[MLM_LOGITS] = self.mlm_head(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS])
+        return outputs
 
     def get_config(self):
         return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder)}
@@ -63,7 +71,11 @@ def pretraining_loss(batch, outputs):
     Both terms are weighted means over the batch passed in (per replica under a
     strategy); the trainer scales for the global batch.
     """
-    mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
+    if MLM_LOGITS in outputs:
+        mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
+    else:  # training outputs: the bias is added inside the cross-entropy's kernel
+        mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_UNBIASED], batch[MASK_WEIGHTS],
+                                                 bias=outputs[MLM_BIAS])
     nsp_logits = outputs[NSP_LOGITS]  # (batch, instances, 2)
     nsp_labels = tf.reshape(batch[NSP_LABEL], tf.shape(nsp_logits)[:2])  # (batch, 1) records -> (batch, instances)
     nsp_weights = batch.get(CLS_WEIGHTS)

@@ -85,7 +85,7 @@ def test_pretraining_loss_respects_weights():
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_with_float32_logits(policy):
+def test_mixed_precision_trains_with_float32_loss(policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
         model = BertPretrainingModel(BertEncoder(**TINY))
@@ -94,9 +94,11 @@ def test_mixed_precision_trains_with_float32_logits(policy):
             out = model(batch, training=True)
             loss, _ = pretraining_loss(batch, out)
         grads = tape.gradient(loss, model.trainable_variables)
+        logits = model(batch)["mlm_logits"]
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert out["mlm_logits"].dtype == tf.float32 and out["nsp_logits"].dtype == tf.float32
+    assert loss.dtype == tf.float32 and logits.dtype == tf.float32 and out["nsp_logits"].dtype == tf.float32
+    assert out["mlm_logits_unbiased"].dtype == policy.removeprefix("mixed_")  # the bias is added in float32
     assert model.encoder.token_embedding.embeddings.dtype == "float32"
     assert np.isfinite(float(loss)) and all(g is not None and np.isfinite(tf.convert_to_tensor(g).numpy()).all() for g in grads)
 
@@ -120,3 +122,30 @@ def test_task_heads():
         np.testing.assert_allclose(a[0], b[0], atol=1e-5)  # a masked chunk has no influence
         np.testing.assert_allclose(a[0], chunks[0, 0], atol=1e-5)  # one real chunk: its own vector
         assert np.abs(a[1] - b[1]).max() > 1e-2
+
+
+@pytest.mark.parametrize("policy,tol", [("float32", 1e-5), ("mixed_bfloat16", 0.03)])
+def test_training_outputs_give_the_inference_loss_and_gradients(policy, tol):
+    """Training hands the MLM output bias to the loss kernel instead of adding it to float32
+    logits (and runs the fused kernels); without dropout both paths give the same loss,
+    metrics and gradients."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = BertPretrainingModel(BertEncoder(**TINY, dropout=0.0, attention_dropout=0.0))
+        model.mlm_head.output_bias.assign(np.random.default_rng(5).normal(size=40).astype(np.float32))
+        batch = _batch(np.random.default_rng(4))
+        results = []
+        for training in (True, False):
+            with tf.GradientTape() as tape:
+                loss, metrics = pretraining_loss(batch, model(batch, training=training))
+            results.append((loss, metrics, tape.gradient(loss, model.trainable_variables)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    (loss, metrics, grads), (want_loss, want_metrics, want_grads) = results
+    assert float(loss) == pytest.approx(float(want_loss), rel=tol)
+    for name in want_metrics:
+        assert float(metrics[name]) == pytest.approx(float(want_metrics[name]), rel=tol, abs=1e-6), name
+    for var, got, want in zip(model.trainable_variables, grads, want_grads):
+        want = np.float32(tf.convert_to_tensor(want))
+        np.testing.assert_allclose(np.float32(tf.convert_to_tensor(got)), want, rtol=tol,
+                                   atol=tol * max(1e-3, np.abs(want).max()), err_msg=var.path)

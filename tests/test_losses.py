@@ -42,6 +42,33 @@ def test_matches_tensorflow_kernel(shape):
     assert np.all(grad.reshape(-1, shape[-1])[weights.reshape(-1) == 0] == 0)  # weight 0: no gradient
 
 
+@pytest.mark.parametrize("dtype,tol", [(tf.float32, 1e-6), (tf.bfloat16, 1e-6)])
+def test_bias_added_inside_matches_adding_it_first(dtype, tol):
+    """The MLM path: logits in the compute dtype plus a float32 bias, gradients to both."""
+    rng = np.random.default_rng(1)
+    logits = tf.cast(tf.constant(rng.standard_normal((5, 30)).astype(np.float32) * 3), dtype)
+    bias = tf.constant(rng.standard_normal(30).astype(np.float32))
+    labels = tf.constant([3, 3, 0, 29, 7])
+    weights = tf.constant([1.0, 2.0, 0.0, 1.0, 1.0])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([logits, bias])
+        loss, acc = weighted_sparse_xent(labels, logits, weights, bias=bias)
+        want_loss, want_acc = _reference(labels, tf.cast(logits, tf.float32) + bias, weights)
+    assert float(loss) == pytest.approx(float(want_loss), rel=tol) and float(acc) == pytest.approx(float(want_acc))
+    d_logits, d_bias = tape.gradient(loss, [logits, bias])
+    want_d_logits, want_d_bias = tape.gradient(want_loss, [logits, bias])
+    assert d_logits.dtype == dtype and d_bias.dtype == tf.float32
+    np.testing.assert_allclose(np.float32(d_logits), np.float32(want_d_logits), atol=1e-7)
+    np.testing.assert_allclose(d_bias.numpy(), want_d_bias.numpy(), atol=1e-7)
+
+
+def test_a_tie_for_the_top_logit_is_a_miss():
+    """ArgMax would give a tie to the lowest class; equal logits must not score as right."""
+    _, acc, _ = _loss_and_grad(weighted_sparse_xent, np.array([0, 1, 2], np.int32),
+                               np.array([[1, 1, 0], [2, 2, 2], [0, 0, 5]], np.float32), np.ones([3], np.float32))
+    assert acc == pytest.approx(1 / 3)  # only the third row's label is strictly on top
+
+
 def test_no_targets_gives_zero_not_nan():
     loss, acc, grad = _loss_and_grad(weighted_sparse_xent, np.zeros([4], np.int32),
                                      np.ones([4, 5], np.float32), np.zeros([4], np.float32))
