@@ -101,14 +101,18 @@ class BertEncoder(keras.Model):
         self.pooler.build((None, self.hidden_size))
         self.built = True
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, token_vectors=None):
+        """token_vectors: the word embeddings of TOKEN_IDS when the caller looked them up
+        already (the pretraining model shares that lookup with its tied MLM projection)."""
         token_ids = inputs[TOKEN_IDS]
         padding_mask = inputs[PADDING_MASK]
         allowed = same_instance(padding_mask)  # (batch, seq, seq), shared by every layer
         positions = packed_positions(allowed)  # (batch, seq)
 
+        if token_vectors is None:
+            token_vectors = self.token_embedding(token_ids)
         x = (
-            self.token_embedding(token_ids)
+            token_vectors
             + self.segment_embedding(inputs[SEGMENT_IDS])
             + self.position_embedding(positions)
         )

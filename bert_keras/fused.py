@@ -28,9 +28,20 @@ from __future__ import annotations
 
 import math
 
+import keras
 import tensorflow as tf
 
 compiled = tf.function(jit_compile=True)  # one XLA kernel per call
+
+
+def float32_value(variable):
+    """A Keras variable's own (float32) value, also inside a layer's call under a mixed
+    policy, where reading it gives a copy cast to the compute dtype. The kernels take
+    their parameters in float32: the cast pass and its gradient's cast go, and the
+    parameter gradients leave the kernels unrounded. Keras has no public API for
+    this read, hence its AutocastScope."""
+    with keras.src.backend.AutocastScope(None):
+        return tf.convert_to_tensor(variable)
 
 
 def new_seed():
@@ -91,7 +102,7 @@ def bias_gelu(x, bias):
     def run(rows, bias):
         return _bias_gelu_forward(rows, bias), lambda upstream: _bias_gelu_backward(rows, bias, upstream)
 
-    return tf.reshape(run(_rows(x), tf.convert_to_tensor(bias)), tf.shape(x))
+    return tf.reshape(run(_rows(x), float32_value(bias)), tf.shape(x))
 
 
 # ---- bias + dropout + residual + LayerNorm (the end of each sub-layer) -------------------
@@ -139,5 +150,40 @@ def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: fl
         return out, grad
 
     # Variables are read here, outside: the tape then carries their gradients through the reads.
-    bias, gamma, beta = (tf.convert_to_tensor(v) for v in (bias, gamma, beta))
+    bias, gamma, beta = (float32_value(v) for v in (bias, gamma, beta))
     return tf.reshape(run(_rows(y), bias, _rows(residual), gamma, beta), tf.shape(y))
+
+
+# ---- the word-embedding table, shared by the lookup and the tied MLM output projection ----
+
+
+@compiled
+def _table_gradient(d_table, d_vectors, ids):
+    """d_table (vocab, hidden) + the looked-up rows' gradients scattered to their ids, float32."""
+    return tf.tensor_scatter_nd_add(_f32(d_table), ids[:, None], _f32(d_vectors))
+
+
+def tied_embedding(table, ids, dtype):
+    """(table[ids], table) in `dtype`, for a lookup and a tied output projection.
+
+    table: the float32 (vocab, hidden) variable; ids: int (...). Its gradient is one
+    dense float32 (vocab, hidden) tensor: the projection's gradient plus the looked-up
+    rows' gradients scattered in, in one XLA kernel (2.1 ms on 30,522 x 256 with
+    4,096 ids). Reading the table twice instead leaves TensorFlow to cast the
+    projection's gradient, turn the lookup's sparse gradient into a dense one and add
+    the two: three passes over the table (5.7-7.5 ms).
+    """
+    flat_ids = tf.reshape(tf.cast(ids, tf.int32), [-1])
+
+    @tf.custom_gradient
+    def run(table):
+        cast = tf.cast(table, dtype)
+        vectors = tf.gather(cast, flat_ids)
+
+        def grad(d_vectors, d_table):
+            return _table_gradient(d_table, d_vectors, flat_ids)
+
+        return (vectors, cast), grad
+
+    vectors, cast = run(float32_value(table))
+    return tf.reshape(vectors, tf.concat([tf.shape(ids), [-1]], axis=0)), cast

@@ -52,18 +52,20 @@ class MaskedLMHead(keras.layers.Layer):
         logits = self.unbiased_logits(sequence_output, mask_positions)
         return tf.cast(logits, tf.float32) + self.output_bias
 
-    def unbiased_logits(self, sequence_output, mask_positions):
+    def unbiased_logits(self, sequence_output, mask_positions, table=None):
         """(batch, pred, vocab) logits before the output bias, in the compute dtype.
 
         Training passes these and `output_bias` to the cross-entropy, which adds the
         bias inside its kernel (`losses.weighted_sparse_xent`): the float32 logits
-        are then never written out.
+        are then never written out. table: the word embeddings already cast to the
+        compute dtype (`fused.tied_embedding`), else read here.
         """
         x = gather_positions(sequence_output, mask_positions)  # (batch, pred, hidden)
         x = self.transform_norm(self.transform(x))
         batch, pred = tf.shape(x)[0], tf.shape(x)[1]
         flat = tf.reshape(x, [-1, x.shape[-1]])  # (batch*pred, hidden): one 2-D matmul
-        table = tf.cast(self.token_embedding.embeddings, flat.dtype)  # (vocab, hidden)
+        if table is None:
+            table = tf.cast(self.token_embedding.embeddings, flat.dtype)  # (vocab, hidden)
         logits = tf.matmul(flat, table, transpose_b=True)  # (batch*pred, vocab)
         return tf.reshape(logits, [batch, pred, -1])
 

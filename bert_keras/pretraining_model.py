@@ -21,9 +21,10 @@ import keras
 import tensorflow as tf
 
 from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT, BertEncoder
+from bert_keras.fused import float32_value, tied_embedding
 from bert_keras.heads import MaskedLMHead, NextSentenceHead
 from bert_keras.losses import weighted_sparse_xent
-from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL
+from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL, TOKEN_IDS
 
 MLM_LOGITS = "mlm_logits"
 MLM_UNBIASED = "mlm_logits_unbiased"
@@ -46,14 +47,18 @@ class BertPretrainingModel(keras.Model):
         self.built = True
 
     def call(self, inputs, training=None):
-        enc = self.encoder(inputs, training=training)
-        outputs = {NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT])}
-        if isinstance(training, bool) and training:
-            outputs[MLM_UNBIASED] = self.mlm_head.unbiased_logits(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS])
-            outputs[MLM_BIAS] = tf.convert_to_tensor(self.mlm_head.output_bias)
-        else:
-            outputs[MLM_LOGITS] = self.mlm_head(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS])
-        return outputs
+        if not (isinstance(training, bool) and training):
+            enc = self.encoder(inputs, training=training)
+            return {MLM_LOGITS: self.mlm_head(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS]),
+                    NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT])}
+        # Training: one read of the word embeddings serves the lookup and the tied projection,
+        # so their gradients meet in one kernel, and the MLM bias is left to the loss's kernel.
+        vectors, table = tied_embedding(self.encoder.token_embedding.embeddings, inputs[TOKEN_IDS],
+                                        self.encoder.compute_dtype)
+        enc = self.encoder(inputs, training=True, token_vectors=vectors)
+        return {MLM_UNBIASED: self.mlm_head.unbiased_logits(enc[SEQUENCE_OUTPUT], inputs[MASK_POSITIONS], table),
+                MLM_BIAS: float32_value(self.mlm_head.output_bias),
+                NSP_LOGITS: self.nsp_head(enc[POOLED_OUTPUT])}
 
     def get_config(self):
         return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder)}

@@ -84,3 +84,20 @@ def test_dense_bias_gradient_is_summed_in_float32_under_mixed_bfloat16():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     np.testing.assert_array_equal(tape.gradient(loss, dense.bias.value).numpy(), np.full(8, 3.0 * 4096))
+
+
+def test_tied_embedding_gradient_is_the_lookup_plus_the_projection():
+    """One read of the table for the lookup and the tied projection: its gradient (one
+    kernel) equals TensorFlow's for the two reads, repeated ids included."""
+    rng = np.random.default_rng(3)
+    table = tf.Variable(rng.standard_normal((12, 4)).astype(np.float32))
+    ids = tf.constant([[1, 5, 5], [0, 11, 1]])
+    up_vectors = tf.constant(rng.standard_normal((2, 3, 4)).astype(np.float32))
+    up_table = tf.constant(rng.standard_normal((12, 4)).astype(np.float32))
+    with tf.GradientTape(persistent=True) as tape:
+        vectors, cast = fused.tied_embedding(table, ids, tf.float32)
+        got = tf.reduce_sum(vectors * up_vectors) + tf.reduce_sum(cast * up_table)
+        want = tf.reduce_sum(tf.gather(table, ids) * up_vectors) + tf.reduce_sum(table * up_table)
+    np.testing.assert_allclose(vectors.numpy(), tf.gather(table, ids).numpy())
+    np.testing.assert_allclose(tape.gradient(got, table).numpy(),
+                               tf.convert_to_tensor(tape.gradient(want, table)).numpy(), atol=1e-6)
