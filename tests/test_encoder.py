@@ -145,7 +145,7 @@ def test_training_outputs_give_the_inference_loss_and_gradients(policy, tol):
     assert float(loss) == pytest.approx(float(want_loss), rel=tol)
     for name in want_metrics:
         assert float(metrics[name]) == pytest.approx(float(want_metrics[name]), rel=tol, abs=1e-6), name
-    for var, got, want in zip(model.trainable_variables, grads, want_grads):
+    for var, got, want in zip(model.trainable_variables, grads, want_grads, strict=True):
         want = np.float32(tf.convert_to_tensor(want))
         np.testing.assert_allclose(np.float32(tf.convert_to_tensor(got)), want, rtol=tol,
                                    atol=tol * max(1e-3, np.abs(want).max()), err_msg=var.path)
