@@ -12,9 +12,10 @@ oneDNN. (Differentiating a compiled forward instead gave a backward twice as
 slow.) Measured in one process, forward + backward, bf16: bias + GELU on
 (4096, 1024) 11.0 ms as plain ops -> 3.7 ms. On the bench_pretrain bf16 step
 (A/B in one process, alternating): bias + GELU +6-9%, bias + dropout + residual +
-LayerNorm +3.5-5%. Two more kernels measured no gain there and were left out:
-softmax + dropout of the attention probabilities, and the QKV bias + split into
-heads.
+LayerNorm +3.5-5%, dropout with hashed masks +2.2-3.4%, the tied word-embedding
+gradient +0.3-1.4%. Three more kernels measured no gain there and were left out:
+softmax + dropout of the attention probabilities, the QKV bias + split into
+heads, and the QKV bias + the queries' scaling (0.975).
 
 Each kernel computes in float32 and returns its input's dtype. Dropout draws
 its bits inside the kernel (`_keep`), and the forward kernel hands the keep mask
