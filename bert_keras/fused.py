@@ -77,6 +77,12 @@ def _keep(seed, like, rate: float):
     return bits >= tf.constant(round(rate * 2**32), tf.uint32)
 
 
+def _dropped(keep, x, rate: float):
+    """Inverted dropout of x by its mask, in float32: kept values scaled by 1 / (1 - rate).
+    The forward pass and its gradient are the same map."""
+    return tf.where(keep, _f32(x) * (1.0 / (1.0 - rate)), 0.0)
+
+
 def _f32(x):
     return tf.cast(x, tf.float32)
 
@@ -93,12 +99,12 @@ def _rows(x):
 @compiled
 def _dropout_forward(x, seed, rate):
     keep = _keep(seed, x, rate)
-    return tf.cast(tf.where(keep, _f32(x) * (1.0 / (1.0 - rate)), 0.0), x.dtype), keep
+    return tf.cast(_dropped(keep, x, rate), x.dtype), keep
 
 
 @compiled
 def _dropout_backward(upstream, keep, rate):
-    return tf.cast(tf.where(keep, _f32(upstream) * (1.0 / (1.0 - rate)), 0.0), upstream.dtype)
+    return tf.cast(_dropped(keep, upstream, rate), upstream.dtype)
 
 
 def dropout(x, rate: float):
@@ -154,7 +160,7 @@ def bias_gelu(x, bias):
 def _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon):
     h = _f32(y) + _f32(bias)
     keep = _keep(seed, h, rate)
-    s = tf.where(keep, h * (1.0 / (1.0 - rate)), 0.0) + _f32(residual)
+    s = _dropped(keep, h, rate) + _f32(residual)
     centered = s - tf.reduce_mean(s, axis=-1, keepdims=True)
     inv_std = tf.math.rsqrt(tf.reduce_mean(centered * centered, axis=-1, keepdims=True) + epsilon)
     normalized = centered * inv_std
@@ -170,7 +176,7 @@ def _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, g
     gn = g * _f32(gamma)
     d_s = inv_std * (gn - tf.reduce_mean(gn, axis=-1, keepdims=True)
                      - normalized * tf.reduce_mean(gn * normalized, axis=-1, keepdims=True))
-    d_h = tf.where(keep, d_s * (1.0 / (1.0 - rate)), 0.0)
+    d_h = _dropped(keep, d_s, rate)
     return (tf.cast(d_h, y.dtype), tf.cast(tf.reduce_sum(d_h, axis=0), bias.dtype), tf.cast(d_s, residual.dtype),
             tf.cast(d_gamma, gamma.dtype), tf.cast(d_beta, beta.dtype))
 

@@ -121,9 +121,7 @@ class FastDropout(keras.layers.Layer):
         self.rate = rate
 
     def call(self, x, training=None):
-        if not training or self.rate == 0:
-            return x
-        return dropout(x, self.rate)
+        return dropout(x, self.rate) if training else x  # dropout returns x itself at rate 0
 
     def get_config(self):
         return super().get_config() | {"rate": self.rate}

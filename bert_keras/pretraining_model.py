@@ -76,11 +76,10 @@ def pretraining_loss(batch, outputs):
     Both terms are weighted means over the batch passed in (per replica under a
     strategy); the trainer scales for the global batch.
     """
-    if MLM_LOGITS in outputs:
-        mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_LOGITS], batch[MASK_WEIGHTS])
-    else:  # training outputs: the bias is added inside the cross-entropy's kernel
-        mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], outputs[MLM_UNBIASED], batch[MASK_WEIGHTS],
-                                                 bias=outputs[MLM_BIAS])
+    # Training outputs carry the logits before the bias, which the cross-entropy's kernel adds.
+    mlm_logits = outputs[MLM_LOGITS] if MLM_LOGITS in outputs else outputs[MLM_UNBIASED]
+    mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], mlm_logits, batch[MASK_WEIGHTS],
+                                             bias=outputs.get(MLM_BIAS))
     nsp_logits = outputs[NSP_LOGITS]  # (batch, instances, 2)
     nsp_labels = tf.reshape(batch[NSP_LABEL], tf.shape(nsp_logits)[:2])  # (batch, 1) records -> (batch, instances)
     nsp_weights = batch.get(CLS_WEIGHTS)
