@@ -24,8 +24,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
+from pipeline.contract.config import DataConfig
+from pipeline.contract.errors import UserError
 
 SKIPPED = "bertpipe.skipped"  # metrics namespace: one counter per skip reason
 NOTED = "bertpipe.noted"  # metrics namespace: repaired input (BOM, CRLF), not skipped

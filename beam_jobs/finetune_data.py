@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from beam_jobs import finetune_examples as fx
 from beam_jobs.instances import stable_int
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline import schema
-from pipeline.atomic import atomic_directory
-from pipeline.config import TaskConfig, to_dict
-from pipeline.errors import UserError
+from pipeline.contract import schema
+from pipeline.contract.atomic import atomic_directory
+from pipeline.contract.config import TaskConfig, to_dict
+from pipeline.contract.errors import UserError
 
 SPLITS = ("train", "eval")
 BATCH = 512  # rows per tokenizer call

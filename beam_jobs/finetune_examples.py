@@ -14,9 +14,9 @@ import json
 import numpy as np
 
 from beam_jobs.instances import pad
-from pipeline import schema
-from pipeline.config import TaskConfig
-from pipeline.errors import UserError
+from pipeline.contract import schema
+from pipeline.contract.config import TaskConfig
+from pipeline.contract.errors import UserError
 
 EXAMPLES_NAME = "examples.jsonl"  # QA: id, question, context, answers per example_id
 KINDS = {

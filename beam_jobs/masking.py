@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.config import MASKING_MODES
+from pipeline.contract.config import MASKING_MODES
 
 MODES = MASKING_MODES
 

@@ -27,10 +27,10 @@ from beam_jobs import corpus, instances, masking, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import BATCH_SENTENCES, TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import load_vocab, special_ids
-from pipeline import schema
-from pipeline.atomic import atomic_directory
-from pipeline.config import DataConfig, PrepareConfig, to_dict
-from pipeline.errors import UserError
+from pipeline.contract import schema
+from pipeline.contract.atomic import atomic_directory
+from pipeline.contract.config import DataConfig, PrepareConfig, to_dict
+from pipeline.contract.errors import UserError
 
 COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for the manifest
 DONOR_POOL_SIZE = 20_000  # runs of sentences in the corpus-wide random-B sample (~10 MB of ids)

@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 INVALID = "invalid"
 METRICS_NAMESPACE = "bertpipe_score"

@@ -27,9 +27,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import corpus
 from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
-from pipeline.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
-from pipeline.config import DataConfig, VocabConfig
-from pipeline.errors import UserError
+from pipeline.contract.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
+from pipeline.contract.config import DataConfig, VocabConfig
+from pipeline.contract.errors import UserError
 
 # BERT's BasicTokenizer splits on whitespace and around every punctuation
 # character; \w without "_" approximates that in one C-speed regex (BERT counts

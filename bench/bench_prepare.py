@@ -39,7 +39,7 @@ REFERENCE = {1: (23_293, 32.7, 979), 10: (239_297, 110.0, 1560)}  # instances, w
 _JOB = """
 import json, sys, time
 from beam_jobs.prepare import prepare_pretraining_data
-from pipeline.config import DataConfig, PrepareConfig
+from pipeline.contract.config import DataConfig, PrepareConfig
 spec = json.loads(sys.argv[1])
 t = time.time()
 m = prepare_pretraining_data(DataConfig(corpus=spec["corpus"], documents="file"), PrepareConfig(**spec["prepare"]),

@@ -23,8 +23,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import schema  # noqa: E402
-from pipeline.config import ModelConfig, PretrainConfig  # noqa: E402
+from pipeline.contract import schema  # noqa: E402
+from pipeline.contract.config import ModelConfig, PretrainConfig  # noqa: E402
 
 V, L, H, A, FF, S, B, P = 30522, 4, 256, 4, 1024, 128, 32, 20
 

@@ -43,8 +43,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import schema  # noqa: E402
-from pipeline.config import ModelConfig, PretrainConfig  # noqa: E402
+from pipeline.contract import schema  # noqa: E402
+from pipeline.contract.config import ModelConfig, PretrainConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "data", "vocab", "bert-base-uncased-vocab.txt")
@@ -61,7 +61,7 @@ def sotu_speeches() -> str:
 
 def build_data(out_dir: str, dupe: int, seed: int):
     from beam_jobs.prepare import prepare_pretraining_data
-    from pipeline.config import DataConfig, PrepareConfig
+    from pipeline.contract.config import DataConfig, PrepareConfig
 
     files = sorted(glob.glob(os.path.join(sotu_speeches(), "*.txt")))
     prepare = PrepareConfig(max_seq_length=SEQ, max_predictions_per_seq=PRED, masked_lm_prob=0.15, dupe_factor=dupe,

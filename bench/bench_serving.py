@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 from bert_keras.encoder import POOLED_OUTPUT  # noqa: E402
 from bert_keras.export import export_task  # noqa: E402
 from bert_keras.heads import ClassificationHead  # noqa: E402
-from pipeline.schema import PADDING_MASK, TOKEN_IDS  # noqa: E402
+from pipeline.contract.schema import PADDING_MASK, TOKEN_IDS  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["negative", "positive"]

@@ -28,8 +28,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipeline import schema  # noqa: E402
-from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
+from pipeline.contract import schema  # noqa: E402
+from pipeline.contract.config import ModelConfig, TrainConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "data", "vocab", "bert-base-uncased-vocab.txt")

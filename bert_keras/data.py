@@ -2,7 +2,7 @@
 
 One pipeline for every record kind: list the shards named in the manifest,
 read them in parallel (interleave), shuffle, batch, then parse a whole batch at
-once with `pipeline.schema.parse_spec` (one `parse_example` per batch is much
+once with `pipeline.contract.schema.parse_spec` (one `parse_example` per batch is much
 cheaper than one per record), cast integers to int32, optionally pack short
 instances into shared rows (`packing.py`) and mask per step (`dynamic_masking.py`),
 and prefetch.
@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from pipeline import schema
-from pipeline.schema import DataManifest
+from pipeline.contract import schema
+from pipeline.contract.schema import DataManifest
 
 HOLDOUT_MODULO = 20
 PRETRAIN_KINDS = (schema.PRETRAIN_STATIC, schema.PRETRAIN_DYNAMIC)

@@ -17,8 +17,8 @@ import os
 
 import tensorflow as tf
 
-from pipeline.config import TrainConfig
-from pipeline.errors import ConfigError
+from pipeline.contract.config import TrainConfig
+from pipeline.contract.errors import ConfigError
 
 
 def tf_config_workers() -> int:

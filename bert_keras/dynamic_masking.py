@@ -25,9 +25,9 @@ from collections.abc import Callable
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from pipeline import schema
-from pipeline.config import MASKING_MODES
-from pipeline.errors import ContractError
+from pipeline.contract import schema
+from pipeline.contract.config import MASKING_MODES
+from pipeline.contract.errors import ContractError
 
 MODES = MASKING_MODES
 

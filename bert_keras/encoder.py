@@ -6,7 +6,7 @@ dropout, `num_layers` post-LN blocks with exact GELU, and a dense+tanh pooler
 on each instance's [CLS]. Variables map one-to-one onto Google's and Hugging
 Face's checkpoints (`bert_keras.weights`).
 
-Inputs are the batch dict named by `pipeline.schema`: TOKEN_IDS, SEGMENT_IDS,
+Inputs are the batch dict named by `pipeline.contract.schema`: TOKEN_IDS, SEGMENT_IDS,
 PADDING_MASK (1-based instance index per token when rows are packed) and
 optionally CLS_POSITIONS (batch, instances), default [[0]].
 Outputs: {"sequence_output": (batch, seq, hidden),
@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.layers import Dense, FastDropout, TransformerBlock, attention_bias, packed_positions, same_instance
-from pipeline.schema import CLS_POSITIONS, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from pipeline.contract.schema import CLS_POSITIONS, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
 SEQUENCE_OUTPUT = "sequence_output"
 POOLED_OUTPUT = "pooled_output"
@@ -146,13 +146,13 @@ class BertEncoder(keras.Model):
 
 
 def build_encoder(model_cfg, vocab_size: int, **overrides) -> BertEncoder:
-    """A `BertEncoder` from a `pipeline.config.ModelConfig` section.
+    """A `BertEncoder` from a `pipeline.contract.config.ModelConfig` section.
 
     `vocab_size` is the vocab file's size (the config's `vocab_size`, when set,
     must agree with it). `model_cfg.init_from` is not applied here; see
     `bert_keras.weights.init_from`.
     """
-    from pipeline.errors import ConfigError
+    from pipeline.contract.errors import ConfigError
 
     if model_cfg.vocab_size is not None and model_cfg.vocab_size != vocab_size:
         raise ConfigError(

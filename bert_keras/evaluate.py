@@ -24,8 +24,8 @@ import tensorflow as tf
 from bert_keras import metrics as M
 from bert_keras.qa_postprocess import best_answers, windows_from_batches
 from bert_keras.tasks import END_LOGITS, LOGITS, START_LOGITS
-from pipeline import schema
-from pipeline.errors import ContractError
+from pipeline.contract import schema
+from pipeline.contract.errors import ContractError
 
 QA_EXAMPLES = "examples.jsonl"  # beam_jobs.finetune_examples.EXAMPLES_NAME, next to the QA records
 

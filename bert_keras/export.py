@@ -24,7 +24,7 @@ longest row (`bert_keras.export_inputs`), so short texts do not pay for padding.
 
 Contract with the task models (`bert_keras.tasks`): `task_model.encoder` is the
 `BertEncoder`; `task_model(features, training=False)` takes the batch dict named
-by `pipeline.schema` and returns logits, a tuple, or a dict holding them:
+by `pipeline.contract.schema` and returns logits, a tuple, or a dict holding them:
 classification / pair: (batch, classes) or (batch, 1, classes) logits;
 qa: start and end logits, each (batch, seq); long_document: features shaped
 (batch, chunks, seq) plus CHUNK_MASK (batch, chunks) -> (batch, classes).
@@ -47,9 +47,9 @@ import tensorflow as tf
 
 from bert_keras.export_inputs import length_bucketed, pack_segments, sliding_windows
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline.atomic import atomic_directory
-from pipeline.errors import UserError
-from pipeline.schema import CHUNK_MASK, PADDING_MASK, TOKEN_IDS
+from pipeline.contract.atomic import atomic_directory
+from pipeline.contract.errors import UserError
+from pipeline.contract.schema import CHUNK_MASK, PADDING_MASK, TOKEN_IDS
 
 TASK_TYPES = ("classification", "pair", "qa", "long_document")
 EXPORT_INFO = "bertpipe_export.json"  # in assets.extra/

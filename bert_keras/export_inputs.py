@@ -10,7 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from pipeline.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from pipeline.contract.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
 
 def pad_packed(ids, segments):

@@ -21,9 +21,9 @@ from typing import Any
 
 from bert_keras import reports
 from bert_keras.task_training import train_task
-from pipeline import schema
-from pipeline.atomic import atomic_write_text
-from pipeline.config import ModelConfig, TaskConfig, to_dict
+from pipeline.contract import schema
+from pipeline.contract.atomic import atomic_write_text
+from pipeline.contract.config import ModelConfig, TaskConfig, to_dict
 
 INPUT_COLUMNS = {"classification": ("text",), "pair": ("text_a", "text_b"), "qa": ("question", "context"),
                  "long_document": ("text",)}

@@ -194,7 +194,7 @@ class ChunkPooling(keras.layers.Layer):
 
 def encode_chunks(encoder, batch, training=None):
     """Run the encoder on (batch, chunks, seq) LONG_DOCUMENT inputs -> (batch, chunks, hidden) [CLS] vectors."""
-    from pipeline.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+    from pipeline.contract.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
     ids = batch[TOKEN_IDS]
     batch_size, chunks, seq = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]

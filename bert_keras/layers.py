@@ -14,7 +14,7 @@ Layers that fit as they are (`Embedding`, `LayerNormalization`) are Keras's own;
 `FastDropout`. Training runs the element-wise stretches of a block through the
 fused kernels of `bert_keras.fused`.
 
-Packing (pipeline/schema.py): `padding_mask` holds the 1-based instance index of
+Packing (pipeline/contract/schema.py): `padding_mask` holds the 1-based instance index of
 each token (0 = padding). Attention is allowed only between tokens with the same
 non-zero index, and positions restart at 0 at each instance. An unpacked row
 (1s then 0s) is the one-instance case, so there is a single code path.

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.fused import compiled
-from pipeline.config import TrainConfig
+from pipeline.contract.config import TrainConfig
 
 # Power of the "polynomial" decay: (1 - progress) ** 2 falls faster than linear
 # early on and flattens near the end; "linear" is the power-1 case.

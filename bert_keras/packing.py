@@ -1,6 +1,6 @@
 """Sequence packing: several short instances share one row, without leakage.
 
-Layout (pipeline/schema.py docstring): `padding_mask` holds the 1-based index of
+Layout (pipeline/contract/schema.py docstring): `padding_mask` holds the 1-based index of
 the instance each token belongs to (0 = padding); the model lets a token attend
 only to tokens with the same index and restarts positions per instance. Each
 instance keeps its own [CLS] (`cls_positions`, `cls_weights`) and label
@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from pipeline import schema
+from pipeline.contract import schema
 
 # Per-instance features (shape (1,) in an unpacked record -> (max_instances,)).
 _INSTANCE = (schema.NSP_LABEL, schema.LABEL, schema.EXAMPLE_ID)

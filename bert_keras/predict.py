@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 ALIASES = {"text_a": "text"}  # signature input -> field name also accepted (the training files' spelling)
 PASS_THROUGH = ("id",)
@@ -101,7 +101,7 @@ def _records(path: str, names: list[str]) -> Iterator[tuple[int, dict, list[str]
 
 @contextlib.contextmanager
 def _atomic_text_output(path: str) -> Iterator:
-    """A streaming writer renamed onto `path` on success (pipeline.atomic writes whole buffers)."""
+    """A streaming writer renamed onto `path` on success (pipeline.contract.atomic writes whole buffers)."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

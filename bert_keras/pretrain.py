@@ -21,10 +21,10 @@ from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.tokenizer import MASK, load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
-from pipeline import schema
-from pipeline.atomic import atomic_write_text
-from pipeline.config import ModelConfig, PretrainConfig
-from pipeline.errors import ContractError
+from pipeline.contract import schema
+from pipeline.contract.atomic import atomic_write_text
+from pipeline.contract.config import ModelConfig, PretrainConfig
+from pipeline.contract.errors import ContractError
 
 ENCODER_WEIGHTS = "encoder.weights.h5"
 LOSS_CURVES = "loss_curves.png"

@@ -10,7 +10,7 @@ Contract (used by the trainer):
     loss, metrics = pretraining_loss(batch, outputs)  # either form
         # metrics: mlm_loss, mlm_accuracy, nsp_loss, nsp_accuracy (float32 scalars)
 
-`batch` is the dict named by pipeline.schema: TOKEN_IDS, SEGMENT_IDS,
+`batch` is the dict named by pipeline.contract.schema: TOKEN_IDS, SEGMENT_IDS,
 PADDING_MASK, MASK_POSITIONS, MASK_IDS, MASK_WEIGHTS, NSP_LABEL and, for packed
 rows, CLS_POSITIONS / CLS_WEIGHTS (default: one instance whose [CLS] is token 0).
 """
@@ -24,7 +24,7 @@ from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT, BertEncoder
 from bert_keras.fused import float32_value, tied_embedding
 from bert_keras.heads import MaskedLMHead, NextSentenceHead
 from bert_keras.losses import weighted_sparse_xent
-from pipeline.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL, TOKEN_IDS
+from pipeline.contract.schema import CLS_WEIGHTS, MASK_IDS, MASK_POSITIONS, MASK_WEIGHTS, NSP_LABEL, TOKEN_IDS
 
 MLM_LOGITS = "mlm_logits"
 MLM_UNBIASED = "mlm_logits_unbiased"

@@ -90,7 +90,7 @@ def windows_from_batches(batches: Iterable[Mapping[str, np.ndarray]]) -> list[Wi
     Keys: "start_logits", "end_logits" and the schema's EXAMPLE_ID,
     TOKEN_CHAR_STARTS, TOKEN_CHAR_ENDS, TOKEN_IS_MAX_CONTEXT.
     """
-    from pipeline.schema import EXAMPLE_ID, TOKEN_CHAR_ENDS, TOKEN_CHAR_STARTS, TOKEN_IS_MAX_CONTEXT
+    from pipeline.contract.schema import EXAMPLE_ID, TOKEN_CHAR_ENDS, TOKEN_CHAR_STARTS, TOKEN_IS_MAX_CONTEXT
 
     out = []
     for b in batches:

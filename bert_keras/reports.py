@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_text
+from pipeline.contract.atomic import atomic_write_text
 
 
 def _pyplot():

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from pipeline.config import ModelConfig
-from pipeline.errors import ContractError, UserError
+from pipeline.contract.config import ModelConfig
+from pipeline.contract.errors import ContractError, UserError
 
 
 def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int):

@@ -31,10 +31,10 @@ from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.tasks import balanced_class_weights, build_task_model, loss_for
 from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
-from pipeline import schema
-from pipeline.atomic import atomic_write_text
-from pipeline.config import ModelConfig, TaskConfig
-from pipeline.errors import ConfigError, ContractError, UserError
+from pipeline.contract import schema
+from pipeline.contract.atomic import atomic_write_text
+from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.errors import ConfigError, ContractError, UserError
 
 KINDS = {"classification": schema.CLASSIFICATION, "pair": schema.CLASSIFICATION,
          "qa": schema.QUESTION_ANSWERING, "long_document": schema.LONG_DOCUMENT}

@@ -1,6 +1,6 @@
 """Fine-tuning task models (our `BertEncoder` + a head) and their losses.
 
-| task type       | records (pipeline.schema) | model                      | outputs                                  |
+| task type       | records (pipeline.contract.schema) | model                      | outputs                                  |
 |-----------------|---------------------------|----------------------------|------------------------------------------|
 | classification  | CLASSIFICATION            | `SequenceClassifier`       | logits (batch, instances, classes)       |
 | pair            | CLASSIFICATION (A/B segs) | `SequenceClassifier`       | logits (batch, instances, classes)       |
@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT
 from bert_keras.heads import ChunkPooling, ClassificationHead, SpanHead, encode_chunks
-from pipeline.schema import CHUNK_MASK, CLS_WEIGHTS, END_POSITION, LABEL, PADDING_MASK, START_POSITION
+from pipeline.contract.schema import CHUNK_MASK, CLS_WEIGHTS, END_POSITION, LABEL, PADDING_MASK, START_POSITION
 
 LOGITS, START_LOGITS, END_LOGITS = "logits", "start_logits", "end_logits"
 TASK_TYPES = ("classification", "pair", "qa", "long_document")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.atomic import exists, is_remote, open_read
-from pipeline.errors import ContractError, UserError
+from pipeline.contract.atomic import exists, is_remote, open_read
+from pipeline.contract.errors import ContractError, UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 REQUIRED_TOKENS = (PAD, UNK, CLS, SEP, MASK)

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from bert_keras import distribute
 from bert_keras.optimization import current_lr
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
     plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 _UNUSED = re.compile(r"\[unused\d+\]")
 
@@ -68,7 +68,7 @@ def extend_vocab(vocab: list[str], new_tokens, lowercase: bool = True) -> VocabE
 
 
 def write_vocab(path: str, vocab: list[str]) -> str:
-    from pipeline.atomic import atomic_write_text
+    from pipeline.contract.atomic import atomic_write_text
 
     atomic_write_text(path, "".join(tok + "\n" for tok in vocab))
     return path

@@ -43,7 +43,7 @@ import os
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def encoder_kwargs_from_config(cfg: dict, source: str = "config.json") -> dict:
 
 
 def model_config_fields(cfg: dict, source: str = "config.json") -> dict:
-    """HF / Google config -> the matching `pipeline.config.ModelConfig` fields."""
+    """HF / Google config -> the matching `pipeline.contract.config.ModelConfig` fields."""
     kwargs = encoder_kwargs_from_config(cfg, source)
     kwargs.pop("layer_norm_epsilon")
     return kwargs
@@ -315,7 +315,7 @@ def save_hf_checkpoint(model, path_dir: str) -> str:
     """Write config.json + model.safetensors that transformers' BertModel / BertForPreTraining load."""
     from safetensors.numpy import save_file
 
-    from pipeline.atomic import atomic_write_text
+    from pipeline.contract.atomic import atomic_write_text
 
     with_heads = getattr(model, "mlm_head", None) is not None
     state = export_state(model)

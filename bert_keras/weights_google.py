@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 GOOGLE_CONFIG, GOOGLE_CKPT = "bert_config.json", "bert_model.ckpt"
 

@@ -17,7 +17,7 @@ import re
 import sys
 import traceback
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 STAGE_HELP = {
     "vocab": "learn a WordPiece vocab from the corpus with a Beam job (or take vocab.vocab_file)",
@@ -125,7 +125,7 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config, to_dict
+    from pipeline.contract.config import load_config, to_dict
     from pipeline.runner import run_stages
     from pipeline.stages import build_stages
     from pipeline.tracking import Tracker, resolve_tracking_uri
@@ -142,7 +142,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     until = None if args.command == "run" else args.command
     stages = build_stages(cfg, until=until)
     work_dir = cfg.run.work_dir
-    from pipeline.atomic import ensure_writable_dir
+    from pipeline.contract.atomic import ensure_writable_dir
 
     ensure_writable_dir(work_dir)
     if args.no_mlflow:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.atomic import (
+from pipeline.contract.atomic import (
     atomic_write_text,
     ensure_writable_dir,
     exists,
@@ -38,7 +38,7 @@ from pipeline.atomic import (
     remove_file,
     remove_tree,
 )
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 log = logging.getLogger("bertpipe")
 
@@ -69,7 +69,7 @@ class Stage:
 
 def hash_inputs(patterns: list[str]) -> dict[str, str]:
     """sha256 of every local file matched by `patterns`; remote paths are hashed by name only."""
-    from pipeline.schema import file_sha256
+    from pipeline.contract.schema import file_sha256
 
     hashes: dict[str, str] = {}
     for pattern in patterns:

@@ -11,8 +11,8 @@ import os
 import shutil
 from typing import Any
 
-from pipeline.config import Config, to_dict
-from pipeline.errors import UserError
+from pipeline.contract.config import Config, to_dict
+from pipeline.contract.errors import UserError
 from pipeline.runner import Stage, StageContext
 
 STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
@@ -25,7 +25,7 @@ def _vocab(cfg: Config):
 
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.tokenizer import load_vocab, special_ids
-        from pipeline.atomic import atomic_write_bytes, open_read
+        from pipeline.contract.atomic import atomic_write_bytes, open_read
 
         out_path = os.path.join(ctx.out_dir, "vocab.txt")
         if given:

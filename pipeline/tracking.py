@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 log = logging.getLogger("bertpipe")
 
@@ -111,7 +111,7 @@ class Tracker:
     # ---- runs ------------------------------------------------------------------
     @contextlib.contextmanager
     def pipeline_run(self, name: str, config: dict[str, Any]) -> Iterator[str]:
-        from pipeline.config import flatten
+        from pipeline.contract.config import flatten
 
         self.check_reachable()
         run = self.mlflow.start_run(run_name=name)
@@ -123,7 +123,7 @@ class Tracker:
 
     @contextlib.contextmanager
     def stage_run(self, stage: str, section: dict[str, Any]) -> Iterator[str]:
-        from pipeline.config import flatten
+        from pipeline.contract.config import flatten
 
         run = self._safely(f"stage run {stage}", lambda: self.mlflow.start_run(run_name=stage, nested=True))
         if run is None:  # the store went away: the stage still runs, unlogged

@@ -8,8 +8,8 @@ import pytest
 
 from beam_jobs.corpus import expand_corpus, read_documents
 from beam_jobs.sentences import split_sentences
-from pipeline.config import DataConfig
-from pipeline.errors import UserError
+from pipeline.contract.config import DataConfig
+from pipeline.contract.errors import UserError
 
 
 class _Counts(Counter):

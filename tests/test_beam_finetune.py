@@ -8,9 +8,9 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from beam_jobs.finetune_examples import EXAMPLES_NAME
-from pipeline import schema
-from pipeline.config import TaskConfig
-from pipeline.errors import UserError
+from pipeline.contract import schema
+from pipeline.contract.config import TaskConfig
+from pipeline.contract.errors import UserError
 from tests.conftest import DATA
 
 VOCAB = os.path.join(DATA, "vocab/bert-base-uncased-vocab.txt")

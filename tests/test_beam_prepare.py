@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from beam_jobs.prepare import prepare_pretraining_data
-from pipeline import schema
-from pipeline.config import DataConfig, PrepareConfig
-from pipeline.errors import ContractError, UserError
+from pipeline.contract import schema
+from pipeline.contract.config import DataConfig, PrepareConfig
+from pipeline.contract.errors import ContractError, UserError
 from tests.conftest import DATA
 
 VOCAB = os.path.join(DATA, "vocab/bert-base-uncased-vocab.txt")

@@ -7,8 +7,8 @@ import pytest
 
 from beam_jobs.vocab import learn_vocab, words
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline.config import DataConfig, VocabConfig
-from pipeline.errors import UserError
+from pipeline.contract.config import DataConfig, VocabConfig
+from pipeline.contract.errors import UserError
 from tests.conftest import DATA
 
 

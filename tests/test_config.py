@@ -3,8 +3,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from pipeline.config import DEFAULT_CONFIG, Config, apply_override, flatten, load_config, to_dict
-from pipeline.errors import ConfigError
+from pipeline.contract.config import DEFAULT_CONFIG, Config, apply_override, flatten, load_config, to_dict
+from pipeline.contract.errors import ConfigError
 
 
 def write(tmp_path, text, name="c.yaml"):

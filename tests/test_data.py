@@ -2,7 +2,7 @@
 
 `write_records` is also the fixture of the trainer / resume / distribute tests:
 it tokenizes real paragraphs of data/sotu/speeches with the project tokenizer
-and writes PRETRAIN_STATIC or PRETRAIN_DYNAMIC shards through pipeline.schema.
+and writes PRETRAIN_STATIC or PRETRAIN_DYNAMIC shards through pipeline.contract.schema.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from bert_keras import data, dynamic_masking
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline import schema
-from pipeline.errors import ContractError
+from pipeline.contract import schema
+from pipeline.contract.errors import ContractError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "data", "vocab", "bert-base-uncased-vocab.txt")

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from bert_keras import data, dynamic_masking, packing
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline import schema
+from pipeline.contract import schema
 from tests.test_data import ROOT, VOCAB, write_records
 
 SEQ, MAX_INST = 64, 4

@@ -21,7 +21,7 @@ def _train(strategy_name: str, data_dir: str, out_dir: str, per_replica: int):
     import numpy as np
 
     from bert_keras import data, distribute
-    from pipeline.config import PretrainConfig
+    from pipeline.contract.config import PretrainConfig
     from tests.test_trainer import make_trainer
 
     cfg = PretrainConfig(batch_size=per_replica, steps=STEPS, learning_rate=1e-3, warmup_steps=1, log_every=1,
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> None:
         print("RESULT " + json.dumps({"replicas": replicas, "losses": losses}), flush=True)
     elif mode == "pretrain":
         from bert_keras.pretrain import run_pretraining
-        from pipeline.config import PretrainConfig
+        from pipeline.contract.config import PretrainConfig
         from tests.test_trainer import TINY
 
         cfg = PretrainConfig(batch_size=8, steps=int(argv[3]), log_every=1, checkpoint_every=5, keep_checkpoints=2,

@@ -8,9 +8,9 @@ import tensorflow as tf
 from bert_keras.encoder import BertEncoder, build_encoder
 from bert_keras.heads import ChunkPooling, ClassificationHead, SpanHead, encode_chunks
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
-from pipeline import schema as S
-from pipeline.config import ModelConfig
-from pipeline.errors import ConfigError
+from pipeline.contract import schema as S
+from pipeline.contract.config import ModelConfig
+from pipeline.contract.errors import ConfigError
 
 TINY = dict(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position_embeddings=16)
 

@@ -21,8 +21,8 @@ import tensorflow as tf
 
 from bert_keras.export import EXPORT_INFO, export_encoder_embedding, export_task
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline.errors import UserError
-from pipeline.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from pipeline.contract.errors import UserError
+from pipeline.contract.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 from tests.export_models import LABELS, SEQ, VOCAB, tiny_encoder, tiny_task_model
 
 STRIDE, MAX_CHUNKS = 12, 3

@@ -21,7 +21,7 @@ from beam_jobs.finetune_examples import char_offsets, max_context
 from bert_keras.export import export_task
 from bert_keras.qa_postprocess import Window, best_answers
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
+from pipeline.contract.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 from tests.export_models import REPO, SEQ, VOCAB, tiny_task_model
 
 STRIDE, MAX_QUERY = 8, 8

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 from pipeline.runner import STAGE_FILE, Stage, run_stages
 from tests.disks import tmpfs
 
@@ -50,7 +50,7 @@ def test_cli_on_a_read_only_directory_says_so_in_one_line(tmp_path):
 def _records(data_dir):
     import tensorflow as tf
 
-    from pipeline import schema
+    from pipeline.contract import schema
 
     manifest = schema.read_manifest(data_dir)
     out = []

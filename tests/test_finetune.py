@@ -9,7 +9,7 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.config import ModelConfig, TaskConfig
+from pipeline.contract.config import ModelConfig, TaskConfig
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
                    dropout=0.0, attention_dropout=0.0)

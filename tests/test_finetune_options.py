@@ -12,9 +12,9 @@ from bert_keras.encoder import build_encoder
 from bert_keras.finetune import run_finetune
 from bert_keras.task_training import apply_init, build_encoder_for, train_task
 from bert_keras.tasks import balanced_class_weights, build_task_model, classification_loss
-from pipeline import schema
-from pipeline.config import ModelConfig, TaskConfig
-from pipeline.errors import ContractError, UserError
+from pipeline.contract import schema
+from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.errors import ContractError, UserError
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 FAST = dict(precision="float32", log_every=5, checkpoint_every=1000, eval_batch_size=64)

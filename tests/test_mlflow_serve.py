@@ -12,7 +12,7 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.config import ModelConfig, TaskConfig
+from pipeline.contract.config import ModelConfig, TaskConfig
 from pipeline.tracking import Tracker
 from tests.mlflow_server import free_port, wait_until_up
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 from bert_keras.encoder import BertEncoder
 from bert_keras.layers import packed_positions, same_instance
 from bert_keras.pretraining_model import BertPretrainingModel
-from pipeline import schema as S
+from pipeline.contract import schema as S
 
 SEQ = 32
 

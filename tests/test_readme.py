@@ -3,7 +3,7 @@
 import os
 import re
 
-from pipeline.config import Config, TaskConfig
+from pipeline.contract.config import Config, TaskConfig
 
 
 def _readme(repo_root):

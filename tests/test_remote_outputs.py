@@ -13,9 +13,9 @@ import pytest
 from beam_jobs.prepare import prepare_pretraining_data
 from beam_jobs.vocab import learn_vocab
 from bert_keras.tokenizer import load_vocab
-from pipeline import atomic, schema
-from pipeline.config import DataConfig, PrepareConfig, VocabConfig
-from pipeline.errors import ContractError, UserError
+from pipeline.contract import atomic, schema
+from pipeline.contract.config import DataConfig, PrepareConfig, VocabConfig
+from pipeline.contract.errors import ContractError, UserError
 from tests import object_store_fs
 from tests.conftest import DATA
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import PretrainConfig
+from pipeline.contract.config import PretrainConfig
 from tests.test_data import ROOT, write_records
 from tests.test_distribute import _env, _result
 from tests.test_trainer import make_trainer

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 from pipeline.runner import STAGE_FILE, Stage, read_stage_record, run_stages
 
 

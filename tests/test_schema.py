@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import schema
-from pipeline.errors import ContractError
+from pipeline.contract import schema
+from pipeline.contract.errors import ContractError
 
 
 def _record(shape):
@@ -83,7 +83,7 @@ def test_manifest_errors_are_one_line(tmp_path):
 
 
 def test_no_feature_name_is_spelled_outside_the_schema(repo_root):
-    """The contract: feature names live in pipeline/schema.py only."""
+    """The contract: feature names live in pipeline/contract/schema.py only."""
     import os
     import re
 

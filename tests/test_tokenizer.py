@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
-from pipeline.errors import ContractError, UserError
+from pipeline.contract.errors import ContractError, UserError
 from tests.conftest import DATA
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 from pipeline.runner import Stage, run_stages
 from pipeline.tracking import Tracker, resolve_tracking_uri
 from tests.mlflow_server import free_port, mlflow_server

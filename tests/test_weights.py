@@ -18,8 +18,8 @@ from bert_keras.weights import (
     slots,
 )
 from bert_keras.weights_google import google_to_hf, hf_to_google, load_google_checkpoint, write_google_checkpoint
-from pipeline.config import ModelConfig
-from pipeline.errors import UserError
+from pipeline.contract.config import ModelConfig
+from pipeline.contract.errors import UserError
 
 TINY = dict(vocab_size=30, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16, max_position_embeddings=20)
 

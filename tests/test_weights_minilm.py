@@ -11,7 +11,7 @@ import pytest
 import torch  # dev extra: the parity peer
 import transformers
 
-from pipeline import schema as S
+from pipeline.contract import schema as S
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from bert_keras.pretraining_model import BertPretrainingModel
 from bert_keras.tokenizer import load_vocab, make_tokenizer
 from bert_keras.vocab_extend import extend_vocab, resize_embeddings, write_vocab
 from bert_keras.weights import export_state
-from pipeline import schema as S
-from pipeline.errors import UserError
+from pipeline.contract import schema as S
+from pipeline.contract.errors import UserError
 
 
 def test_extend_fills_unused_slots_then_appends(tmp_path):

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pipeline.errors import ContractError
+from pipeline.contract.errors import ContractError
 
 SCHEMA_VERSION = 1
 
@@ -131,7 +131,7 @@ def serialize_batch(kind: str, values: Mapping[str, Any], shape: Mapping[str, tu
     """
     import numpy as np
 
-    from pipeline import tfexample
+    from pipeline.contract import tfexample
 
     columns = {}
     for f in features(kind):
@@ -213,7 +213,7 @@ class DataManifest:
 
 def write_manifest(directory: str, manifest: DataManifest) -> str:
     """Write `manifest.json` atomically (temp file then rename) and return its path."""
-    from pipeline.atomic import atomic_write_text, join
+    from pipeline.contract.atomic import atomic_write_text, join
 
     path = join(directory, MANIFEST_NAME)  # local, or any Beam filesystem (gs://, s3://, ...)
     atomic_write_text(path, json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n")
@@ -221,7 +221,7 @@ def write_manifest(directory: str, manifest: DataManifest) -> str:
 
 
 def read_manifest(directory: str) -> DataManifest:
-    from pipeline.atomic import exists, join, open_read
+    from pipeline.contract.atomic import exists, join, open_read
 
     path = join(directory, MANIFEST_NAME)  # local, or any Beam filesystem (gs://, s3://, ...)
     if not exists(path):
@@ -239,7 +239,7 @@ def shard_paths(directory: str, manifest: DataManifest) -> list[str]:
 
 
 def file_sha256(path: str) -> str:
-    from pipeline.atomic import open_read  # a vocab may live on gs:// like the corpus
+    from pipeline.contract.atomic import open_read  # a vocab may live on gs:// like the corpus
 
     digest = hashlib.sha256()
     with open_read(path) as fh:

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipeline.errors import UserError
+from pipeline.contract.errors import UserError
 
 # Beam's own test for "has a scheme" (apache_beam.io.filesystems.FileSystems.URI_SCHEMA_PATTERN).
 _SCHEME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9+.]*://")
@@ -249,7 +249,7 @@ def _remote_directory(final: str) -> Iterator[str]:
 
 def _publish(tmp: str, final: str) -> None:
     """Move every file under `tmp` to the same place under `final`, the manifest last."""
-    from pipeline.schema import MANIFEST_NAME
+    from pipeline.contract.schema import MANIFEST_NAME
 
     FileSystems = _fs()
     remove_tree(final)  # the previous output; no atomic swap exists on object stores
