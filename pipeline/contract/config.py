@@ -41,23 +41,27 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    work_dir: str = "runs/demo"  # every stage writes below this directory
-    seed: int = 0
-    tracking_uri: str | None = None  # default: sqlite:///<work_dir>/mlflow.db; MLFLOW_TRACKING_URI wins
-    experiment: str = "bertpipe"
+    work_dir: str = Field("runs/demo", description="every stage writes below this directory")
+    seed: int = Field(0, description="seed of the data jobs and of training")
+    tracking_uri: str | None = Field(
+        None, description="MLflow store; unset: `MLFLOW_TRACKING_URI`, else `sqlite:///<work_dir>/mlflow.db`")
+    experiment: str = Field("bertpipe", description="MLflow experiment name")
     stages: list[Literal["vocab", "prepare", "pretrain", "finetune", "export"]] = Field(
-        default_factory=lambda: ["vocab", "prepare", "pretrain", "finetune", "export"]
-    )
+        default_factory=lambda: ["vocab", "prepare", "pretrain", "finetune", "export"],
+        description="which stages `bertpipe run` runs")
 
 
 class DataConfig(_Section):
-    corpus: list[str] = Field(default_factory=list)  # files or glob patterns (.txt, .gz, .jsonl)
-    format: Literal["auto", "text", "jsonl"] = "auto"  # auto: by file extension
-    text_field: str = "text"  # JSONL field holding a document's text
-    documents: Literal["file", "blank_line"] = "blank_line"  # what one text document is
-    lowercase: bool = True
-    strip_accents: bool = True
-    max_document_chars: int = Field(5_000_000, gt=0)  # longer documents are skipped and counted
+    corpus: list[str] = Field(
+        default_factory=list,
+        description="files or glob patterns: `.txt`, `.gz`, `.jsonl`; any Beam filesystem (`gs://`, `s3://`, ...)")
+    format: Literal["auto", "text", "jsonl"] = Field("auto", description="`auto` (by file extension), `text` or `jsonl`")
+    text_field: str = Field("text", description="the JSONL field that holds a document")
+    documents: Literal["file", "blank_line"] = Field(
+        "blank_line", description="a text document is a whole `file` or a `blank_line`-separated block")
+    lowercase: bool = Field(True, description="lower-case (uncased BERT)")
+    strip_accents: bool = Field(True, description="NFD and strip accents")
+    max_document_chars: int = Field(5_000_000, gt=0, description="longer documents are skipped and counted")
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -66,27 +70,32 @@ class DataConfig(_Section):
 
 
 class VocabConfig(_Section):
-    vocab_file: str | None = None  # use this vocab (e.g. bert-base-uncased) instead of learning one
-    size: int = Field(8000, ge=100)  # target size of a learned vocab
-    num_unused: int = Field(10, ge=0)  # reserved [unusedN] slots for later domain tokens
-    max_token_length: int = Field(50, ge=1)
-    lower_threshold: int = Field(1, ge=1)  # learner: lowest word count considered
-    num_iterations: int = Field(4, ge=1)
+    vocab_file: str | None = Field(
+        None, description="use this vocab (e.g. Google's bert-base-uncased) instead of learning one")
+    size: int = Field(8000, ge=100, description=(
+        "target size of a learned vocab (tf-text's learner searches a word-count threshold; on a small corpus the "
+        "steps are coarse and it can overshoot: the demo's 24 speeches give 11,381)"))
+    num_unused: int = Field(10, ge=0, description="reserved `[unusedN]` slots for later domain tokens")
+    max_token_length: int = Field(50, ge=1, description="longest word the learner considers")
+    lower_threshold: int = Field(1, ge=1, description="lowest word count the learner considers")
+    num_iterations: int = Field(4, ge=1, description="learner iterations")
 
 
 class PrepareConfig(_Section):
-    max_seq_length: int = Field(128, ge=8)
-    max_predictions_per_seq: int = Field(20, ge=1)
-    masked_lm_prob: float = Field(0.15, gt=0, lt=1)
-    short_seq_prob: float = Field(0.1, ge=0, le=1)
-    dupe_factor: int = Field(1, ge=1)  # copies of each instance, each with a different mask
-    masking: Literal[MASKING_MODES] = "whole_word"
-    max_ngram: int = Field(3, ge=1)  # span masking: spans of 1..max_ngram words
-    lexicon: str | None = None  # entity masking: one entity or phrase a line
-    dynamic: bool = False  # write unmasked rows; the trainer masks per step
-    num_shards: int = Field(4, ge=1)
-    compression: Literal["none", "gzip"] = "none"
-    beam_args: list[str] = Field(default_factory=list)  # standard Beam options, e.g. --runner=DataflowRunner
+    max_seq_length: int = Field(128, ge=8, description="tokens per instance")
+    max_predictions_per_seq: int = Field(20, ge=1, description="masked positions per instance")
+    masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked")
+    short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of instances with a shorter random target length")
+    dupe_factor: int = Field(1, ge=1, description="copies of the data, each with a different mask")
+    masking: Literal[MASKING_MODES] = Field("whole_word", description=(
+        "`token`, `whole_word`, `span` (n-grams of words) or `entity` (lexicon phrases as units)"))
+    max_ngram: int = Field(3, ge=1, description="longest span for `span` masking, in words")
+    lexicon: str | None = Field(None, description="entity/phrase lexicon, one a line (needed by `entity`)")
+    dynamic: bool = Field(False, description="write unmasked rows with word units; the trainer masks anew every step")
+    num_shards: int = Field(4, ge=1, description="output shards")
+    compression: Literal["none", "gzip"] = Field("none", description="TFRecord compression")
+    beam_args: list[str] = Field(
+        default_factory=list, description="standard Beam pipeline options, e.g. `--runner=DataflowRunner`")
 
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
@@ -100,17 +109,18 @@ class PrepareConfig(_Section):
 
 
 class ModelConfig(_Section):
-    vocab_size: int | None = None  # None: the size of the vocab file
-    hidden_size: int = Field(256, ge=1)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(1024, ge=1)
-    max_position_embeddings: int = Field(512, ge=1)
-    type_vocab_size: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    attention_dropout: float = Field(0.1, ge=0, lt=1)
-    initializer_range: float = Field(0.02, gt=0)
-    init_from: str | None = None  # hf:DIR, google:DIR, or a bertpipe checkpoint directory
+    vocab_size: int | None = Field(None, description="unset: the vocab file's size")
+    hidden_size: int = Field(256, ge=1, description="BERT-base: 768")
+    num_layers: int = Field(4, ge=1, description="BERT-base: 12")
+    num_heads: int = Field(4, ge=1, description="BERT-base: 12")
+    intermediate_size: int = Field(1024, ge=1, description="BERT-base: 3072")
+    max_position_embeddings: int = Field(512, ge=1, description="position table size")
+    type_vocab_size: int = Field(2, ge=1, description="segment types")
+    dropout: float = Field(0.1, ge=0, lt=1, description="hidden dropout")
+    attention_dropout: float = Field(0.1, ge=0, lt=1, description="attention-probability dropout")
+    initializer_range: float = Field(0.02, gt=0, description="truncated-normal init stddev")
+    init_from: str | None = Field(None, description=(
+        "start from `hf:DIR` (Hugging Face), `google:DIR` (original TF checkpoint) or a bertpipe checkpoint directory"))
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -122,57 +132,66 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Options shared by pretraining and every fine-tuning task."""
 
-    batch_size: int = Field(32, ge=1)  # per replica; global = batch x replicas x accumulation
-    eval_batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    warmup_steps: int | None = Field(None, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, le=1)  # used when warmup_steps is not set
-    schedule: Literal["linear", "polynomial", "constant"] = "linear"
-    optimizer: Literal["adamw", "lamb"] = "adamw"
-    weight_decay: float = Field(0.01, ge=0)  # never applied to LayerNorm and biases
-    clip_norm: float | None = Field(1.0, gt=0)
-    accumulation_steps: int = Field(1, ge=1)
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = "auto"
-    jit_compile: bool = False  # XLA; measured slower for bf16 on CPU, so off by default
-    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
-    tpu: str | None = None  # TPU name or grpc address for TPUStrategy
-    packing: bool = True  # several short instances per row
-    pack_max_instances: int = Field(8, ge=1)  # packing: most instances sharing one row
-    log_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    keep_checkpoints: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1, description=(
+        "per replica; global batch = batch x replicas x accumulation steps (logged)"))
+    eval_batch_size: int = Field(64, ge=1, description="evaluation batch")
+    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warmup in steps; unset: `warmup_ratio`")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warmup as a share of all steps")
+    schedule: Literal["linear", "polynomial", "constant"] = Field("linear", description="decay after warmup")
+    optimizer: Literal["adamw", "lamb"] = Field("adamw", description="optimizer")
+    weight_decay: float = Field(0.01, ge=0, description="never applied to LayerNorm and biases")
+    clip_norm: float | None = Field(1.0, gt=0, description="global-norm gradient clipping; unset: none")
+    accumulation_steps: int = Field(1, ge=1, description="gradient accumulation")
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = Field("auto", description=(
+        "`auto`: `mixed_bfloat16` on TPU and on CPUs with native bf16 (AVX512-BF16, AMX), `mixed_float16` with loss "
+        "scaling on GPU, `float32` else; or `float32`, `mixed_bfloat16`, `mixed_float16`"))
+    jit_compile: bool = Field(False, description=(
+        "XLA for the whole step; slower for bf16 on CPU (XLA's CPU matmuls), so off. The element-wise parts are "
+        "compiled either way"))
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = Field(
+        "auto", description="tf.distribute strategy; `multi_worker` reads `TF_CONFIG`")
+    tpu: str | None = Field(None, description="TPU name or address for `TPUStrategy`")
+    packing: bool = Field(True, description="several short instances share one row, without attending across")
+    pack_max_instances: int = Field(8, ge=1, description="packing: most instances sharing one row")
+    log_every: int = Field(50, ge=1, description="steps between progress lines")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
 
 
 class PretrainConfig(TrainConfig):
-    steps: int = Field(1000, ge=1)
-    eval_steps: int = Field(20, ge=0)  # batches of held-out data for the final MLM accuracy
+    steps: int = Field(1000, ge=1, description="training steps")
+    eval_steps: int = Field(20, ge=0, description="held-out batches for the final MLM accuracy")
 
 
 class TaskConfig(TrainConfig):
-    type: Literal["classification", "pair", "qa", "long_document"]
-    train_file: str
-    eval_file: str | None = None  # None: split eval_fraction off train_file
-    eval_fraction: float = Field(0.1, gt=0, lt=1)
-    split_field: str | None = None  # rows with the same value never straddle train and eval
-    text_field: str = "text"
-    text_b_field: str = "text_b"  # pair tasks
-    label_field: str = "label"
-    labels: list[str] | None = None  # None: sorted distinct labels of the training file
-    class_weights: Literal["none", "balanced"] = "none"
-    max_seq_length: int = Field(128, ge=8)
-    doc_stride: int = Field(64, ge=1)  # qa and long_document windows
-    max_query_length: int = Field(32, ge=1)
-    max_chunks: int = Field(8, ge=1)  # long_document: windows kept per document
-    pooling: Literal["mean", "max", "attention"] = "attention"
-    epochs: float = Field(2, gt=0)
-    eval_every: int | None = Field(None, ge=1)  # steps; None = once per epoch
-    early_stopping_patience: int | None = Field(None, ge=1)
-    best_metric: str = "accuracy"
-    init: str = "pretrained"  # pretrained (this run's pretrain stage), random, hf:DIR, google:DIR
-    compare_random_init: bool = False  # also train from random init and report both
-    register_name: str | None = None  # MLflow Model Registry name
-    learning_rate: float = Field(5e-5, gt=0)
-    packing: bool = False
+    type: Literal["classification", "pair", "qa", "long_document"] = Field(description=(
+        "`classification`, `pair`, `qa` (SQuAD v1.1/v2.0 JSON) or `long_document`"))
+    train_file: str = Field(description="CSV, TSV or JSONL (SQuAD JSON for `qa`)")
+    eval_file: str | None = Field(None, description="unset: split `eval_fraction` off `train_file`")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of `train_file` held out when `eval_file` is unset")
+    split_field: str | None = Field(None, description="rows with the same value never straddle train and eval")
+    text_field: str = Field("text", description="column of the text")
+    text_b_field: str = Field("text_b", description="column of the second text (`pair`)")
+    label_field: str = Field("label", description="column of the label")
+    labels: list[str] | None = Field(None, description="label names in id order; unset: sorted distinct training labels")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="`balanced` weights classes by inverse frequency")
+    max_seq_length: int = Field(128, ge=8, description="tokens per window")
+    doc_stride: int = Field(64, ge=1, description="QA and long-document windows: stride")
+    max_query_length: int = Field(32, ge=1, description="QA: longest question, in tokens")
+    max_chunks: int = Field(8, ge=1, description="long documents: windows kept per document")
+    pooling: Literal["mean", "max", "attention"] = Field("attention", description="long documents: pooling over windows")
+    epochs: float = Field(2, gt=0, description="epochs (may be fractional)")
+    eval_every: int | None = Field(None, ge=1, description="steps between evaluations; unset: once per epoch")
+    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without a gain; unset: off")
+    best_metric: str = Field("accuracy", description="the metric that chooses the checkpoint kept")
+    init: str = Field("pretrained", description=(
+        "`pretrained` (this run's encoder), `random`, `hf:DIR`, `google:DIR`"))
+    compare_random_init: bool = Field(False, description="also train from random init and report both scores")
+    register_name: str | None = Field(None, description="MLflow Model Registry name (a new version each run)")
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
+    packing: bool = Field(False, description="several short instances share one row, without attending across")
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -184,8 +203,8 @@ class TaskConfig(TrainConfig):
 
 
 class ExportConfig(_Section):
-    tasks: list[str] | None = None  # None: every fine-tuned task
-    embedding: bool = True  # add the pooled / mean-pooled embedding signature
+    tasks: list[str] | None = Field(None, description="which tasks to export; unset: every fine-tuned task")
+    embedding: bool = Field(True, description="add the pooled / mean-pooled embedding signature")
 
 
 class Config(_Section):
@@ -195,7 +214,7 @@ class Config(_Section):
     prepare: PrepareConfig = PrepareConfig()
     model: ModelConfig = ModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
-    finetune: dict[str, TaskConfig] = Field(default_factory=dict)
+    finetune: dict[str, TaskConfig] = Field(default_factory=dict, json_schema_extra={"placeholder": "<task>"})
     export: ExportConfig = ExportConfig()
 
     @field_validator("finetune")
