@@ -10,10 +10,17 @@ Every bench script runs the peer and bertpipe side by side in one run, then call
 
 `rows` are the bench's own measurements (one dict per contender or setting);
 `targets` are the figures the issues set goals for: `value` is what was measured,
-`goal` says what it must be, as text the README shows (">= 2", "<= 1.0", "> 0"),
-and `met` is computed from the two when the goal is such a comparison.
-The README's benchmark figures are rendered from these files. Bench scripts run as
-`python bench/bench_x.py`, so `bench/` is on sys.path and they `from results import write_results`.
+`goal` says what it must be, as text the README shows (">= 2", "<= 1.0", "> 0"; None
+for a figure reported without a goal), and `met` is computed from the two when the
+goal is such a comparison. Optional `what`, `peer` and `bertpipe` (short text) fill
+the README's columns. The README's benchmark table is rendered from these files by
+`python bench/report.py --write`. Bench scripts run as `python bench/bench_x.py`, so
+`bench/` is on sys.path and they `from results import write_results`; `bench_<name>.py`
+writes `<name>.json`, which is how the report knows a bench has not been measured yet.
+
+A smoke run should not replace committed figures: `BENCH_RESULTS_DIR=/tmp/x` sends the
+file there. `per_machine=True` keeps one file per matrix ISA (`<name>.<isa>.json`) for
+a bench whose verdict differs between CPU kinds.
 
 `machine_info()` names the CPU and its matrix ISA, because results differ between
 the machines of this class (AMD EPYC with AVX512-BF16, AMD EPYC with AVX2 only,
@@ -31,6 +38,8 @@ import re
 import subprocess
 import sys
 from typing import Any
+
+from pipeline.contract.atomic import atomic_write_text
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +109,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def goal_met(value: Any, goal: str) -> bool | None:
+def goal_met(value: Any, goal: str | None) -> bool | None:
     """`goal` like ">= 2" or "< 1": whether `value` meets it; None when it is not such a comparison."""
     match = re.fullmatch(r"\s*(>=|<=|==|>|<)\s*(-?[0-9.eE+-]+)\s*", str(goal))
     if match is None or not isinstance(value, int | float):
@@ -108,14 +117,22 @@ def goal_met(value: Any, goal: str) -> bool | None:
     return bool(_COMPARE[match.group(1)](value, float(match.group(2))))
 
 
-def target(name: str, value: Any, goal: str) -> dict[str, Any]:
-    return {"name": name, "value": value, "goal": goal, "met": goal_met(value, goal)}
+def target(name: str, value: Any, goal: str | None, *, what: str | None = None, peer: str | None = None,
+           bertpipe: str | None = None) -> dict[str, Any]:
+    """One target; `what`, `peer`, `bertpipe` are the README's cells (e.g. "keras-hub 67.7 seq/s")."""
+    out = {"name": name, "value": value, "goal": goal, "met": goal_met(value, goal)}
+    out.update({k: v for k, v in (("what", what), ("peer", peer), ("bertpipe", bertpipe)) if v is not None})
+    return out
+
+
+def results_dir() -> str:
+    return os.environ.get("BENCH_RESULTS_DIR") or RESULTS_DIR
 
 
 def write_results(name: str, rows: list[dict[str, Any]], targets: list[dict[str, Any]],
-                  notes: str | None = None, directory: str = RESULTS_DIR) -> str:
-    """Write `<directory>/<name>.json` atomically; returns its path."""
-    targets = [t if "met" in t else target(t["name"], t["value"], t["goal"]) for t in targets]
+                  notes: str | None = None, directory: str | None = None, per_machine: bool = False) -> str:
+    """Write `<directory>/<name>.json` (`<name>.<isa>.json` with `per_machine`) atomically; returns its path."""
+    targets = [t if "met" in t else {**t, "met": goal_met(t["value"], t.get("goal"))} for t in targets]
     doc = {
         "name": name,
         "commit": _commit(),
@@ -127,15 +144,13 @@ def write_results(name: str, rows: list[dict[str, Any]], targets: list[dict[str,
     }
     if notes:
         doc["notes"] = notes
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{name}.json")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(doc, fh, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    directory = directory or results_dir()
+    suffix = f".{doc['machine']['matrix_isa'].lower()}" if per_machine else ""
+    path = os.path.join(directory, f"{name}{suffix}.json")
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
     for t in targets:
         verdict = {True: "met", False: "NOT met", None: ""}[t["met"]]
-        print(f"target {t['name']}: {t['value']} (goal {t['goal']}) {verdict}".rstrip())
+        goal = f" (goal {t['goal']})" if t.get("goal") else ""
+        print(f"target {t['name']}: {t['value']}{goal} {verdict}".rstrip())
     print(f"wrote {path}")
     return path
