@@ -23,6 +23,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beam_jobs.compat import write_tfrecord
+
 SHARDS = "bertpipe.shards"  # metrics namespace: records per final shard file
 _COPY_BLOCK = 1 << 20
 
@@ -48,17 +50,13 @@ class _WritePartsFn(beam.DoFn):
         self._files: dict[int, list] = {}  # shard -> [part path, file, records]
 
     def process(self, item: tuple[int, bytes]):
-        # Beam's TFRecord framing (length, masked crc32c, data, masked crc32c); private
-        # helper, but it is exactly the format tf.data reads and saves re-implementing it.
-        from apache_beam.io.tfrecordio import _TFRecordUtil
-
         key, record = item
         shard = shard_of(key, self._n)
         if shard not in self._files:
             path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
             self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
         part = self._files[shard]
-        _TFRecordUtil.write_record(part[1], record)
+        write_tfrecord(part[1], record)  # Beam's own TFRecord framing (a private helper: beam_jobs.compat)
         part[2] += 1
 
     def finish_bundle(self):

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from results import describe_machine, machine_info, target, write_results  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
-from pipeline.contract.config import ModelConfig, PretrainConfig  # noqa: E402
+from pipeline.contract.config import BertConfig, PretrainConfig  # noqa: E402
 
 V, L, H, A, FF, S, B, P = 30522, 4, 256, 4, 1024, 128, 32, 20
 
@@ -81,7 +81,7 @@ def bertpipe_runner(policy: str, batch, jit: bool = False):
 
     keras.mixed_precision.set_global_policy(policy)
     cfg = PretrainConfig(batch_size=B, steps=1000, jit_compile=jit)
-    model = BertPretrainingModel(build_encoder(ModelConfig(hidden_size=H, num_layers=L, num_heads=A,
+    model = BertPretrainingModel(build_encoder(BertConfig(hidden_size=H, num_layers=L, num_heads=A,
                                                            intermediate_size=FF, max_position_embeddings=512), V))
     opt = build_optimizer(cfg, cfg.steps, model.trainable_variables)
     trainer = Trainer(model, pretraining_loss, opt, tf.distribute.get_strategy(), tempfile.mkdtemp(),

@@ -44,12 +44,12 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
-from pipeline.contract.config import ModelConfig, PretrainConfig  # noqa: E402
+from pipeline.contract.config import BertConfig, PretrainConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "data", "vocab", "bert-base-uncased-vocab.txt")
 SEQ, PRED, BATCH, EVAL_BATCH = 128, 20, 32, 64
-MODEL = ModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=512)
+MODEL = BertConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=512)
 HUB_INPUTS = (schema.TOKEN_IDS, schema.SEGMENT_IDS, schema.PADDING_MASK, schema.MASK_POSITIONS)
 
 
@@ -156,7 +156,7 @@ def bertpipe(data_dir, manifest, args, evals):
             return metrics["mlm_loss"] + 0.0 * metrics["nsp_loss"], metrics
     trainer = Trainer(model, loss_fn, opt, strategy, tempfile.mkdtemp(prefix="bench-sotu-bp-"),
                       LoopSettings.from_config(cfg), on_log=lambda step, m: logged.update(m), log_fn=lambda s: None)
-    pack, mask = pretrain._input_fns(manifest, data_dir, cfg, args.seed, BATCH)  # the stage's own packing setup
+    pack, mask = pretrain.input_fns(manifest, cfg, args.seed)  # the stage's own packing setup
 
     def train_fn(input_context):
         return data.make_dataset(data_dir, manifest, which="train", batch_size=BATCH, training=True,

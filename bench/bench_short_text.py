@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
-from pipeline.contract.config import ModelConfig, TrainConfig  # noqa: E402
+from pipeline.contract.config import BertConfig, TrainConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(ROOT, "data", "vocab", "bert-base-uncased-vocab.txt")
 SEQ, BATCH, MAX_INST = 128, 32, 16
-MODEL = ModelConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=512)
+MODEL = BertConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=512)
 
 
 def load(name: str, limit: int):

@@ -5,9 +5,13 @@ MultiWorkerMirroredStrategy when TF_CONFIG names more than one worker,
 MirroredStrategy with more than one GPU, else the default (one device).
 `train.strategy` overrides by name. The trainer has one loop for all of them.
 
-Precision "auto": mixed_bfloat16 on TPU and on CPUs with native bf16
-(AVX512-BF16 / AMX), mixed_float16 on GPU (with loss scaling), float32 else.
-Must be set before the model is built.
+Precision "auto" (`auto_precision`): mixed_bfloat16 on TPU, on GPUs of compute
+capability 8.0 or higher (Ampere and later) and on CPUs with native bf16 (AVX512-BF16 /
+AMX); mixed_float16 with loss scaling on older GPUs; float32 else. Must be set before
+the model is built.
+
+Kernels "auto" (`use_fused_kernels`): the training step's fused XLA kernels on CPU, where
+they were measured (`bert_keras.fused`), and the plain layers on GPU and TPU.
 """
 
 from __future__ import annotations
@@ -73,14 +77,45 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def device_kind(strategy: tf.distribute.Strategy | None = None) -> str:
+    """"tpu", "gpu" or "cpu": what the training step runs on."""
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        return "tpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def gpu_compute_capability() -> tuple[int, int] | None:
+    """The lowest compute capability among the visible GPUs (each must manage the policy), None without GPUs."""
+    found = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+             for gpu in tf.config.list_physical_devices("GPU")]
+    found = [tuple(c) for c in found if c]
+    return min(found) if found else None
+
+
+def auto_precision(device: str, compute_capability: tuple[int, int] | None = None, cpu_bf16: bool = False) -> str:
+    """The "auto" precision for a device: `device` "tpu", "gpu" (with its compute capability) or "cpu"
+    (with or without native bf16). bf16 needs no loss scaling; GPUs before Ampere (8.0) have no
+    fast bf16, so they get fp16 with loss scaling."""
+    if device == "tpu":
+        return "mixed_bfloat16"
+    if device == "gpu":
+        return "mixed_bfloat16" if compute_capability is not None and compute_capability >= (8, 0) else "mixed_float16"
+    return "mixed_bfloat16" if cpu_bf16 else "float32"
+
+
 def resolve_precision(precision: str, strategy: tf.distribute.Strategy | None = None) -> str:
     if precision != "auto":
         return precision
-    if isinstance(strategy, tf.distribute.TPUStrategy):
-        return "mixed_bfloat16"
-    if tf.config.list_logical_devices("GPU"):
-        return "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+    device = device_kind(strategy)
+    return auto_precision(device, gpu_compute_capability() if device == "gpu" else None, cpu_has_bf16())
+
+
+def use_fused_kernels(kernels: str, strategy: tf.distribute.Strategy | None = None, device: str | None = None) -> bool:
+    """`train.kernels` -> whether the encoder trains with the fused XLA kernels: "fused" or "plain"
+    as said; "auto": fused on CPU only (they were shaped for oneDNN matmuls and XLA's CPU code)."""
+    if kernels != "auto":
+        return kernels == "fused"
+    return (device or device_kind(strategy)) == "cpu"
 
 
 def set_precision(policy: str) -> str:

@@ -1,10 +1,11 @@
-"""The BERT encoder: embeddings, post-LayerNorm transformer blocks, pooler.
+"""The BERT encoder: embeddings, transformer blocks, pooler.
 
-Exactly BERT (Devlin et al. 2018; google-research/bert modeling.py): token +
+By default exactly BERT (Devlin et al. 2018; google-research/bert modeling.py): token +
 segment + learned absolute position embeddings, embedding LayerNorm and
 dropout, `num_layers` post-LN blocks with exact GELU, and a dense+tanh pooler
 on each instance's [CLS]. Variables map one-to-one onto Google's and Hugging
-Face's checkpoints (`bert_keras.weights`).
+Face's checkpoints (`bert_keras.weights`). With `normalize_first`, the blocks are
+pre-LN and a final LayerNorm follows the last one (bertpipe weights only).
 
 Inputs are the batch dict named by `pipeline.contract.schema`: TOKEN_IDS, SEGMENT_IDS,
 PADDING_MASK (1-based instance index per token when rows are packed) and
@@ -19,6 +20,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras.layers import Dense, FastDropout, TransformerBlock, attention_bias, packed_positions, same_instance
+from pipeline.contract.model_config import BertConfig, hyperparameters
 from pipeline.contract.schema import CLS_POSITIONS, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 
 SEQUENCE_OUTPUT = "sequence_output"
@@ -30,64 +32,59 @@ def gather_positions(sequence, positions):
     return tf.gather(sequence, tf.cast(positions, tf.int32), batch_dims=1)
 
 
+# The encoder's hyperparameters, named once in pipeline.contract.model_config.BertConfig.
+HYPERPARAMETERS = tuple(h.name for h in hyperparameters(BertConfig))
+
+
 @keras.saving.register_keras_serializable(package="bert_keras")
 class BertEncoder(keras.Model):
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 256,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        intermediate_size: int = 1024,
-        max_position_embeddings: int = 512,
-        type_vocab_size: int = 2,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        initializer_range: float = 0.02,
-        layer_norm_epsilon: float = 1e-12,
-        **kwargs,
-    ):
+    """BERT's encoder. Arguments: `BertConfig`'s hyperparameters by name (`vocab_size` required,
+    the rest default as there, and are checked there), and `fused_kernels`: whether training
+    runs the fused XLA kernels (`bert_keras.fused`, tuned on CPU) or the plain layers
+    (`bert_keras.distribute.use_fused_kernels` decides per device). Each hyperparameter is
+    kept as an attribute of the same name (`encoder.hidden_size`)."""
+
+    def __init__(self, vocab_size: int, fused_kernels: bool = True, **kwargs):
+        given = {name: kwargs.pop(name) for name in HYPERPARAMETERS if name in kwargs}
         super().__init__(**kwargs)
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.intermediate_size = intermediate_size
-        self.max_position_embeddings = max_position_embeddings
-        self.type_vocab_size = type_vocab_size
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.initializer_range = initializer_range
-        self.layer_norm_epsilon = layer_norm_epsilon
+        hp = BertConfig(vocab_size=vocab_size, **given)  # the table's defaults and checks
+        for name in HYPERPARAMETERS:
+            setattr(self, name, getattr(hp, name))
+        self.fused_kernels = fused_kernels
 
         # ---- layers ----
-        init = keras.initializers.TruncatedNormal(stddev=initializer_range)
+        init = keras.initializers.TruncatedNormal(stddev=hp.initializer_range)
         self.token_embedding = keras.layers.Embedding(
-            vocab_size, hidden_size, embeddings_initializer=init, name="token_embedding"
+            hp.vocab_size, hp.hidden_size, embeddings_initializer=init, name="token_embedding"
         )
         self.segment_embedding = keras.layers.Embedding(
-            type_vocab_size, hidden_size, embeddings_initializer=init, name="segment_embedding"
+            hp.type_vocab_size, hp.hidden_size, embeddings_initializer=init, name="segment_embedding"
         )
         # Gathered per token (not sliced) so packed instances restart at position 0.
         self.position_embedding = keras.layers.Embedding(
-            max_position_embeddings, hidden_size, embeddings_initializer=init, name="position_embedding"
+            hp.max_position_embeddings, hp.hidden_size, embeddings_initializer=init, name="position_embedding"
         )
-        self.embedding_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="embedding_norm")
-        self.embedding_dropout = FastDropout(dropout)
+        self.embedding_norm = keras.layers.LayerNormalization(epsilon=hp.layer_norm_epsilon, name="embedding_norm")
+        self.embedding_dropout = FastDropout(hp.dropout)
         self.blocks = [
             TransformerBlock(
-                hidden_size,
-                num_heads,
-                intermediate_size,
-                dropout=dropout,
-                attention_dropout=attention_dropout,
-                initializer_range=initializer_range,
-                layer_norm_epsilon=layer_norm_epsilon,
+                hp.hidden_size,
+                hp.num_heads,
+                hp.intermediate_size,
+                dropout=hp.dropout,
+                attention_dropout=hp.attention_dropout,
+                initializer_range=hp.initializer_range,
+                layer_norm_epsilon=hp.layer_norm_epsilon,
+                normalize_first=hp.normalize_first,
+                fused_kernels=fused_kernels,
                 name=f"block_{i}",
             )
-            for i in range(num_layers)
+            for i in range(hp.num_layers)
         ]
-        self.pooler = Dense(hidden_size, activation="tanh", kernel_initializer=init, name="pooler")
+        # Pre-LN blocks leave the residual stream unnormalized: one LayerNorm after the last.
+        self.final_norm = (keras.layers.LayerNormalization(epsilon=hp.layer_norm_epsilon, name="final_norm")
+                           if hp.normalize_first else None)
+        self.pooler = Dense(hp.hidden_size, activation="tanh", kernel_initializer=init, name="pooler")
         self._build_variables()
 
     def _build_variables(self):
@@ -98,6 +95,8 @@ class BertEncoder(keras.Model):
         self.embedding_norm.build((None, self.hidden_size))
         for block in self.blocks:
             block.build()
+        if self.final_norm is not None:
+            self.final_norm.build((None, self.hidden_size))
         self.pooler.build((None, self.hidden_size))
         self.built = True
 
@@ -120,6 +119,8 @@ class BertEncoder(keras.Model):
         bias = attention_bias(allowed, x.dtype)  # (batch, 1, seq, seq)
         for block in self.blocks:
             x = block(x, bias, training=training)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
 
         cls_positions = inputs.get(CLS_POSITIONS)
         if cls_positions is None:
@@ -128,29 +129,17 @@ class BertEncoder(keras.Model):
         return {SEQUENCE_OUTPUT: x, POOLED_OUTPUT: pooled}
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            intermediate_size=self.intermediate_size,
-            max_position_embeddings=self.max_position_embeddings,
-            type_vocab_size=self.type_vocab_size,
-            dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
-            initializer_range=self.initializer_range,
-            layer_norm_epsilon=self.layer_norm_epsilon,
-        )
-        return config
+        return {**super().get_config(), **{name: getattr(self, name) for name in HYPERPARAMETERS},
+                "fused_kernels": self.fused_kernels}
 
 
-def build_encoder(model_cfg, vocab_size: int, **overrides) -> BertEncoder:
-    """A `BertEncoder` from a `pipeline.contract.config.ModelConfig` section.
+def build_encoder(model_cfg: BertConfig, vocab_size: int, **overrides) -> BertEncoder:
+    """A `BertEncoder` from a `BertConfig` section (`model:`).
 
     `vocab_size` is the vocab file's size (the config's `vocab_size`, when set,
-    must agree with it). `model_cfg.init_from` is not applied here; see
-    `bert_keras.weights.init_from`.
+    must agree with it). `overrides`: constructor arguments that win over the
+    section (pretraining's own dropout, `fused_kernels`). `model_cfg.init_from`
+    is not applied here; see `bert_keras.starting_weights`.
     """
     from pipeline.contract.errors import ConfigError
 
@@ -159,17 +148,4 @@ def build_encoder(model_cfg, vocab_size: int, **overrides) -> BertEncoder:
             f"model.vocab_size is {model_cfg.vocab_size} but the vocab file has {vocab_size} tokens: "
             "drop model.vocab_size or use the matching vocab"
         )
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=model_cfg.hidden_size,
-        num_layers=model_cfg.num_layers,
-        num_heads=model_cfg.num_heads,
-        intermediate_size=model_cfg.intermediate_size,
-        max_position_embeddings=model_cfg.max_position_embeddings,
-        type_vocab_size=model_cfg.type_vocab_size,
-        dropout=model_cfg.dropout,
-        attention_dropout=model_cfg.attention_dropout,
-        initializer_range=model_cfg.initializer_range,
-    )
-    kwargs.update(overrides)
-    return BertEncoder(**kwargs, name="bert_encoder")
+    return BertEncoder(**{**model_cfg.architecture(), "vocab_size": vocab_size, **overrides}, name="bert_encoder")

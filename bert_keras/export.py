@@ -45,6 +45,7 @@ import tempfile
 
 import tensorflow as tf
 
+from bert_keras import compat
 from bert_keras.export_inputs import length_bucketed, pack_segments, sliding_windows
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.contract.atomic import atomic_directory
@@ -206,7 +207,7 @@ def _compute_precision(model, precision: str):
     if precision == "float32":
         yield
         return
-    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    layers = compat.all_layers(model)
     saved = [layer.dtype_policy for layer in layers]
     try:
         for layer in layers:

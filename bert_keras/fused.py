@@ -28,20 +28,11 @@ from __future__ import annotations
 
 import math
 
-import keras
 import tensorflow as tf
 
+from bert_keras.compat import float32_value
+
 compiled = tf.function(jit_compile=True)  # one XLA kernel per call
-
-
-def float32_value(variable):
-    """A Keras variable's own (float32) value, also inside a layer's call under a mixed
-    policy, where reading it gives a copy cast to the compute dtype. The kernels take
-    their parameters in float32: the cast pass and its gradient's cast go, and the
-    parameter gradients leave the kernels unrounded. Keras has no public API for
-    this read, hence its AutocastScope."""
-    with keras.src.backend.AutocastScope(None):
-        return tf.convert_to_tensor(variable)
 
 
 def new_seed():
@@ -156,33 +147,45 @@ def bias_gelu(x, bias):
 # ---- bias + dropout + residual + LayerNorm (the end of each sub-layer) -------------------
 
 
-@compiled
-def _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon):
-    h = _f32(y) + _f32(bias)
-    keep = _keep(seed, h, rate)
-    s = _dropped(keep, h, rate) + _f32(residual)
+def _normalize(s, epsilon):
+    """(rows, n) float32 -> (normalized, inv_std): LayerNorm before its scale and offset."""
     centered = s - tf.reduce_mean(s, axis=-1, keepdims=True)
     inv_std = tf.math.rsqrt(tf.reduce_mean(centered * centered, axis=-1, keepdims=True) + epsilon)
-    normalized = centered * inv_std
-    out = normalized * _f32(gamma) + _f32(beta)
-    return tf.cast(out, y.dtype), keep, normalized, inv_std
+    return centered * inv_std, inv_std
 
 
-@compiled
-def _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate):
+def _normalize_backward(upstream, normalized, inv_std, gamma):
+    """LayerNorm's backward from its output gradient: (d_input, d_gamma, d_beta), float32."""
     g = _f32(upstream)
-    d_gamma = tf.reduce_sum(g * normalized, axis=0)
-    d_beta = tf.reduce_sum(g, axis=0)
     gn = g * _f32(gamma)
     d_s = inv_std * (gn - tf.reduce_mean(gn, axis=-1, keepdims=True)
                      - normalized * tf.reduce_mean(gn * normalized, axis=-1, keepdims=True))
+    return d_s, tf.reduce_sum(g * normalized, axis=0), tf.reduce_sum(g, axis=0)
+
+
+@compiled
+def _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon, with_sum):
+    """with_sum (a Python bool, so its own kernel): also return s, the pre-LN residual stream."""
+    keep = _keep(seed, y, rate)
+    s = _dropped(keep, _f32(y) + _f32(bias), rate) + _f32(residual)
+    normalized, inv_std = _normalize(s, epsilon)
+    out = tf.cast(normalized * _f32(gamma) + _f32(beta), y.dtype)
+    return (out, keep, normalized, inv_std) + ((tf.cast(s, y.dtype),) if with_sum else ())
+
+
+@compiled
+def _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate, upstream_sum=None):
+    """upstream_sum: the gradient reaching s directly (pre-LN: the residual stream goes on)."""
+    d_s, d_gamma, d_beta = _normalize_backward(upstream, normalized, inv_std, gamma)
+    if upstream_sum is not None:
+        d_s = d_s + _f32(upstream_sum)
     d_h = _dropped(keep, d_s, rate)
     return (tf.cast(d_h, y.dtype), tf.cast(tf.reduce_sum(d_h, axis=0), bias.dtype), tf.cast(d_s, residual.dtype),
             tf.cast(d_gamma, gamma.dtype), tf.cast(d_beta, beta.dtype))
 
 
 def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: float):
-    """LayerNorm(residual + dropout(y + bias)) * gamma + beta, in y's dtype.
+    """LayerNorm(residual + dropout(y + bias)) * gamma + beta, in y's dtype: a post-LN sub-layer's end.
 
     y, residual: (..., hidden); bias, gamma, beta: (hidden,).
     """
@@ -190,7 +193,7 @@ def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: fl
 
     @tf.custom_gradient
     def run(y, bias, residual, gamma, beta):
-        out, keep, normalized, inv_std = _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon)
+        out, keep, normalized, inv_std = _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon, False)
 
         def grad(upstream):
             return _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate)
@@ -200,6 +203,82 @@ def dropout_add_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: fl
     # Variables are read here, outside: the tape then carries their gradients through the reads.
     bias, gamma, beta = (float32_value(v) for v in (bias, gamma, beta))
     return tf.reshape(run(_rows(y), bias, _rows(residual), gamma, beta), tf.shape(y))
+
+
+def dropout_add_then_norm(y, bias, residual, gamma, beta, *, rate: float, epsilon: float):
+    """(s, LayerNorm(s) * gamma + beta) with s = residual + dropout(y + bias), in y's dtype: a pre-LN
+    sub-layer's end (the residual stream s) and the next sub-layer's normalized input, one kernel each way."""
+    seed = new_seed()
+
+    @tf.custom_gradient
+    def run(y, bias, residual, gamma, beta):
+        out, keep, normalized, inv_std, s = _add_norm_forward(y, bias, residual, gamma, beta, seed, rate, epsilon,
+                                                              True)
+
+        def grad(upstream_sum, upstream):
+            if upstream_sum is None:  # s unused downstream
+                upstream_sum = tf.zeros_like(upstream)
+            if upstream is None:
+                upstream = tf.zeros_like(upstream_sum)
+            return _add_norm_backward(upstream, keep, normalized, inv_std, y, bias, residual, gamma, beta, rate,
+                                      upstream_sum)
+
+        return (s, out), grad
+
+    bias, gamma, beta = (float32_value(v) for v in (bias, gamma, beta))
+    s, out = run(_rows(y), bias, _rows(residual), gamma, beta)
+    return tf.reshape(s, tf.shape(y)), tf.reshape(out, tf.shape(y))
+
+
+# ---- pre-LN: LayerNorm alone, and bias + dropout + residual without a norm ----------------
+
+
+@compiled
+def _layer_norm_forward(x, gamma, beta, epsilon):
+    normalized, inv_std = _normalize(_f32(x), epsilon)
+    return tf.cast(normalized * _f32(gamma) + _f32(beta), x.dtype), normalized, inv_std
+
+
+@compiled
+def _layer_norm_backward(upstream, normalized, inv_std, x, gamma, beta):
+    d_x, d_gamma, d_beta = _normalize_backward(upstream, normalized, inv_std, gamma)
+    return tf.cast(d_x, x.dtype), tf.cast(d_gamma, gamma.dtype), tf.cast(d_beta, beta.dtype)
+
+
+def layer_norm(x, gamma, beta, *, epsilon: float):
+    """LayerNorm(x) * gamma + beta over the last axis, in x's dtype (a pre-LN block's first norm)."""
+
+    @tf.custom_gradient
+    def run(x, gamma, beta):
+        out, normalized, inv_std = _layer_norm_forward(x, gamma, beta, epsilon)
+        return out, lambda upstream: _layer_norm_backward(upstream, normalized, inv_std, x, gamma, beta)
+
+    gamma, beta = float32_value(gamma), float32_value(beta)
+    return tf.reshape(run(_rows(x), gamma, beta), tf.shape(x))
+
+
+@compiled
+def _add_forward(y, bias, residual, seed, rate):
+    keep = _keep(seed, y, rate)
+    return tf.cast(_dropped(keep, _f32(y) + _f32(bias), rate) + _f32(residual), y.dtype), keep
+
+
+@compiled
+def _add_backward(upstream, keep, y, bias, residual, rate):
+    d_h = _dropped(keep, upstream, rate)
+    return tf.cast(d_h, y.dtype), tf.cast(tf.reduce_sum(d_h, axis=0), bias.dtype), tf.cast(upstream, residual.dtype)
+
+
+def dropout_add(y, bias, residual, *, rate: float):
+    """residual + dropout(y + bias), in y's dtype: a pre-LN sub-layer's end when no norm follows it here."""
+    seed = new_seed()
+
+    @tf.custom_gradient
+    def run(y, bias, residual):
+        out, keep = _add_forward(y, bias, residual, seed, rate)
+        return out, lambda upstream: _add_backward(upstream, keep, y, bias, residual, rate)
+
+    return tf.reshape(run(_rows(y), float32_value(bias), _rows(residual)), tf.shape(y))
 
 
 # ---- the word-embedding table, shared by the lookup and the tied MLM output projection ----

@@ -25,7 +25,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from bert_keras.fused import bias_gelu, dropout, dropout_add_norm, normal_cdf
+from bert_keras.fused import bias_gelu, dropout, dropout_add, dropout_add_norm, dropout_add_then_norm, normal_cdf
+from bert_keras.fused import layer_norm as fused_layer_norm
 
 
 def large_negative(dtype) -> float:
@@ -128,11 +129,15 @@ class FastDropout(keras.layers.Layer):
 
 
 class TransformerBlock(keras.layers.Layer):
-    """One post-LayerNorm BERT layer: x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    """One BERT layer. Post-LN (BERT's): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+    Pre-LN (`normalize_first`): x = x + Attn(LN(x)); x = x + FFN(LN(x)), the LayerNorms
+    keeping their post-LN names (attention_norm before the attention, output_norm before the FFN).
 
     The attention is written out (instead of keras `MultiHeadAttention`) for the
     fused QKV projection and an additive per-row mask computed once per batch and
     shared by all layers. GELU is the exact erf form (`gelu`), as in BERT and Hugging Face.
+    `fused_kernels`: training runs the element-wise stretches as `bert_keras.fused` kernels;
+    inference, and training with `fused_kernels=False`, run the same math as plain layers.
     """
 
     def __init__(
@@ -144,6 +149,8 @@ class TransformerBlock(keras.layers.Layer):
         attention_dropout: float = 0.1,
         initializer_range: float = 0.02,
         layer_norm_epsilon: float = 1e-12,
+        normalize_first: bool = False,
+        fused_kernels: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -154,6 +161,8 @@ class TransformerBlock(keras.layers.Layer):
         self.attention_dropout = attention_dropout
         self.initializer_range = initializer_range
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.normalize_first = normalize_first
+        self.fused_kernels = fused_kernels
         self.head_dim = hidden_size // num_heads
 
         # Variables, in the order of a Google / HF layer.
@@ -177,13 +186,31 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, bias, training=None):
-        """x: (batch, seq, hidden); bias: (batch, 1, seq, seq) additive mask.
+        """x: (batch, seq, hidden); bias: (batch, 1, seq, seq) additive mask -> (batch, seq, hidden)."""
+        fused = self.fused_kernels and isinstance(training, bool) and training
+        if self.normalize_first:
+            return self._pre_ln(x, bias, fused, training)
+        x = self._sublayer_end(self.attention_output, self.attention_norm, self._attention(x, bias, training), x,
+                               fused, training)
+        return self._sublayer_end(self.output_dense, self.output_norm, self._ffn_inner(x, fused), x, fused, training)
 
-        Training runs the bias + GELU and each sub-layer's bias + dropout + residual +
-        LayerNorm as fused kernels (`bert_keras.fused`); inference runs the same math
-        as plain Keras layers and ops.
-        """
-        fused = isinstance(training, bool) and training
+    def _pre_ln(self, x, bias, fused, training):
+        """x + Attn(LN(x)), then + FFN(LN(.)). Fused: the attention's residual add and the FFN's
+        LayerNorm are one kernel (`fused.dropout_add_then_norm`), as post-LN's add + norm are."""
+        h = layer_norm(self.attention_norm, x, fused)  # (batch, seq, hidden)
+        context = self._attention(h, bias, training)  # (batch, seq, hidden)
+        if fused:
+            x, h = dropout_add_then_norm(_matmul(self.attention_output, context), self.attention_output.bias, x,
+                                         self.output_norm.gamma, self.output_norm.beta, rate=self.dropout,
+                                         epsilon=self.output_norm.epsilon)
+            return dropout_add(_matmul(self.output_dense, self._ffn_inner(h, fused)), self.output_dense.bias, x,
+                               rate=self.dropout)
+        x = x + self.hidden_dropout(self.attention_output(context), training=training)
+        inner = self._ffn_inner(self.output_norm(x), fused)
+        return x + self.hidden_dropout(self.output_dense(inner), training=training)
+
+    def _attention(self, x, bias, training):
+        """Multi-head self-attention before its output projection: (batch, seq, hidden) -> (batch, seq, hidden)."""
         batch, seq = tf.shape(x)[0], tf.shape(x)[1]
         qkv = self.qkv(x)  # (batch, seq, 3*hidden)
         qkv = tf.reshape(qkv, [batch, seq, 3, self.num_heads, self.head_dim])
@@ -197,16 +224,16 @@ class TransformerBlock(keras.layers.Layer):
         probs = tf.nn.softmax(scores + tf.cast(bias, q.dtype), axis=-1)
         probs = self.attention_probs_dropout(probs, training=training)
         context = tf.matmul(probs, v)  # (batch, heads, seq, head_dim)
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, self.hidden_size])
-        x = self._sublayer_end(self.attention_output, self.attention_norm, context, x, fused, training)
+        return tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [batch, seq, self.hidden_size])
+
+    def _ffn_inner(self, x, fused):
+        """gelu(x W1 + b1): (batch, seq, hidden) -> (batch, seq, intermediate)."""
         if fused:
-            inner = bias_gelu(_matmul(self.intermediate, x), self.intermediate.bias)
-        else:
-            inner = self.intermediate(x)
-        return self._sublayer_end(self.output_dense, self.output_norm, inner, x, fused, training)
+            return bias_gelu(_matmul(self.intermediate, x), self.intermediate.bias)
+        return self.intermediate(x)
 
     def _sublayer_end(self, dense, norm, h, residual, fused, training):
-        """norm(residual + dropout(dense(h))): each sub-layer's output."""
+        """norm(residual + dropout(dense(h))): each post-LN sub-layer's output."""
         if fused:
             return dropout_add_norm(_matmul(dense, h), dense.bias, residual, norm.gamma, norm.beta,
                                     rate=self.dropout, epsilon=norm.epsilon)
@@ -222,5 +249,14 @@ class TransformerBlock(keras.layers.Layer):
             attention_dropout=self.attention_dropout,
             initializer_range=self.initializer_range,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            normalize_first=self.normalize_first,
+            fused_kernels=self.fused_kernels,
         )
         return config
+
+
+def layer_norm(norm, x, fused: bool):
+    """norm(x) for a keras LayerNormalization; fused: as one XLA kernel each way (`fused.layer_norm`)."""
+    if fused:
+        return fused_layer_norm(x, norm.gamma, norm.beta, epsilon=norm.epsilon)
+    return norm(x)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bert_keras import compat
 from bert_keras.fused import compiled
 from pipeline.contract.config import TrainConfig
 
@@ -79,7 +80,7 @@ class FusedAdamW(keras.optimizers.AdamW):
     TensorFlow only.
     """
 
-    def _apply_weight_decay(self, variables):
+    def _apply_weight_decay(self, variables):  # compat.WEIGHT_DECAY_HOOK, a private Keras method
         if self.amsgrad:
             super()._apply_weight_decay(variables)
         # else: applied in update_step, in the same pass as the Adam update
@@ -89,14 +90,13 @@ class FusedAdamW(keras.optimizers.AdamW):
             return super().update_step(gradient, variable, learning_rate)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
-        index = self._get_variable_index(variable)
         # Handles, not variable objects: under a strategy, `.handle` is this device's copy, while a
         # distributed variable passed into a tf.function resolves to its primary copy on every device.
-        var, m, v = (_tf_variable(x).handle for x in (variable, self._momentums[index], self._velocities[index]))
+        var, m, v = (_tf_variable(x).handle for x in (variable, *compat.adam_slots(self, variable)))
         beta1_power = tf.pow(tf.cast(self.beta_1, dtype), step)
         beta2_power = tf.pow(tf.cast(self.beta_2, dtype), step)
         lr, gradient = tf.cast(learning_rate, dtype), tf.cast(gradient, dtype)
-        if self.weight_decay and self._use_weight_decay(variable):
+        if self.weight_decay and compat.uses_weight_decay(self, variable):
             _decayed_adam(var, m, v, gradient, lr, tf.cast(self.weight_decay, dtype), beta1_power, beta2_power,
                           float(self.beta_1), float(self.beta_2), float(self.epsilon))
         else:

@@ -1,4 +1,4 @@
-"""The pretraining stage: MLM + NSP from a data job's shards to an encoder.
+"""The pretraining stage: MLM + NSP (or MLM only) from a data job's shards to an encoder.
 
 Wires the pieces together: strategy and precision (`distribute.py`), the input
 pipeline with packing and dynamic masking (`data.py`, `packing.py`,
@@ -15,9 +15,9 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from bert_keras import data, distribute, dynamic_masking, packing
+from bert_keras import data, distribute, dynamic_masking, families, packing
 from bert_keras.optimization import build_optimizer
-from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
+from bert_keras.pretraining_model import pretraining_loss
 from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.tokenizer import MASK, load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
@@ -37,8 +37,9 @@ def _mask_id(manifest: schema.DataManifest) -> int:
     return vocab.index(MASK)
 
 
-def _input_fns(manifest, data_dir, cfg: PretrainConfig, seed: int, rows_per_replica: int):
-    """(train dataset_fn, packer or None, masker or None)."""
+def input_fns(manifest, cfg: PretrainConfig, seed: int):
+    """(packer or None, masker or None): the functions `data.make_dataset` applies to the rows,
+    packing (`cfg.packing`) and, for dynamic-masking data, the per-step masking."""
     mask = None
     pred = manifest.max_predictions
     if manifest.kind == schema.PRETRAIN_DYNAMIC:
@@ -86,6 +87,23 @@ def save_loss_curves(history: list[dict], path: str) -> str | None:
     return path
 
 
+def uses_nsp(train_cfg: PretrainConfig, manifest: schema.DataManifest, data_dir: str) -> bool:
+    """pretrain.nsp, or unset: whether the data holds NSP pairs (manifest nsp)."""
+    if train_cfg.nsp is None:
+        return manifest.nsp
+    if train_cfg.nsp and not manifest.nsp:
+        raise ContractError(f"pretrain.nsp is true but the data in {data_dir} has no NSP pairs (MLM-only data): "
+                            "unset pretrain.nsp, or prepare data with sentence pairs")
+    return train_cfg.nsp
+
+
+def encoder_overrides(train_cfg: PretrainConfig, strategy) -> dict:
+    """Encoder arguments pretraining sets over the model's: its own dropout rates, when given
+    (fine-tuning builds the encoder from `model.*` again), and the kernels (`train.kernels`)."""
+    rates = {k: getattr(train_cfg, k) for k in ("dropout", "attention_dropout") if getattr(train_cfg, k) is not None}
+    return {**rates, "fused_kernels": distribute.use_fused_kernels(train_cfg.kernels, strategy)}
+
+
 def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir: str, out_dir: str,
                     vocab_size: int, seed: int, on_log: Callable[[int, dict], None] | None = None,
                     log_fn: Callable[[str], None] = print) -> dict:
@@ -100,10 +118,14 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
 
+    nsp = uses_nsp(train_cfg, manifest, data_dir)
+    if not nsp:
+        log_fn("objective: MLM only (no NSP head)")
     with strategy.scope():
         # model.init_from (hf:DIR / google:DIR): continued pretraining; the checkpoint sets the sizes.
-        encoder, pending = build_encoder_for(model_cfg.init_from, model_cfg, vocab_size)
-        model = BertPretrainingModel(encoder)
+        encoder, pending = build_encoder_for(model_cfg.init_from, model_cfg, vocab_size,
+                                             **encoder_overrides(train_cfg, strategy))
+        model = families.for_config(model_cfg).build_pretraining_model(encoder, nsp=nsp)
         optimizer = build_optimizer(train_cfg, train_cfg.steps, model.trainable_variables,
                                     loss_scale=policy == "mixed_float16")
     trainer = Trainer(model, pretraining_loss, optimizer, strategy, out_dir, LoopSettings.from_config(train_cfg),
@@ -111,7 +133,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     start = trainer.restore()
     if start == 0 and model_cfg.init_from:  # a resumed run already holds its own weights
         log_fn("starting weights: " + apply_init(model, encoder, model_cfg.init_from, pending))
-    pack, mask = _input_fns(manifest, data_dir, train_cfg, seed, train_cfg.batch_size * accum)
+    pack, mask = input_fns(manifest, train_cfg, seed)
     # A resumed run reshuffles with a new seed instead of replaying the first batches.
     data_seed = seed + 1_000_003 * start
 
@@ -155,6 +177,8 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "step": result.step, "resumed_from": result.resumed_from, **result.metrics, **eval_metrics, **padding,
         "train_sequences_per_second": result.sequences_per_second, "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync, "strategy": type(strategy).__name__, "precision": policy,
+        "objectives": "mlm+nsp" if nsp else "mlm", "fused_kernels": encoder.fused_kernels,
+        "dropout": encoder.dropout, "attention_dropout": encoder.attention_dropout,
         "checkpoint": result.checkpoint, "encoder_weights": encoder_path if trainer.chief else None,
         "loss_curves": curves, "history": result.history,
     }

@@ -1,43 +1,51 @@
-"""Where a model's weights start: random init, this run's pretrained encoder, or an imported checkpoint.
+"""Where a model's weights start: random init, bertpipe encoder weights, or an imported checkpoint.
 
 Shared by pretraining (`model.init_from`, continued pretraining) and fine-tuning
-(`finetune.<task>.init`). An `hf:DIR` / `google:DIR` checkpoint dictates the
-architecture (its config.json), so `model.*` sizes are ignored for it.
+(`finetune.<task>.init`); the spec is parsed by `pipeline.contract.checkpoint.CheckpointSpec`.
+An `hf:DIR` / `google:DIR` checkpoint dictates the architecture (its own config, read by the
+model family that reads it), so `model.*` sizes are ignored for it.
 """
 
 from __future__ import annotations
 
 import os
 
-from pipeline.contract.config import ModelConfig
+from bert_keras import families
+from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ContractError, UserError
+from pipeline.contract.model_config import ModelConfig
+
+RANDOM = "random"
 
 
-def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int):
-    """(encoder, weights to assign or None). hf:/google: checkpoints dictate the architecture."""
-    from bert_keras.encoder import BertEncoder, build_encoder
+def _spec(init: str | None) -> CheckpointSpec | None:
+    return None if init in (None, "", RANDOM) else CheckpointSpec.parse(init)
 
-    if init and init.split(":", 1)[0] in ("hf", "google"):
-        from bert_keras import weights
 
-        cfg, state, source = weights.read_checkpoint(init)
-        kwargs = weights.encoder_kwargs_from_config(cfg, source)
-        if kwargs["vocab_size"] != vocab_size:
-            raise ContractError(f"{source} has a vocab of {kwargs['vocab_size']} tokens but the data was "
+def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int, **overrides):
+    """(encoder, (state, source) to assign once the model is built, or None).
+
+    `overrides`: encoder arguments that win over the config or checkpoint (pretraining's
+    own dropout, `fused_kernels`)."""
+    spec = _spec(init)
+    if spec is not None and spec.imported:
+        encoder, state, source = families.for_checkpoint(spec).encoder_from_checkpoint(spec, **overrides)
+        if encoder.vocab_size != vocab_size:
+            raise ContractError(f"{source} has a vocab of {encoder.vocab_size} tokens but the data was "
                                 f"written with {vocab_size}: use the checkpoint's vocab.txt")
-        return BertEncoder(**kwargs, name="bert_encoder"), (state, source)
-    return build_encoder(model_cfg, vocab_size), None
+        return encoder, (state, source)
+    return families.for_config(model_cfg).build_encoder(model_cfg, vocab_size, **overrides), None
 
 
 def apply_init(model, encoder, init: str | None, pending) -> str:
     """Load the starting weights; returns a one-line description of what was loaded."""
+    spec = _spec(init)
     if pending is not None:
-        from bert_keras import weights
-
-        return weights.assign_state(model, *pending).summary()
-    if init in (None, "", "random"):
+        state, source = pending
+        return families.for_checkpoint(spec).assign_state(model, state, source).summary()
+    if spec is None:
         return "random init"
-    path = init
+    path = spec.path
     if os.path.isdir(path):
         path = os.path.join(path, "encoder.weights.h5")  # a pretrain stage directory
     if not os.path.exists(path):

@@ -135,7 +135,8 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     eval_every = task.eval_every or steps_per_epoch
 
     with strategy.scope():
-        encoder, pending = build_encoder_for(init, model_cfg, len(vocab))
+        encoder, pending = build_encoder_for(init, model_cfg, len(vocab),
+                                             fused_kernels=distribute.use_fused_kernels(task.kernels, strategy))
         model = build_task_model(task.type, encoder, len(labels), task.pooling, model_cfg.dropout)
         eval_ds = data.make_dataset(data_dirs["eval"], eval_m, which="all", batch_size=task.eval_batch_size,
                                     training=False, deterministic=True, drop_remainder=False)

@@ -32,6 +32,10 @@ Keras `Dense` kernels and Google kernels are (in, out), so they are transposed.
 (T): transposed between bert_keras / Google (in, out) and Hugging Face (out, in),
 except Google's `output_weights`, which is stored (2, H) like Hugging Face.
 Older HF checkpoints spell LayerNorm `gamma`/`beta`; they are read too.
+
+The checkpoint *configs* (`config.json`, `bert_config.json`) are read and written through the
+hyperparameter table in `pipeline.contract.model_config.BertConfig`, which gives each
+hyperparameter's key in both formats (`encoder_arguments`, `checkpoint_config`).
 """
 
 from __future__ import annotations
@@ -42,13 +46,18 @@ import logging
 import os
 
 import numpy as np
+from pydantic import ValidationError
 
+from pipeline.contract.checkpoint import GOOGLE, HF, CheckpointSpec
 from pipeline.contract.errors import UserError
+from pipeline.contract.model_config import BertConfig, hyperparameters
 
 log = logging.getLogger(__name__)
 
 SAFETENSORS, PYTORCH_BIN, HF_CONFIG = "model.safetensors", "pytorch_model.bin", "config.json"
 MLM_HEAD, NSP_HEAD = "MLM head", "NSP head"
+HYPERPARAMETERS = hyperparameters(BertConfig)  # name, default, HF key, Google key, per hyperparameter
+FORMAT_NAMES = {HF: "Hugging Face", GOOGLE: "Google"}
 
 
 # ---- the mapping ---------------------------------------------------------------
@@ -74,7 +83,7 @@ def _norm(prefix, layer, group="encoder"):
     return [Slot(f"{prefix}.weight", layer.gamma, group=group), Slot(f"{prefix}.bias", layer.beta, group=group)]
 
 
-def _encoder_of(model):
+def encoder_of(model):
     from bert_keras.encoder import BertEncoder
 
     if isinstance(model, BertEncoder):
@@ -87,7 +96,10 @@ def _encoder_of(model):
 
 def slots(model) -> list[Slot]:
     """Every canonical tensor of `model` (a BertEncoder, or a model with .encoder and maybe heads)."""
-    enc = _encoder_of(model)
+    enc = encoder_of(model)
+    if enc.normalize_first:
+        raise UserError("a pre-LN encoder (model.normalize_first: true) has no Hugging Face or Google BERT layout: "
+                        "it is saved and loaded as bertpipe weights only")
     h = enc.hidden_size
     out = [
         Slot("embeddings.word_embeddings.weight", enc.token_embedding.embeddings),
@@ -121,10 +133,6 @@ def canonical_name(name: str) -> str:
     if name.endswith(".gamma") or name.endswith(".beta"):
         name = name.rsplit(".", 1)[0] + (".weight" if name.endswith(".gamma") else ".bias")
     return name
-
-
-# Tensors a checkpoint may hold that bert_keras does not keep (tied or buffers).
-_IGNORABLE = ("embeddings.position_ids", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
 
 # ---- state dicts <-> a model -------------------------------------------------
@@ -199,36 +207,45 @@ def assign_state(model, state: dict[str, np.ndarray], source: str) -> LoadReport
 
 
 # ---- configs ---------------------------------------------------------------------
-def encoder_kwargs_from_config(cfg: dict, source: str = "config.json") -> dict:
-    """HF config.json / Google bert_config.json -> `BertEncoder` keyword arguments."""
+def encoder_arguments(cfg: dict, fmt: str, source: str) -> dict:
+    """A checkpoint's config (`fmt`: HF config.json or Google bert_config.json) -> `BertEncoder`
+    arguments, key by key from the hyperparameter table. A key the format lacks, or the file
+    leaves out, takes the table's default (which is BERT's); the sizes must be there."""
     act = cfg.get("hidden_act", "gelu")
     if act != "gelu":
         raise UserError(f"{source}: hidden_act {act!r} is not supported; bert_keras implements BERT's exact 'gelu'")
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise UserError(f"{source}: position_embedding_type {cfg['position_embedding_type']!r}; only 'absolute' is BERT")
+    args = {}
+    for h in HYPERPARAMETERS:
+        key = h.key(fmt)
+        if key is not None and key in cfg:
+            args[h.name] = cfg[key]
+        elif key is not None and h.required:
+            raise UserError(f"{source} lacks key {key!r}: not a BERT config")
     try:
-        return dict(
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=int(cfg["hidden_size"]),
-            num_layers=int(cfg["num_hidden_layers"]),
-            num_heads=int(cfg["num_attention_heads"]),
-            intermediate_size=int(cfg["intermediate_size"]),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 512)),
-            type_vocab_size=int(cfg.get("type_vocab_size", 2)),
-            dropout=float(cfg.get("hidden_dropout_prob", 0.1)),
-            attention_dropout=float(cfg.get("attention_probs_dropout_prob", 0.1)),
-            initializer_range=float(cfg.get("initializer_range", 0.02)),
-            layer_norm_epsilon=float(cfg.get("layer_norm_eps", 1e-12)),
-        )
-    except KeyError as err:
-        raise UserError(f"{source} lacks key {err.args[0]!r}: not a BERT config") from None
+        BertConfig(**args)  # the table's checks (hidden_size divisible by num_heads, ...)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{source}: not a valid BERT config ({where + ': ' if where else ''}"
+                        f"{first['msg'].removeprefix('Value error, ')})") from None
+    return args
 
 
-def model_config_fields(cfg: dict, source: str = "config.json") -> dict:
-    """HF / Google config -> the matching `pipeline.contract.config.ModelConfig` fields."""
-    kwargs = encoder_kwargs_from_config(cfg, source)
-    kwargs.pop("layer_norm_epsilon")
-    return kwargs
+def checkpoint_config(values: dict, fmt: str) -> dict:
+    """Hyperparameter values (by our names; missing ones at their default) -> the keys of `fmt`'s
+    config. A value the format cannot hold (no key) other than the default is an error."""
+    out = {}
+    for h in HYPERPARAMETERS:
+        value = values.get(h.name, h.default)
+        key = h.key(fmt)
+        if key is not None:
+            out[key] = value
+        elif value != h.default:
+            raise UserError(f"model.{h.name} {value!r} cannot be written to a {FORMAT_NAMES[fmt]} BERT checkpoint "
+                            f"(its config has no key for it, so it would load as {h.default!r})")
+    return out
 
 
 def hf_config(encoder, architecture: str = "BertModel") -> dict:
@@ -236,18 +253,8 @@ def hf_config(encoder, architecture: str = "BertModel") -> dict:
     return {
         "architectures": [architecture],
         "model_type": "bert",
-        "vocab_size": encoder.vocab_size,
-        "hidden_size": encoder.hidden_size,
-        "num_hidden_layers": encoder.num_layers,
-        "num_attention_heads": encoder.num_heads,
-        "intermediate_size": encoder.intermediate_size,
+        **checkpoint_config({h.name: getattr(encoder, h.name) for h in HYPERPARAMETERS}, HF),
         "hidden_act": "gelu",
-        "hidden_dropout_prob": encoder.dropout,
-        "attention_probs_dropout_prob": encoder.attention_dropout,
-        "max_position_embeddings": encoder.max_position_embeddings,
-        "type_vocab_size": encoder.type_vocab_size,
-        "initializer_range": encoder.initializer_range,
-        "layer_norm_eps": encoder.layer_norm_epsilon,
         "pad_token_id": 0,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
@@ -255,11 +262,11 @@ def hf_config(encoder, architecture: str = "BertModel") -> dict:
 
 
 def _check_compatible(model, kwargs: dict, source: str) -> None:
-    enc = _encoder_of(model)
+    enc = encoder_of(model)
     diffs = [
-        f"{k} {kwargs[k]} vs {getattr(enc, k)}"
-        for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size")
-        if kwargs[k] != getattr(enc, k)
+        f"{h.name} {kwargs.get(h.name, h.default)} vs {getattr(enc, h.name)}"
+        for h in HYPERPARAMETERS
+        if h.shape and kwargs.get(h.name, h.default) != getattr(enc, h.name)
     ]
     if diffs:
         raise UserError(f"{source} does not fit the model (checkpoint vs model: {'; '.join(diffs)}): set model.* to the checkpoint's config")
@@ -296,23 +303,25 @@ def read_hf_checkpoint(path_dir: str, allow_pickle: bool = False) -> tuple[dict,
     raise UserError(f"{path_dir} holds neither {SAFETENSORS} nor {PYTORCH_BIN}")
 
 
-def _build_pretraining_model(cfg: dict, source: str):
+def build_pretraining_model(cfg: dict, fmt: str, source: str):
+    """A fresh `BertPretrainingModel` shaped by a checkpoint's config (format `fmt`)."""
     from bert_keras.encoder import BertEncoder
     from bert_keras.pretraining_model import BertPretrainingModel
 
-    return BertPretrainingModel(BertEncoder(**encoder_kwargs_from_config(cfg, source), name="bert_encoder"))
+    return BertPretrainingModel(BertEncoder(**encoder_arguments(cfg, fmt, source), name="bert_encoder"))
 
 
 def load_hf_checkpoint(path_dir: str, allow_pickle: bool = False):
     """(BertPretrainingModel with the checkpoint's weights, LoadReport) from a HF directory."""
-    source = f"hf:{path_dir}"
+    source = str(CheckpointSpec(HF, path_dir))
     cfg, state = read_hf_checkpoint(path_dir, allow_pickle)
-    model = _build_pretraining_model(cfg, os.path.join(path_dir, HF_CONFIG))
+    model = build_pretraining_model(cfg, HF, os.path.join(path_dir, HF_CONFIG))
     return model, assign_state(model, state, source)
 
 
 def save_hf_checkpoint(model, path_dir: str) -> str:
-    """Write config.json + model.safetensors that transformers' BertModel / BertForPreTraining load."""
+    """Write config.json + model.safetensors that transformers' BertModel / BertForPreTraining
+    (BertForMaskedLM for an MLM-only model) load."""
     from safetensors.numpy import save_file
 
     from pipeline.contract.atomic import atomic_write_text
@@ -322,8 +331,10 @@ def save_hf_checkpoint(model, path_dir: str) -> str:
     if with_heads:  # BertForPreTraining layout: encoder under `bert.`
         state = {(k if k.startswith("cls.") else f"bert.{k}"): v for k, v in state.items()}
     os.makedirs(path_dir, exist_ok=True)
-    arch = "BertForPreTraining" if with_heads else "BertModel"
-    atomic_write_text(os.path.join(path_dir, HF_CONFIG), json.dumps(hf_config(_encoder_of(model), arch), indent=2) + "\n")
+    arch = "BertModel"
+    if with_heads:  # MLM-only pretraining has no NSP head: transformers' BertForMaskedLM
+        arch = "BertForPreTraining" if getattr(model, "nsp_head", None) is not None else "BertForMaskedLM"
+    atomic_write_text(os.path.join(path_dir, HF_CONFIG), json.dumps(hf_config(encoder_of(model), arch), indent=2) + "\n")
     tmp = os.path.join(path_dir, SAFETENSORS + ".tmp")
     save_file(state, tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(path_dir, SAFETENSORS))
@@ -331,22 +342,26 @@ def save_hf_checkpoint(model, path_dir: str) -> str:
 
 
 # ---- one entry point ----------------------------------------------------------------
-def read_checkpoint(spec: str, allow_pickle: bool = False) -> tuple[dict, dict[str, np.ndarray], str]:
-    """`hf:DIR`, `google:DIR` (or a plain DIR holding config.json) -> (config, canonical state, source)."""
-    kind, _, path = spec.partition(":") if spec.split(":", 1)[0] in ("hf", "google") else ("hf", "", spec)
-    if not os.path.isdir(path):
-        raise UserError(f"init_from {spec!r}: {path} is not a directory; use hf:DIR or google:DIR")
-    if kind == "google":
+def read_checkpoint(spec: CheckpointSpec | str, allow_pickle: bool = False) -> tuple[dict, dict[str, np.ndarray], str]:
+    """`hf:DIR` or `google:DIR` -> (its config, canonical state, source text)."""
+    spec = CheckpointSpec.parse(spec) if isinstance(spec, str) else spec
+    if not spec.imported:
+        raise UserError(f"checkpoint {spec}: bertpipe weights are loaded with keras (load_weights); "
+                        "for a Hugging Face or Google checkpoint write hf:DIR or google:DIR")
+    if not os.path.isdir(spec.path):
+        raise UserError(f"checkpoint {spec}: {spec.path} is not a directory; use hf:DIR or google:DIR")
+    if spec.format == GOOGLE:
         from bert_keras.weights_google import read_google_checkpoint
 
-        cfg, state = read_google_checkpoint(path)
+        cfg, state = read_google_checkpoint(spec.path)
     else:
-        cfg, state = read_hf_checkpoint(path, allow_pickle)
-    return cfg, state, f"{kind}:{path}"
+        cfg, state = read_hf_checkpoint(spec.path, allow_pickle)
+    return cfg, state, str(spec)
 
 
-def init_from(model, spec: str, allow_pickle: bool = False) -> LoadReport:
+def init_from(model, spec: CheckpointSpec | str, allow_pickle: bool = False) -> LoadReport:
     """Load `hf:DIR` / `google:DIR` weights into an existing model (encoder, pretraining or task model)."""
+    spec = CheckpointSpec.parse(spec) if isinstance(spec, str) else spec
     cfg, state, source = read_checkpoint(spec, allow_pickle)
-    _check_compatible(model, encoder_kwargs_from_config(cfg, source), source)
+    _check_compatible(model, encoder_arguments(cfg, spec.format, source), source)
     return assign_state(model, state, source)

@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from pipeline.contract.checkpoint import GOOGLE, HF, CheckpointSpec
 from pipeline.contract.errors import UserError
 
 GOOGLE_CONFIG, GOOGLE_CKPT = "bert_config.json", "bert_model.ckpt"
@@ -28,19 +29,6 @@ _SPECIAL = {
     "cls/seq_relationship/output_weights": "cls.seq_relationship.weight",  # stored (2, H), like HF
     "cls/seq_relationship/output_bias": "cls.seq_relationship.bias",
 }
-_GOOGLE_CONFIG_KEYS = (
-    "attention_probs_dropout_prob",
-    "hidden_act",
-    "hidden_dropout_prob",
-    "hidden_size",
-    "initializer_range",
-    "intermediate_size",
-    "max_position_embeddings",
-    "num_attention_heads",
-    "num_hidden_layers",
-    "type_vocab_size",
-    "vocab_size",
-)
 _SPECIAL_BACK = {v: k for k, v in _SPECIAL.items()}
 _LEAF = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
 _LEAF_BACK = {"LayerNorm": {"weight": "gamma", "bias": "beta"}}
@@ -120,6 +108,9 @@ def read_google_checkpoint(path_dir: str) -> tuple[dict, dict[str, np.ndarray]]:
 def write_google_checkpoint(state: dict[str, np.ndarray], config: dict, path_dir: str) -> str:
     """Write a canonical state as a Google-format checkpoint (bert_config.json + bert_model.ckpt.*).
 
+    `config` is the model's Hugging Face config.json (`weights.hf_config`); bert_config.json gets
+    the same values under Google's keys (the table in `BertConfig`).
+
     Uses the SaveV2 op that TF1's `tf.compat.v1.train.Saver` uses, so variable
     names are the plain modeling.py names (not object-graph paths) and
     `tf.train.load_checkpoint` / modeling.py's `init_from_checkpoint` read it.
@@ -134,7 +125,10 @@ def write_google_checkpoint(state: dict[str, np.ndarray], config: dict, path_dir
         tensors.append(tf.constant(np.ascontiguousarray(value.T if transpose else value), tf.float32))
     prefix = os.path.join(path_dir, GOOGLE_CKPT)
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
-    google_cfg = {k: config[k] for k in _GOOGLE_CONFIG_KEYS if k in config}
+    from bert_keras.weights import checkpoint_config, encoder_arguments
+
+    values = encoder_arguments(config, HF, "the model's config")
+    google_cfg = {**checkpoint_config(values, GOOGLE), "hidden_act": config.get("hidden_act", "gelu")}
     with open(os.path.join(path_dir, GOOGLE_CONFIG), "w", encoding="utf-8") as fh:
         json.dump(google_cfg, fh, indent=2)
     return path_dir
@@ -142,8 +136,8 @@ def write_google_checkpoint(state: dict[str, np.ndarray], config: dict, path_dir
 
 def load_google_checkpoint(path_dir: str):
     """(BertPretrainingModel with the checkpoint's weights, LoadReport) from a Google directory."""
-    from bert_keras.weights import _build_pretraining_model, assign_state
+    from bert_keras.weights import assign_state, build_pretraining_model
 
     cfg, state = read_google_checkpoint(path_dir)
-    model = _build_pretraining_model(cfg, os.path.join(path_dir, GOOGLE_CONFIG))
-    return model, assign_state(model, state, f"google:{path_dir}")
+    model = build_pretraining_model(cfg, GOOGLE, os.path.join(path_dir, GOOGLE_CONFIG))
+    return model, assign_state(model, state, str(CheckpointSpec(GOOGLE, path_dir)))

@@ -11,7 +11,8 @@ import os
 import shutil
 from typing import Any
 
-from pipeline.contract.config import Config, to_dict
+from pipeline.contract.checkpoint import CheckpointSpec
+from pipeline.contract.config import TASK_INIT_WORDS, Config, to_dict
 from pipeline.contract.errors import UserError
 from pipeline.runner import Stage, StageContext
 
@@ -109,7 +110,8 @@ def _pretrain(cfg: Config):
         return result
 
     section = {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed}
-    inputs = [cfg.model.init_from.split(":", 1)[1]] if cfg.model.init_from and ":" in cfg.model.init_from else []
+    # The starting checkpoint's contents, hashed like any input (a directory: every file in it).
+    inputs = [CheckpointSpec.parse(cfg.model.init_from).path] if cfg.model.init_from else []
     return Stage(
         "pretrain",
         run,
@@ -122,10 +124,16 @@ def _pretrain(cfg: Config):
 
 
 def _checkpoint_dir(spec: str | None) -> str | None:
-    """"hf:DIR" / "google:DIR" -> DIR; anything else -> None."""
-    if spec and spec.split(":", 1)[0] in ("hf", "google"):
-        return spec.split(":", 1)[1]
-    return None
+    """The directory of an imported checkpoint (hf:DIR, google:DIR), which brings its own vocab; else None."""
+    if not spec or spec in TASK_INIT_WORDS:
+        return None
+    parsed = CheckpointSpec.parse(spec)
+    return parsed.path if parsed.imported else None
+
+
+def _weights_path(init: str) -> str | None:
+    """The path a task's init reads (a checkpoint directory or bertpipe weights), None for pretrained/random."""
+    return None if init in TASK_INIT_WORDS else CheckpointSpec.parse(init).path
 
 
 def _finetune(cfg: Config, name: str, with_pretrain: bool):
@@ -148,7 +156,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         if task.init == "pretrained":
             init = ctx.upstream["pretrain"]["outputs"]["encoder_weights"]
         else:
-            init = None if task.init == "random" else task.init  # hf:DIR / google:DIR
+            init = None if task.init == "random" else task.init  # a checkpoint spec
         result = run_finetune(
             name,
             task,
@@ -165,7 +173,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         return result
 
     upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
-    inputs = [p for p in (task.train_file, task.eval_file, checkpoint) if p]
+    inputs = [p for p in (task.train_file, task.eval_file, _weights_path(task.init)) if p]
     section = {
         "task": to_dict(task),
         "model": to_dict(cfg.model),
@@ -186,11 +194,11 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
             models[name] = os.path.join(ctx.out_dir, name)
             shutil.copytree(source, models[name])
         if cfg.export.embedding and with_pretrain:
-            from bert_keras.encoder import build_encoder
+            from bert_keras import families
             from bert_keras.export import export_encoder_embedding
 
             vocab = ctx.upstream["vocab"]["outputs"]
-            encoder = build_encoder(cfg.model, cfg.model.vocab_size or vocab["vocab_size"])
+            encoder = families.for_config(cfg.model).build_encoder(cfg.model, cfg.model.vocab_size or vocab["vocab_size"])
             encoder.load_weights(ctx.upstream["pretrain"]["outputs"]["encoder_weights"])
             models["embedding"] = export_encoder_embedding(
                 encoder, vocab["vocab_file"], cfg.data.lowercase, cfg.prepare.max_seq_length, os.path.join(ctx.out_dir, "embedding")

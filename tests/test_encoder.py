@@ -9,7 +9,7 @@ from bert_keras.encoder import BertEncoder, build_encoder
 from bert_keras.heads import ChunkPooling, ClassificationHead, SpanHead, encode_chunks
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 from pipeline.contract import schema as S
-from pipeline.contract.config import ModelConfig
+from pipeline.contract.config import BertConfig
 from pipeline.contract.errors import ConfigError
 
 TINY = dict(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position_embeddings=16)
@@ -30,7 +30,7 @@ def _batch(rng, b=3, seq=12, pred=4):
 
 
 def test_build_encoder_from_config_and_serialize():
-    cfg = ModelConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position_embeddings=16)
+    cfg = BertConfig(hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32, max_position_embeddings=16)
     enc = build_encoder(cfg, vocab_size=40)
     batch = _batch(np.random.default_rng(0))
     out = enc(batch, training=False)
@@ -39,7 +39,7 @@ def test_build_encoder_from_config_and_serialize():
     clone.set_weights(enc.get_weights())
     np.testing.assert_allclose(clone(batch)["sequence_output"], out["sequence_output"], atol=1e-6)
     with pytest.raises(ConfigError, match="vocab file has 41"):
-        build_encoder(ModelConfig(vocab_size=40), vocab_size=41)
+        build_encoder(BertConfig(vocab_size=40), vocab_size=41)
 
 
 def test_dropout_only_in_training():

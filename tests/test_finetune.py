@@ -9,9 +9,9 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import BertConfig, TaskConfig
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
+TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
                    dropout=0.0, attention_dropout=0.0)
 FAST = dict(precision="float32", log_every=1, checkpoint_every=1000, warmup_ratio=0.0, eval_batch_size=64)
 

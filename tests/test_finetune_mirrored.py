@@ -18,9 +18,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from bert_keras.task_training import train_task
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import BertConfig, TaskConfig
 task = TaskConfig.model_validate_json(sys.argv[1])
-model = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+model = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 out = train_task(task, model, sys.argv[2], json.loads(sys.argv[3]), None, sys.argv[4], 0)
 print("RESULT " + json.dumps({"strategy": out["strategy"], "precision": out["precision"],
                               "batch": out["global_batch_size"], "metrics": out["eval"].metrics,

@@ -13,10 +13,10 @@ from bert_keras.finetune import run_finetune
 from bert_keras.task_training import apply_init, build_encoder_for, train_task
 from bert_keras.tasks import balanced_class_weights, build_task_model, classification_loss
 from pipeline.contract import schema
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import BertConfig, TaskConfig
 from pipeline.contract.errors import ContractError, UserError
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 FAST = dict(precision="float32", log_every=5, checkpoint_every=1000, eval_batch_size=64)
 
 
@@ -71,7 +71,7 @@ def test_pretrained_encoder_weights_file_is_loaded(tmp_path, vocab):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The pretrain stage's directory works too.
     assert "encoder weights from" in apply_init(model, encoder, str(tmp_path), None)
-    wider = build_encoder(ModelConfig(**{**TINY.model_dump(), "hidden_size": 64, "num_heads": 2}), 30522)
+    wider = build_encoder(BertConfig(**{**TINY.model_dump(), "hidden_size": 64, "num_heads": 2}), 30522)
     with pytest.raises(ContractError) as err:
         apply_init(build_task_model("classification", wider, 2), wider, path, None)
     assert "\n" not in str(err.value) and "model config" in str(err.value)

@@ -12,11 +12,11 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import BertConfig, TaskConfig
 from pipeline.tracking import Tracker
 from tests.mlflow_server import free_port, wait_until_up
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 NAME = "sentiment-tiny"
 
 

@@ -15,11 +15,11 @@ from bert_keras.encoder import build_encoder
 from bert_keras.optimization import WarmupDecay, build_optimizer, no_decay
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 from bert_keras.trainer import LoopSettings, Trainer
-from pipeline.contract.config import ModelConfig, PretrainConfig
+from pipeline.contract.config import BertConfig, PretrainConfig
 from pipeline.contract.errors import UserError
 from tests.test_data import write_records
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64,
+TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64,
                    dropout=0.0, attention_dropout=0.0)
 
 

@@ -9,16 +9,16 @@ import torch
 from bert_keras.encoder import BertEncoder
 from bert_keras.pretraining_model import BertPretrainingModel
 from bert_keras.weights import (
+    encoder_arguments,
     export_state,
     hf_config,
     init_from,
     load_hf_checkpoint,
-    model_config_fields,
     save_hf_checkpoint,
     slots,
 )
 from bert_keras.weights_google import google_to_hf, hf_to_google, load_google_checkpoint, write_google_checkpoint
-from pipeline.contract.config import ModelConfig
+from pipeline.contract.config import BertConfig
 from pipeline.contract.errors import UserError
 
 TINY = dict(vocab_size=30, hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16, max_position_embeddings=20)
@@ -80,8 +80,8 @@ def test_init_from_refuses_mismatch_and_pickles(tmp_path):
 
 
 def test_config_conversion_feeds_model_config():
-    fields = model_config_fields({**hf_config(BertEncoder(**TINY)), "hidden_dropout_prob": 0.2})
-    cfg = ModelConfig(**fields)
+    fields = encoder_arguments({**hf_config(BertEncoder(**TINY)), "hidden_dropout_prob": 0.2}, "hf", "config.json")
+    cfg = BertConfig(**fields)
     assert cfg.hidden_size == 8 and cfg.num_layers == 2 and cfg.dropout == 0.2 and cfg.vocab_size == 30
     with pytest.raises(UserError, match="hidden_act 'relu'"):
-        model_config_fields({**hf_config(BertEncoder(**TINY)), "hidden_act": "relu"})
+        encoder_arguments({**hf_config(BertEncoder(**TINY)), "hidden_act": "relu"}, "hf", "config.json")

@@ -18,9 +18,13 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.model_config import FAMILY_CONFIGS, BertConfig, ModelSection
+from pipeline.contract.model_config import ModelConfig as ModelConfig  # the model sections live there; re-exported
+from pipeline.contract.section import Section as _Section
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # An editable install (the README's) finds the demo next to the package; an installed
@@ -34,10 +38,6 @@ DEFAULT_CONFIG = next(
 # The masking modes, named once: the config accepts them, the Beam job and the
 # trainer's dynamic masking implement them.
 MASKING_MODES = ("token", "whole_word", "span", "entity")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RunConfig(_Section):
@@ -108,27 +108,6 @@ class PrepareConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
-    vocab_size: int | None = Field(None, description="unset: the vocab file's size")
-    hidden_size: int = Field(256, ge=1, description="BERT-base: 768")
-    num_layers: int = Field(4, ge=1, description="BERT-base: 12")
-    num_heads: int = Field(4, ge=1, description="BERT-base: 12")
-    intermediate_size: int = Field(1024, ge=1, description="BERT-base: 3072")
-    max_position_embeddings: int = Field(512, ge=1, description="position table size")
-    type_vocab_size: int = Field(2, ge=1, description="segment types")
-    dropout: float = Field(0.1, ge=0, lt=1, description="hidden dropout")
-    attention_dropout: float = Field(0.1, ge=0, lt=1, description="attention-probability dropout")
-    initializer_range: float = Field(0.02, gt=0, description="truncated-normal init stddev")
-    init_from: str | None = Field(None, description=(
-        "start from `hf:DIR` (Hugging Face), `google:DIR` (original TF checkpoint) or a bertpipe checkpoint directory"))
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        return self
-
-
 class TrainConfig(_Section):
     """Options shared by pretraining and every fine-tuning task."""
 
@@ -144,11 +123,16 @@ class TrainConfig(_Section):
     clip_norm: float | None = Field(1.0, gt=0, description="global-norm gradient clipping; unset: none")
     accumulation_steps: int = Field(1, ge=1, description="gradient accumulation")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = Field("auto", description=(
-        "`auto`: `mixed_bfloat16` on TPU and on CPUs with native bf16 (AVX512-BF16, AMX), `mixed_float16` with loss "
-        "scaling on GPU, `float32` else; or `float32`, `mixed_bfloat16`, `mixed_float16`"))
+        "`auto`: `mixed_bfloat16` on TPU, on GPUs of compute capability 8.0 or higher and on CPUs with native bf16 "
+        "(AVX512-BF16, AMX), `mixed_float16` with loss scaling on older GPUs, `float32` else; or `float32`, "
+        "`mixed_bfloat16`, `mixed_float16`"))
     jit_compile: bool = Field(False, description=(
         "XLA for the whole step; slower for bf16 on CPU (XLA's CPU matmuls), so off. The element-wise parts are "
         "compiled either way"))
+    kernels: Literal["auto", "fused", "plain"] = Field("auto", description=(
+        "the training step's element-wise code: `fused` XLA kernels (tuned on CPU) or the `plain` layers; `auto`: "
+        "fused on CPU, plain on GPU and TPU (`bert_keras.distribute.use_fused_kernels`). Both give the same values "
+        "and gradients"))
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = Field(
         "auto", description="tf.distribute strategy; `multi_worker` reads `TF_CONFIG`")
     tpu: str | None = Field(None, description="TPU name or address for `TPUStrategy`")
@@ -162,6 +146,17 @@ class TrainConfig(_Section):
 class PretrainConfig(TrainConfig):
     steps: int = Field(1000, ge=1, description="training steps")
     eval_steps: int = Field(20, ge=0, description="held-out batches for the final MLM accuracy")
+    dropout: float | None = Field(None, ge=0, lt=1, description=(
+        "hidden dropout while pretraining only (Cramming and ModernBERT use 0); unset: `model.dropout`. "
+        "Fine-tuning always uses the `model.*` rates"))
+    attention_dropout: float | None = Field(None, ge=0, lt=1, description=(
+        "attention-probability dropout while pretraining only; unset: `model.attention_dropout`"))
+    nsp: bool | None = Field(None, description=(
+        "next-sentence prediction; unset: when the data has NSP pairs (the manifest's `nsp`); `false`: MLM only on "
+        "NSP data. Without NSP the model has no NSP head and the loss is the MLM loss"))
+
+
+TASK_INIT_WORDS = ("pretrained", "random")  # a task's init: one of these, or a checkpoint spec
 
 
 class TaskConfig(TrainConfig):
@@ -187,7 +182,8 @@ class TaskConfig(TrainConfig):
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without a gain; unset: off")
     best_metric: str = Field("accuracy", description="the metric that chooses the checkpoint kept")
     init: str = Field("pretrained", description=(
-        "`pretrained` (this run's encoder), `random`, `hf:DIR`, `google:DIR`"))
+        "`pretrained` (this run's encoder), `random`, or a checkpoint: `hf:DIR`, `google:DIR`, or a path to bertpipe "
+        "encoder weights"))
     compare_random_init: bool = Field(False, description="also train from random init and report both scores")
     register_name: str | None = Field(None, description="MLflow Model Registry name (a new version each run)")
     learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
@@ -212,7 +208,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     vocab: VocabConfig = VocabConfig()
     prepare: PrepareConfig = PrepareConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelSection = BertConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: dict[str, TaskConfig] = Field(default_factory=dict, json_schema_extra={"placeholder": "<task>"})
     export: ExportConfig = ExportConfig()
@@ -249,19 +245,19 @@ _INPUT_PATHS = {
     ("data", "corpus"),
     ("vocab", "vocab_file"),
     ("prepare", "lexicon"),
-    ("model", "init_from"),
 }
 _TASK_INPUT_PATHS = ("train_file", "eval_file")
 
 
 def _resolve(path: str, base: str) -> str:
-    prefix = ""
-    if ":" in path and path.split(":", 1)[0] in ("hf", "google"):
-        prefix, path = path.split(":", 1)
-        prefix += ":"
     if "://" in path or os.path.isabs(path):
-        return prefix + path
-    return prefix + os.path.normpath(os.path.join(base, path))
+        return path
+    return os.path.normpath(os.path.join(base, path))
+
+
+def _resolve_checkpoint(text: str, base: str) -> str:
+    spec = CheckpointSpec.parse(text)
+    return str(spec.with_path(_resolve(spec.path, base)))
 
 
 def _resolve_paths(raw: dict[str, Any], base: str) -> None:
@@ -271,14 +267,17 @@ def _resolve_paths(raw: dict[str, Any], base: str) -> None:
             raw[section][key] = _resolve(value, base)
         elif isinstance(value, list):
             raw[section][key] = [_resolve(v, base) if isinstance(v, str) else v for v in value]
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_from"), str):
+        model["init_from"] = _resolve_checkpoint(model["init_from"], base)
     for task in (raw.get("finetune") or {}).values():
         if not isinstance(task, dict):
             continue
         for key in _TASK_INPUT_PATHS:
             if isinstance(task.get(key), str):
                 task[key] = _resolve(task[key], base)
-        if isinstance(task.get("init"), str) and task["init"].split(":", 1)[0] in ("hf", "google"):
-            task["init"] = _resolve(task["init"], base)
+        if isinstance(task.get("init"), str) and task["init"] not in TASK_INIT_WORDS:
+            task["init"] = _resolve_checkpoint(task["init"], base)
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -306,7 +305,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    parts = list(first["loc"])
+    if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in FAMILY_CONFIGS:
+        del parts[1]  # the discriminated union's tag: "model.hidden_size", not "model.bert.hidden_size"
+    loc = ".".join(str(p) for p in parts) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

@@ -177,6 +177,7 @@ class DataManifest:
     max_chunks: int = 0
     masking: str = "none"
     compression: str = "none"  # "none" or "gzip"
+    nsp: bool = True  # pretraining records hold NSP pairs and labels; False: MLM-only data
     counts: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     labels: list[str] = dataclasses.field(default_factory=list)
