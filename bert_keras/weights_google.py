@@ -117,6 +117,11 @@ def write_google_checkpoint(state: dict[str, np.ndarray], config: dict, path_dir
     """
     import tensorflow as tf
 
+    from bert_keras.weights import checkpoint_config, encoder_arguments
+
+    # The config first: a model the format cannot describe leaves nothing behind.
+    values = encoder_arguments(config, HF, "the model's config")
+    google_cfg = {**checkpoint_config(values, GOOGLE), "hidden_act": config.get("hidden_act", "gelu")}
     os.makedirs(path_dir, exist_ok=True)
     names, tensors = [], []
     for hf_name, value in sorted(state.items()):
@@ -125,10 +130,6 @@ def write_google_checkpoint(state: dict[str, np.ndarray], config: dict, path_dir
         tensors.append(tf.constant(np.ascontiguousarray(value.T if transpose else value), tf.float32))
     prefix = os.path.join(path_dir, GOOGLE_CKPT)
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
-    from bert_keras.weights import checkpoint_config, encoder_arguments
-
-    values = encoder_arguments(config, HF, "the model's config")
-    google_cfg = {**checkpoint_config(values, GOOGLE), "hidden_act": config.get("hidden_act", "gelu")}
     with open(os.path.join(path_dir, GOOGLE_CONFIG), "w", encoding="utf-8") as fh:
         json.dump(google_cfg, fh, indent=2)
     return path_dir
