@@ -13,6 +13,11 @@ without it (AVX2) bf16 is emulated, float32 is the fast path, and the bf16 figur
 reported without a goal. The fp32 figures carry no goal.
 
     KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_pretrain.py [--steps 10 --rounds 5 --jit]
+        [--also pre-ln plain pre-ln-plain] [--dropout 0.0]
+
+`--also` adds bertpipe variants to the same alternating rounds: pre-LN blocks
+(`model.normalize_first`), the plain layers instead of the fused kernels (`train.kernels: plain`),
+or both; each is printed with its ratio to classic bertpipe and recorded in the rows.
 """
 
 from __future__ import annotations
@@ -72,7 +77,12 @@ def synthetic_batch(rng):
             schema.NSP_LABEL: rng.integers(0, 2, size=(B, 1)).astype(np.int32)}
 
 
-def bertpipe_runner(policy: str, batch, jit: bool = False):
+VARIANTS = {"pre-ln": dict(normalize_first=True), "plain": dict(fused_kernels=False),
+            "pre-ln-plain": dict(normalize_first=True, fused_kernels=False)}
+
+
+def bertpipe_runner(policy: str, batch, jit: bool = False, dropout: float = 0.1, normalize_first: bool = False,
+                    fused_kernels: bool = True):
     """A function timing `n` training steps of bertpipe's trainer (its real step)."""
     from bert_keras.encoder import build_encoder
     from bert_keras.optimization import build_optimizer
@@ -81,8 +91,9 @@ def bertpipe_runner(policy: str, batch, jit: bool = False):
 
     keras.mixed_precision.set_global_policy(policy)
     cfg = PretrainConfig(batch_size=B, steps=1000, jit_compile=jit)
-    model = BertPretrainingModel(build_encoder(BertConfig(hidden_size=H, num_layers=L, num_heads=A,
-                                                           intermediate_size=FF, max_position_embeddings=512), V))
+    model_cfg = BertConfig(hidden_size=H, num_layers=L, num_heads=A, intermediate_size=FF, max_position_embeddings=512,
+                           dropout=dropout, attention_dropout=dropout, normalize_first=normalize_first)
+    model = BertPretrainingModel(build_encoder(model_cfg, V, fused_kernels=fused_kernels))
     opt = build_optimizer(cfg, cfg.steps, model.trainable_variables)
     trainer = Trainer(model, pretraining_loss, opt, tf.distribute.get_strategy(), tempfile.mkdtemp(),
                       LoopSettings.from_config(cfg), log_fn=lambda s: None)
@@ -145,6 +156,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timing window")
     parser.add_argument("--rounds", type=int, default=5, help="alternating windows per contender (median)")
     parser.add_argument("--jit", action="store_true", help="also time bertpipe with XLA")
+    parser.add_argument("--also", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="also time these bertpipe variants in the same rounds")
+    parser.add_argument("--dropout", type=float, default=0.1, help="bertpipe's hidden and attention dropout")
     parser.add_argument("--precision", nargs="+", default=["float32", "mixed_bfloat16"],
                         choices=["float32", "mixed_bfloat16"])  # fmt: skip
     args = parser.parse_args()
@@ -157,19 +171,24 @@ def main() -> None:
           f"{'bertpipe GFLOP/s':>18}{'ceiling GFLOP/s':>17}{'% of matmul':>13}")
     rows = []
     for policy in args.precision:
-        runners = [keras_hub_runner(policy, batch), bertpipe_runner(policy, batch),
+        runners = [keras_hub_runner(policy, batch), bertpipe_runner(policy, batch, dropout=args.dropout),
                    matmul_runner(tf.bfloat16 if policy == "mixed_bfloat16" else tf.float32)]
-        if args.jit:
-            runners.append(bertpipe_runner(policy, batch, jit=True))
-        hub, ours, ceiling, *xla = side_by_side(runners, args.steps, args.rounds)
+        extra = (["XLA"] if args.jit else []) + args.also
+        for name in extra:
+            options = dict(jit=True) if name == "XLA" else VARIANTS[name]
+            runners.append(bertpipe_runner(policy, batch, dropout=args.dropout, **options))
+        hub, ours, ceiling, *others = side_by_side(runners, args.steps, args.rounds)
         rate = ours * flops
         print(f"{policy:<16}{hub:>16.1f}{ours:>16.1f}{ours / hub:>7.2f}x{rate / 1e9:>18.0f}{ceiling / 1e9:>17.0f}"
               f"{rate / ceiling:>12.0%}", flush=True)
-        if xla:
-            print(f"{policy + ' +XLA':<16}{'':>16}{xla[0]:>16.1f}{xla[0] / hub:>7.2f}x", flush=True)
+        for name, other in zip(extra, others, strict=True):
+            print(f"{policy + ' +' + name:<16}{'':>16}{other:>16.1f}{other / hub:>7.2f}x"
+                  f"   ({other / ours:.3f}x classic bertpipe)", flush=True)
         rows.append({"precision": policy, "keras_hub_seq_per_s": hub, "bertpipe_seq_per_s": ours,
                      "ratio": ours / hub, "bertpipe_gflop_per_s": rate / 1e9, "ceiling_gflop_per_s": ceiling / 1e9,
-                     "share_of_ceiling": rate / ceiling, **({"bertpipe_xla_seq_per_s": xla[0]} if xla else {})})
+                     "share_of_ceiling": rate / ceiling, "dropout": args.dropout,
+                     **{f"bertpipe_{name.lower().replace('-', '_')}_seq_per_s": other
+                        for name, other in zip(extra, others, strict=True)}})
     write_results("pretrain", rows, targets(rows, machine_info()["matrix_isa"]),
                   notes=f"{L} layers, hidden {H}, {A} heads, seq {S}, batch {B}, vocab {V}, AdamW; "
                         f"{args.steps} steps per window, {args.rounds} alternating rounds (median)")

@@ -224,13 +224,13 @@ def encoder_arguments(cfg: dict, fmt: str, source: str) -> dict:
         elif key is not None and h.required:
             raise UserError(f"{source} lacks key {key!r}: not a BERT config")
     try:
-        BertConfig(**args)  # the table's checks (hidden_size divisible by num_heads, ...)
+        checked = BertConfig(**args)  # the table's types and checks (hidden_size divisible by num_heads, ...)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UserError(f"{source}: not a valid BERT config ({where + ': ' if where else ''}"
                         f"{first['msg'].removeprefix('Value error, ')})") from None
-    return args
+    return {name: getattr(checked, name) for name in args}
 
 
 def checkpoint_config(values: dict, fmt: str) -> dict:
