@@ -100,7 +100,7 @@ def test_a_checkpoint_spec_without_a_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="names no directory: write hf:DIR"):
         load_config(_write(tmp_path, "model:\n  init_from: 'hf:'\n"))
     with pytest.raises(ConfigError, match="model.init_from: checkpoint 'google:' names no directory"):
-        load_config(None, ["model.init_from=google:"])  # --set values are not resolved first
+        load_config(None, ["model.init_from='google:'"])  # --set values are not resolved first
 
 
 def test_checkpoint_paths_resolve_next_to_the_config_and_a_plain_directory_is_hashed(tmp_path):
