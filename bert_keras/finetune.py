@@ -19,14 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bert_keras import reports
 from bert_keras.task_training import train_task
-from pipeline.contract import schema
+from bert_keras.tasks import TASKS
 from pipeline.contract.atomic import atomic_write_text
 from pipeline.contract.config import ModelConfig, TaskConfig, to_dict
-
-INPUT_COLUMNS = {"classification": ("text",), "pair": ("text_a", "text_b"), "qa": ("question", "context"),
-                 "long_document": ("text",)}
 
 
 def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, lowercase: bool,
@@ -52,7 +48,10 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
                       forward(""), log_fn)
     # Multi-worker: every worker trains (collectives), only the chief writes files and logs.
     chief = main["chief"]
-    report_paths = write_reports(main, task, os.path.join(out_dir, "reports")) if chief else {}
+    report_paths = {}
+    if chief:
+        report_paths = TASKS[task.type].write_reports(main["eval"], main["history"], main["evals"], main["labels"],
+                                                      os.path.join(out_dir, "reports"))
     model_weights = os.path.join(out_dir, "task_model.weights.h5")
     if chief:
         main["model"].save_weights(model_weights)
@@ -90,9 +89,9 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
 
 
 def headline(task_type: str, metrics: dict) -> list[tuple[str, float]]:
-    if task_type == "qa":
-        return [("EM", metrics["exact_match"]), ("F1", metrics["f1"])]
-    return [("accuracy", 100 * metrics["accuracy"]), ("macro F1", 100 * metrics["macro_f1"])]
+    """(shown name, value in percent) of the type's headline metrics."""
+    kind = TASKS[task_type]
+    return [(shown, metrics[key] * (1 if kind.percent else 100)) for key, shown in kind.headline]
 
 
 def summary_line(task_type: str, metrics: dict, random_metrics: dict | None = None) -> str:
@@ -109,75 +108,11 @@ def _jsonable_details(details: dict) -> dict:
     return {k: v for k, v in details.items() if k not in ("predictions", "contexts")}
 
 
-# ---- reports ---------------------------------------------------------------------------
-def write_reports(run: dict, task: TaskConfig, directory: str) -> dict[str, str]:
-    os.makedirs(directory, exist_ok=True)
-    ev = run["eval"]
-    paths: dict[str, str] = {}
-    if task.type != "qa":
-        paths["confusion_matrix"] = reports.save_confusion_matrix(
-            ev.details["confusion_matrix"], run["labels"], os.path.join(directory, "confusion_matrix.png"))
-        paths["per_class_json"], paths["per_class_csv"] = reports.write_per_class(ev.details["per_class"], directory)
-        keys = ("accuracy", "macro_f1")
-    else:
-        keys = ("exact_match", "f1")
-        scale = [{**r, **{k: r[k] / 100 for k in keys if k in r}} for r in run["evals"]]  # percent -> 0..1, one axis
-        run = {**run, "evals": scale}
-    curves = reports.save_learning_curves(run["history"], run["evals"], os.path.join(directory, "learning_curves.png"),
-                                          keys)
-    if curves:
-        paths["learning_curves"] = curves
-    rows = _with_source_text(ev.rows, task)
-    paths["predictions_sample"] = reports.write_predictions_sample(rows, os.path.join(directory, "predictions_sample.jsonl"))
-    metrics_path = os.path.join(directory, "eval_metrics.json")
-    atomic_write_text(metrics_path, json.dumps(ev.metrics, indent=2) + "\n")
-    paths["eval_metrics"] = metrics_path
-    return paths
-
-
-def _source_rows(task: TaskConfig, wanted: set[int]) -> dict[int, dict]:
-    """Raw rows by EXAMPLE_ID: the data job numbers rows over train_file then eval_file."""
-    from beam_jobs.finetune_data import read_rows
-
-    found: dict[int, dict] = {}
-    index = 0
-    for path in [task.train_file] + ([task.eval_file] if task.eval_file else []):
-        for row in read_rows(path, task):
-            if index in wanted:
-                found[index] = row
-            index += 1
-    return found
-
-
-def _with_source_text(rows: list[dict], task: TaskConfig) -> list[dict]:
-    """Replace wordpiece text by the original text where the source file is at hand."""
-    if task.type == "qa" or not rows:
-        return rows
-    try:
-        source = _source_rows(task, {r[schema.EXAMPLE_ID] for r in rows})
-    except Exception:  # the source moved or changed: the wordpiece text is still there
-        return rows
-    out = []
-    for r in rows:
-        raw = source.get(r[schema.EXAMPLE_ID])
-        if raw is not None:
-            r = {**r, "text": raw.get(task.text_field, r["text"])}
-            if task.type == "pair":
-                r["text_b"] = raw.get(task.text_b_field)
-        out.append(r)
-    return out
-
-
 # ---- export and tracking -------------------------------------------------------------------
 def export(run: dict, task: TaskConfig, vocab_file: str, lowercase: bool, out_dir: str) -> str:
     from bert_keras.export import export_task
 
-    options: dict[str, Any] = {}
-    if task.type == "qa":
-        options = {"doc_stride": task.doc_stride, "max_query_length": task.max_query_length,
-                   "allow_no_answer": run["allow_null"]}
-    elif task.type == "long_document":
-        options = {"doc_stride": task.doc_stride, "max_chunks": task.max_chunks}
+    options = TASKS[task.type].export_options(task, run["allow_null"])
     return export_task(run["model"], task.type, vocab_file, lowercase, run["labels"], task.max_seq_length, out_dir,
                        extra_assets={"task_config.json": to_dict(task)}, **options)
 
@@ -186,19 +121,7 @@ def input_example(run: dict, task: TaskConfig):
     """Two real eval inputs as a DataFrame with the serving signature's columns."""
     import pandas as pd
 
-    rows = run["eval"].rows[:2]
-    if task.type == "qa":
-        examples = {r["id"]: r for r in rows}
-        return pd.DataFrame({"question": [r["question"] for r in examples.values()],
-                             "context": [_qa_context(run, r["id"]) for r in examples.values()]})
-    rows = _with_source_text(rows, task)
-    if task.type == "pair":
-        return pd.DataFrame({"text_a": [r["text"] for r in rows], "text_b": [r.get("text_b") or "" for r in rows]})
-    return pd.DataFrame({"text": [r["text"] for r in rows]})
-
-
-def _qa_context(run: dict, qid: str) -> str:
-    return run["eval"].details["contexts"][qid]
+    return pd.DataFrame(TASKS[task.type].input_example(list(run["eval_examples"].values())[:2]))
 
 
 def _track(tracker, task: TaskConfig, result: dict, report_paths: dict, saved_model: str, run: dict):

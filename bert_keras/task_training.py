@@ -25,22 +25,20 @@ import keras
 import numpy as np
 
 from bert_keras import data, distribute, packing
-from bert_keras.evaluate import EvalResult, evaluate_classification, evaluate_qa, load_qa_examples
+from bert_keras.evaluate import EvalResult, load_examples
 from bert_keras.optimization import build_optimizer
 from bert_keras.starting_weights import apply_init, build_encoder_for
-from bert_keras.tasks import balanced_class_weights, build_task_model, loss_for
+from bert_keras.task_models import balanced_class_weights
+from bert_keras.tasks import TASKS, EvalContext
 from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_write_text
 from pipeline.contract.config import ModelConfig, TaskConfig
-from pipeline.contract.errors import ConfigError, ContractError, UserError
+from pipeline.contract.errors import ContractError, UserError
 
-KINDS = {"classification": schema.CLASSIFICATION, "pair": schema.CLASSIFICATION,
-         "qa": schema.QUESTION_ANSWERING, "long_document": schema.LONG_DOCUMENT}
 BEST_WEIGHTS, BEST_STATE, EVAL_HISTORY = "best.weights.h5", "best.json", "eval_history.jsonl"
 LOWER_IS_BETTER = ("loss",)
-HEADLINE = {"qa": ("f1", "exact_match")}  # task type -> metrics quoted in the summary; default accuracy, macro_f1
 
 
 class _EarlyStop(Exception):
@@ -64,16 +62,6 @@ def _instances_per_row(ds, batches: int = 4) -> float:
     return real / max(rows, 1)
 
 
-def _metric_name(task: TaskConfig) -> str:
-    name = task.best_metric.removeprefix("eval_")
-    if task.type == "qa" and name == "accuracy":
-        return "f1"  # the default best_metric means "the task's main score"
-    known = ("f1", "exact_match", "loss") if task.type == "qa" else ("accuracy", "macro_f1", "loss")
-    if name not in known:
-        raise ConfigError(f"best_metric {task.best_metric!r} is not computed for {task.type} tasks; use one of {', '.join(known)}")
-    return name
-
-
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -85,13 +73,13 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
                init: str | None, out_dir: str, seed: int, on_metrics: Callable[[int, dict], None] | None = None,
                log_fn: Callable[[str], None] = print) -> dict:
     """Train and evaluate one model; returns metrics, details, paths and the model itself ("model")."""
-    kind = KINDS[task.type]
+    kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
     manifests = {}
     for split in ("train", "eval"):
         if split not in data_dirs:
             raise ContractError(f"fine-tuning data for split {split!r} missing: run the data step first")
-        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind,))
+        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind.record_kind,))
     train_m, eval_m = manifests["train"], manifests["eval"]
     for split, m in manifests.items():
         if m.num_records == 0:
@@ -101,7 +89,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     labels = list(train_m.labels)
     if eval_m.labels != train_m.labels:
         raise ContractError(f"train and eval data of this task have different label sets ({labels} vs {eval_m.labels})")
-    metric = _metric_name(task)
+    metric = task.best_metric  # validated against the type's metrics by the config
 
     strategy = distribute.choose_strategy(task)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -112,7 +100,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     keras.utils.set_random_seed(seed)
 
     class_weights = None
-    if task.type != "qa":
+    if kind.has_labels:
         counts = _label_counts(data_dirs["train"], train_m, len(labels))
         if (counts > 0).sum() < 2:
             raise UserError(f"training data of this task holds only one class ({labels[int(counts.argmax())]}): "
@@ -122,7 +110,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
             log_fn("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(labels, class_weights, strict=True)))
 
     pack = None
-    if task.packing and task.type in ("classification", "pair"):
+    if task.packing and kind.record_kind == schema.CLASSIFICATION:  # rows of one [CLS] instance can share a row
         def pack(rows):
             return packing.pack_dataset(rows, seq_length=train_m.seq_length, max_instances=task.pack_max_instances,
                                         seed=seed)
@@ -136,7 +124,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
 
     with strategy.scope():
         encoder, pending = build_encoder_for(init, model_cfg, len(vocab))
-        model = build_task_model(task.type, encoder, len(labels), task.pooling, model_cfg.dropout)
+        model = kind.build_model(task, encoder, len(labels), model_cfg.dropout)
         eval_ds = data.make_dataset(data_dirs["eval"], eval_m, which="all", batch_size=task.eval_batch_size,
                                     training=False, deterministic=True, drop_remainder=False)
         model(next(iter(eval_ds)), training=False)  # build every layer before loading / optimizer creation
@@ -144,19 +132,14 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         optimizer = build_optimizer(task, total, model.trainable_variables, loss_scale=policy == "mixed_float16")
     log_fn(f"starting weights: {loaded}; {total} steps ({steps_per_epoch} per epoch), evaluation every {eval_every}")
 
-    allow_null = False
-    if task.type == "qa":
-        examples = load_qa_examples(data_dirs["eval"])
-        allow_null = any(ex.get("is_impossible") for ex in examples.values()) or any(
-            ex.get("is_impossible") for ex in load_qa_examples(data_dirs["train"]).values())
+    examples = {split: load_examples(data_dirs[split]) for split in ("train", "eval")}
+    allow_null = kind.allow_no_answer(ex for split in examples.values() for ex in split.values())
+    eval_ctx = EvalContext(labels, vocab, examples["eval"], allow_null)
 
-        def run_eval() -> EvalResult:
-            return evaluate_qa(model, eval_ds, examples, allow_null)
-    else:
-        def run_eval() -> EvalResult:
-            return evaluate_classification(model, eval_ds, labels, vocab)
+    def run_eval() -> EvalResult:
+        return kind.evaluate(model, eval_ds, eval_ctx)
 
-    trainer = Trainer(model, loss_for(task.type, class_weights), optimizer, strategy, out_dir,
+    trainer = Trainer(model, kind.loss(class_weights), optimizer, strategy, out_dir,
                       LoopSettings.from_config(task), on_log=on_metrics, log_fn=log_fn)
     restored = trainer.restore()
     state_path, best_path = os.path.join(out_dir, BEST_STATE), os.path.join(out_dir, BEST_WEIGHTS)
@@ -227,7 +210,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         "precision": policy, "strategy": type(strategy).__name__, "starting_weights": loaded,
         "train_records": train_m.num_records, "eval_records": eval_m.num_records,
         "skipped": {"train": train_m.skipped, "eval": eval_m.skipped},
-        "allow_null": allow_null, "chief": trainer.chief,
+        "allow_null": allow_null, "chief": trainer.chief, "eval_examples": examples["eval"],
         "class_weights": None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
     }
 

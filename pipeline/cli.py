@@ -172,12 +172,8 @@ def _print_summary(results, work_dir: str, uri: str | None) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    try:
-        from bert_keras.predict import predict_jsonl
-    except ModuleNotFoundError as err:
-        if err.name != "bert_keras.predict":
-            raise
-        raise UserError("bertpipe predict is not yet available in this version (tracked in issue 6)") from None
+    from bert_keras.predict import predict_jsonl
+
     return predict_jsonl(args.model, args.input, args.output, args.batch_size)
 
 

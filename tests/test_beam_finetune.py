@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
-from beam_jobs.finetune_examples import EXAMPLES_NAME
 from pipeline.contract import schema
-from pipeline.contract.config import TaskConfig
+from pipeline.contract.config import task_config
 from pipeline.contract.errors import UserError
 from tests.conftest import DATA
 
@@ -28,7 +27,7 @@ def _read(directory):
 
 
 def test_classification_from_jsonl_with_eval_file(tmp_path):
-    task = TaskConfig(
+    task = task_config(
         type="classification", train_file=os.path.join(DATA, "reviews/train.jsonl"),
         eval_file=os.path.join(DATA, "reviews/test.jsonl"), max_seq_length=32,
     )  # fmt: skip
@@ -48,7 +47,7 @@ def test_classification_from_jsonl_with_eval_file(tmp_path):
 
 
 def test_pair_and_split_field_keeps_groups_together(tmp_path):
-    task = TaskConfig(type="pair", train_file=os.path.join(DATA, "snli/snli_sample.jsonl"), eval_fraction=0.5)
+    task = task_config(type="pair", train_file=os.path.join(DATA, "snli/snli_sample.jsonl"), eval_fraction=0.5)
     manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "snli"), 0, [])
     assert sum(m.num_records for m in manifests.values()) == 3
     m, f = _read(str(tmp_path / "snli" / manifests["train"].config["split"]))
@@ -56,7 +55,7 @@ def test_pair_and_split_field_keeps_groups_together(tmp_path):
     if f:
         assert (f[schema.SEGMENT_IDS].max(1) == 1).all()  # text_b is segment 1
     # Grouped split: rows of one speech never straddle train and eval.
-    task = TaskConfig(
+    task = task_config(
         type="long_document", train_file=os.path.join(DATA, "sotu/paragraphs.jsonl"), label_field="party",
         split_field="speech", max_seq_length=32, doc_stride=16, max_chunks=3, eval_fraction=0.3,
     )  # fmt: skip
@@ -72,13 +71,13 @@ def test_pair_and_split_field_keeps_groups_together(tmp_path):
 
 
 def test_qa_offsets_map_back_to_answer_text(tmp_path):
-    task = TaskConfig(
+    task = task_config(
         type="qa", train_file=os.path.join(DATA, "squad/squad_sample.json"), eval_file=os.path.join(DATA, "squad/squad_sample.json"),
         max_seq_length=64, doc_stride=24, max_query_length=16,
     )  # fmt: skip
     prepare_task_data(task, VOCAB, True, str(tmp_path / "qa"), 0, [])
     m, f = _read(str(tmp_path / "qa/train"))
-    examples = {e["example_id"]: e for e in map(json.loads, open(tmp_path / "qa/train" / EXAMPLES_NAME))}
+    examples = {e["example_id"]: e for e in map(json.loads, open(tmp_path / "qa/train" / schema.EXAMPLES_NAME))}
     assert len(examples) == 5 and m.num_records > 5  # long contexts need several windows
     found = set()
     for row in range(m.num_records):
@@ -105,7 +104,7 @@ def test_bad_rows_are_counted_or_one_line_errors(tmp_path):
         '{"text": "good movie", "label": "pos"}\n{"text": "", "label": "neg"}\n'
         '{"text": "odd", "label": "maybe"}\n{"text": "bad movie", "label": "neg"}\n'
     )
-    task = TaskConfig(type="classification", train_file=str(f), eval_file=str(f), labels=["neg", "pos"])
+    task = task_config(type="classification", train_file=str(f), eval_file=str(f), labels=["neg", "pos"])
     m = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])["train"]
     assert m.skipped == {"empty_or_missing_text": 1, "label_not_in_label_set": 1} and m.num_records == 2
     with pytest.raises(UserError, match="no column 'sentence'"):
@@ -118,7 +117,7 @@ def test_bad_rows_are_counted_or_one_line_errors(tmp_path):
     squad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3
     bad = tmp_path / "squad.json"
     bad.write_text(json.dumps(squad))
-    qa = TaskConfig(type="qa", train_file=str(bad), eval_file=str(bad), max_seq_length=64, doc_stride=24, max_query_length=16)
+    qa = task_config(type="qa", train_file=str(bad), eval_file=str(bad), max_seq_length=64, doc_stride=24, max_query_length=16)
     assert prepare_task_data(qa, VOCAB, True, str(tmp_path / "q"), 0, [])["train"].skipped == {"answer_text_not_at_answer_start": 1}
 
 
@@ -127,7 +126,7 @@ def test_pair_truncation_trims_b_on_ties_like_bert_and_the_serving_graph(tmp_pat
             {"text": "alpha beta", "text_b": "gamma", "label": "y"}]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
-    task = TaskConfig(type="pair", train_file=str(path), eval_file=str(path), max_seq_length=10)
+    task = task_config(type="pair", train_file=str(path), eval_file=str(path), max_seq_length=10)
     prepare_task_data(task, VOCAB, True, str(tmp_path / "out"), 0, [])
     _, rec = _read(str(tmp_path / "out" / "train"))
     first = np.flatnonzero(rec[schema.PADDING_MASK].sum(axis=1) == 10)[0]

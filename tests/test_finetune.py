@@ -9,7 +9,7 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import ModelConfig, task_config
 
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
                    dropout=0.0, attention_dropout=0.0)
@@ -62,7 +62,7 @@ def test_sentiment_classification_trains_and_reports(tmp_path, data_dir):
     test = jsonl(tmp_path / "test.jsonl", head(f"{reviews}/test.jsonl", 24, lambda r: r["label"] == "positive")
                  + head(f"{reviews}/test.jsonl", 24, lambda r: r["label"] == "negative"))
     # A random-init tiny BERT plateaus for ~100 steps on these reviews before its loss falls: 240 steps.
-    task = TaskConfig(type="classification", train_file=train, eval_file=test, max_seq_length=48, batch_size=16,
+    task = task_config(type="classification", train_file=train, eval_file=test, max_seq_length=48, batch_size=16,
                       epochs=40, eval_every=60, learning_rate=1e-3, class_weights="balanced", **FAST)
     out = finetune(tmp_path, task, vocab)
     loss = losses(tmp_path / "run")
@@ -84,7 +84,7 @@ def test_sentiment_classification_trains_and_reports(tmp_path, data_dir):
 def test_pair_classification_uses_both_segments(tmp_path, data_dir):
     vocab = os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
     snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
-    task = TaskConfig(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=150,
+    task = task_config(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=150,
                       eval_every=75, learning_rate=1e-3, **FAST)
     out = finetune(tmp_path, task, vocab)
     loss = losses(tmp_path / "run")
@@ -101,7 +101,7 @@ def test_extractive_qa_on_squad_sample(tmp_path, data_dir):
     vocab = os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
     squad = os.path.join(data_dir, "squad", "squad_sample.json")
     # Windows of 64 tokens with stride 24: every context is split into several windows.
-    task = TaskConfig(type="qa", train_file=squad, eval_file=squad, max_seq_length=64, doc_stride=24,
+    task = task_config(type="qa", train_file=squad, eval_file=squad, max_seq_length=64, doc_stride=24,
                       max_query_length=20, batch_size=8, epochs=40, eval_every=60, learning_rate=1e-3, **FAST)
     out = finetune(tmp_path, task, vocab)
     loss = losses(tmp_path / "run")
@@ -133,7 +133,7 @@ def test_long_document_classification_pools_chunks(tmp_path, data_dir):
         r["era"] = "1900-1949" if r["year"] < 1950 else "1950-"
     picked = [r for r in rows if r["era"] == "1900-1949"][:24] + [r for r in rows if r["era"] == "1950-"][:24]
     train = jsonl(tmp_path / "docs.jsonl", picked)
-    task = TaskConfig(type="long_document", train_file=train, eval_file=train, label_field="era",
+    task = task_config(type="long_document", train_file=train, eval_file=train, label_field="era",
                       max_seq_length=32, doc_stride=24, max_chunks=6, pooling="attention", batch_size=8, epochs=30,
                       eval_every=90, learning_rate=1e-3, **FAST)
     out = finetune(tmp_path, task, vocab)

@@ -12,7 +12,7 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import ModelConfig, TaskConfig
+from pipeline.contract.config import ModelConfig, task_config
 from pipeline.tracking import Tracker
 from tests.mlflow_server import free_port, wait_until_up
 
@@ -36,7 +36,7 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     rows = [r for r in rows if r["label"] == "positive"][:60] + [r for r in rows if r["label"] == "negative"][:60]
     train = tmp_path / "reviews.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    task = TaskConfig(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
+    task = task_config(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
                       precision="float32", register_name=NAME, log_every=2)
     prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
     store = f"sqlite:///{tmp_path}/mlflow.db"
