@@ -18,7 +18,7 @@ import tensorflow as tf
 from bert_keras import data, distribute, dynamic_masking, packing
 from bert_keras.optimization import build_optimizer
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
-from bert_keras.starting_weights import apply_init, build_encoder_for
+from bert_keras.starting_weights import apply_init, build_encoder_for, encoder_spec
 from bert_keras.tokenizer import MASK, load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
@@ -156,6 +156,8 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "train_sequences_per_second": result.sequences_per_second, "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync, "strategy": type(strategy).__name__, "precision": policy,
         "checkpoint": result.checkpoint, "encoder_weights": encoder_path if trainer.chief else None,
+        # What the export rebuilds the encoder from (its architecture; an hf: start brings its own).
+        "encoder": encoder_spec(encoder), "seq_length": manifest.seq_length,
         "loss_curves": curves, "history": result.history,
     }
     if trainer.chief:

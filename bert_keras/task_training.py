@@ -29,6 +29,7 @@ from bert_keras.evaluate import EvalResult, load_examples
 from bert_keras.optimization import build_optimizer
 from bert_keras.starting_weights import apply_init, build_encoder_for
 from bert_keras.task_models import balanced_class_weights
+from bert_keras.task_results import TaskRun
 from bert_keras.tasks import TASKS, EvalContext
 from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
@@ -71,8 +72,8 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 # ---- one training run ------------------------------------------------------------------
 def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_dirs: dict[str, str],
                init: str | None, out_dir: str, seed: int, on_metrics: Callable[[int, dict], None] | None = None,
-               log_fn: Callable[[str], None] = print) -> dict:
-    """Train and evaluate one model; returns metrics, details, paths and the model itself ("model")."""
+               log_fn: Callable[[str], None] = print) -> TaskRun:
+    """Train and evaluate one model; returns the run with the trained model in it."""
     kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
     manifests = {}
@@ -203,16 +204,16 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     best = cache.get("best") or run_eval()  # after a resume the best result is recomputed from its weights
     trainer.close()
     distribute.set_precision(previous_policy)  # don't leak the policy into later models of this process
-    return {
-        "model": model, "labels": labels, "eval": best, "history": history, "evals": evals,
-        "best_step": state["best_step"], "final_step": final_step, "stopped_early": state["stopped_at"] is not None,
-        "train_seconds": seconds, "steps_per_epoch": steps_per_epoch, "global_batch_size": global_batch,
-        "precision": policy, "strategy": type(strategy).__name__, "starting_weights": loaded,
-        "train_records": train_m.num_records, "eval_records": eval_m.num_records,
-        "skipped": {"train": train_m.skipped, "eval": eval_m.skipped},
-        "allow_null": allow_null, "chief": trainer.chief, "eval_examples": examples["eval"],
-        "class_weights": None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
-    }
+    return TaskRun(
+        model=model, labels=labels, eval=best, history=history, evals=evals, best_step=state["best_step"],
+        final_step=final_step, stopped_early=state["stopped_at"] is not None, train_seconds=seconds,
+        steps_per_epoch=steps_per_epoch, global_batch_size=global_batch, precision=policy,
+        strategy=type(strategy).__name__, starting_weights=loaded,
+        records={"train": train_m.num_records, "eval": eval_m.num_records},
+        skipped={"train": train_m.skipped, "eval": eval_m.skipped}, allow_null=allow_null, chief=trainer.chief,
+        class_weights=None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
+        examples=examples["eval"],
+    )
 
 
 def _train_ds(data_dir, manifest, task: TaskConfig, seed: int, input_context, pack):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
+from bert_keras.export_finetuned import export_finetuned
 from bert_keras.finetune import run_finetune
 from pipeline.contract.config import ModelConfig, task_config
 
@@ -41,12 +42,12 @@ def losses(result_dir):
 
 def check_reported_metrics(out, labels):
     """Accuracy and the confusion matrix agree with the per-example predictions written to disk."""
-    with open(out["paths"]["reports"]["predictions_sample"], encoding="utf-8") as fh:
+    with open(out.paths.reports["predictions_sample"], encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
-    assert len(rows) == out["metrics"]["examples"]  # small eval sets are written whole
-    assert out["metrics"]["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows]))
+    assert len(rows) == out.metrics["examples"]  # small eval sets are written whole
+    assert out.metrics["accuracy"] == pytest.approx(np.mean([r["correct"] for r in rows]))
     pairs = collections.Counter((r["label"], r["predicted"]) for r in rows)
-    cm = out["details"]["confusion_matrix"]
+    cm = out.details["confusion_matrix"]
     assert cm == [[pairs[(t, p)] for p in labels] for t in labels]
     # Errors first in the sample.
     correct = [r["correct"] for r in rows]
@@ -68,17 +69,19 @@ def test_sentiment_classification_trains_and_reports(tmp_path, data_dir):
     loss = losses(tmp_path / "run")
     assert np.mean(loss[-10:]) < 0.75 * np.mean(loss[:10])  # it learns (memorizes) the 96 reviews
     # 'balanced': n / (classes * count) = 96 / (2 * 32) for negative, 96 / (2 * 64) for positive
-    assert out["class_weights"] == pytest.approx({"negative": 1.5, "positive": 0.75})
-    assert out["labels"] == ["negative", "positive"]
-    check_reported_metrics(out, out["labels"])
-    assert out["summary"].startswith("accuracy ")
+    assert out.class_weights == pytest.approx({"negative": 1.5, "positive": 0.75})
+    assert out.labels == ["negative", "positive"]
+    check_reported_metrics(out, out.labels)
+    assert out.summary.startswith("accuracy ")
     for key in ("confusion_matrix", "per_class_csv", "learning_curves", "predictions_sample"):
-        assert os.path.getsize(out["paths"]["reports"][key]) > 0
-    with open(out["paths"]["reports"]["per_class_json"], encoding="utf-8") as fh:
+        assert os.path.getsize(out.paths.reports[key]) > 0
+    with open(out.paths.reports["per_class_json"], encoding="utf-8") as fh:
         assert sum(v["support"] for v in json.load(fh).values()) == 48
     with open(tmp_path / "run" / "model" / "eval_history.jsonl", encoding="utf-8") as fh:
         assert [json.loads(line)["step"] for line in fh] == [60, 120, 180, 240]  # eval_every=60
-    assert os.path.exists(os.path.join(out["paths"]["saved_model"], "saved_model.pb"))
+    # The export stage rebuilds the model from the result alone and checks the SavedModel answers like it.
+    saved_model = export_finetuned(out.export, str(tmp_path / "export"))
+    assert os.path.exists(os.path.join(saved_model, "saved_model.pb"))
 
 
 def test_pair_classification_uses_both_segments(tmp_path, data_dir):
@@ -91,9 +94,9 @@ def test_pair_classification_uses_both_segments(tmp_path, data_dir):
     assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:3])
     # The three SNLI pairs share text_a: only text_b (segment B) tells them apart, so
     # fitting all three means the model reads the second segment.
-    assert out["metrics"]["accuracy"] == 1.0
+    assert out.metrics["accuracy"] == 1.0
     check_reported_metrics(out, ["contradiction", "entailment", "neutral"])
-    with open(out["paths"]["reports"]["predictions_sample"], encoding="utf-8") as fh:
+    with open(out.paths.reports["predictions_sample"], encoding="utf-8") as fh:
         assert all(r["text_b"] for r in map(json.loads, fh))
 
 
@@ -106,23 +109,23 @@ def test_extractive_qa_on_squad_sample(tmp_path, data_dir):
     out = finetune(tmp_path, task, vocab)
     loss = losses(tmp_path / "run")
     assert np.mean(loss[-3:]) < 0.5 * np.mean(loss[:3])
-    assert out["eval_records"] > 5  # more windows than questions
-    with open(out["paths"]["reports"]["predictions_sample"], encoding="utf-8") as fh:
+    assert out.records["eval"] > 5  # more windows than questions
+    with open(out.paths.reports["predictions_sample"], encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     assert len(rows) == 5
     from bert_keras.metrics import score_answer
 
     em = [score_answer(r["predicted"], r["answers"])[0] for r in rows]
     f1 = [score_answer(r["predicted"], r["answers"])[1] for r in rows]
-    assert out["metrics"]["exact_match"] == pytest.approx(100 * np.mean(em))
-    assert out["metrics"]["f1"] == pytest.approx(100 * np.mean(f1))
-    assert out["metrics"]["f1"] >= 60.0  # trained on these very questions
+    assert out.metrics["exact_match"] == pytest.approx(100 * np.mean(em))
+    assert out.metrics["f1"] == pytest.approx(100 * np.mean(f1))
+    assert out.metrics["f1"] >= 60.0  # trained on these very questions
     with open(squad, encoding="utf-8") as fh:
         contexts = [p["context"] for a in json.load(fh)["data"] for p in a["paragraphs"]]
     for r in rows:  # answers are character spans of the original context
         if r["predicted"]:
             assert any(c[r["char_start"]: r["char_start"] + len(r["predicted"])] == r["predicted"] for c in contexts)
-    assert out["summary"].startswith("EM ")
+    assert out.summary.startswith("F1 ")
 
 
 def test_long_document_classification_pools_chunks(tmp_path, data_dir):
@@ -142,4 +145,4 @@ def test_long_document_classification_pools_chunks(tmp_path, data_dir):
     assert manifest["counts"]["chunks"] > 2 * manifest["counts"]["examples"]  # really several chunks each
     loss = losses(tmp_path / "run")
     assert np.mean(loss[-10:]) < 0.75 * np.mean(loss[:10])
-    check_reported_metrics(out, out["labels"])
+    check_reported_metrics(out, out.labels)

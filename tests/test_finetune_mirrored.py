@@ -22,9 +22,9 @@ from pipeline.contract.config import ModelConfig, task_config
 task = task_config(**json.loads(sys.argv[1]))
 model = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
 out = train_task(task, model, sys.argv[2], json.loads(sys.argv[3]), None, sys.argv[4], 0)
-print("RESULT " + json.dumps({"strategy": out["strategy"], "precision": out["precision"],
-                              "batch": out["global_batch_size"], "metrics": out["eval"].metrics,
-                              "losses": [h["loss"] for h in out["history"]]}))
+print("RESULT " + json.dumps({"strategy": out.strategy, "precision": out.precision,
+                              "batch": out.global_batch_size, "metrics": out.eval.metrics,
+                              "losses": [h["loss"] for h in out.history]}))
 """
 
 

@@ -104,9 +104,9 @@ def test_compare_random_init_reports_both(tmp_path, data_dir, vocab):
     task = task_config(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=2,
                       compare_random_init=True, **FAST)
     out = run_finetune("nli", task, TINY, vocab, True, prepare(tmp_path, task, vocab), path, str(tmp_path / "run"), 0)
-    assert out["starting_weights"] == f"encoder weights from {path}"
-    assert set(out["random_init"]["metrics"]) == set(out["metrics"])
-    assert "(random init: accuracy" in out["summary"]
+    assert out.starting_weights == f"encoder weights from {path}"
+    assert set(out.random_init.metrics) == set(out.metrics)
+    assert "(random init: accuracy" in out.summary
     assert os.path.exists(tmp_path / "run" / "random_init" / "history.jsonl")
 
 
@@ -120,16 +120,16 @@ def test_early_stopping_keeps_the_best_weights_and_a_rerun_does_not_train_again(
                       warmup_steps=0, **FAST)
     dirs = prepare(tmp_path, task, vocab)
     out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
-    assert out["stopped_early"] and out["final_step"] == 4 and out["best_step"] == 2
+    assert out.stopped_early and out.final_step == 4 and out.best_step == 2
     with open(tmp_path / "run" / "eval_history.jsonl", encoding="utf-8") as fh:
         evals = [json.loads(line) for line in fh]
-    assert [e["step"] for e in evals] == [2, 4] == [e["step"] for e in out["evals"]]
-    assert out["eval"].metrics["loss"] == pytest.approx(evals[0]["loss"])
+    assert [e["step"] for e in evals] == [2, 4] == [e["step"] for e in out.evals]
+    assert out.eval.metrics["loss"] == pytest.approx(evals[0]["loss"])
     with open(tmp_path / "run" / "best.json", encoding="utf-8") as fh:
         assert json.load(fh)["stopped_at"] == 4
     again = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
-    assert again["final_step"] == 4 and again["train_seconds"] < 1.0
-    assert again["eval"].metrics["loss"] == pytest.approx(out["eval"].metrics["loss"])
+    assert again.final_step == 4 and again.train_seconds < 1.0
+    assert again.eval.metrics["loss"] == pytest.approx(out.eval.metrics["loss"])
 
 
 def test_unknown_best_metric_is_a_one_line_error(data_dir):
@@ -150,10 +150,10 @@ def test_unknown_labels_and_empty_texts_are_counted_skips(tmp_path, data_dir, vo
     out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
     total = {}
     for split in ("train", "eval"):
-        for reason, n in out["skipped"][split].items():
+        for reason, n in out.skipped[split].items():
             total[reason] = total.get(reason, 0) + n
     assert total == {"label_not_in_label_set": 1, "empty_or_missing_text": 3}
-    assert out["train_records"] + out["eval_records"] == 40
+    assert out.records["train"] + out.records["eval"] == 40
 
 
 def test_missing_column_and_single_class_are_one_line_errors(tmp_path, data_dir, vocab):
@@ -185,9 +185,9 @@ def test_qa_answer_not_at_answer_start_is_skipped_and_the_rest_trains(tmp_path, 
     task = task_config(type="qa", train_file=str(path), eval_file=str(path), max_seq_length=64, doc_stride=32,
                       max_query_length=16, batch_size=8, epochs=1, **FAST)
     out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
-    assert out["skipped"]["train"] == {"answer_text_not_at_answer_start": 1}
-    assert out["eval"].metrics["examples"] == 4  # the four good questions are evaluated
-    assert len(out["eval"].rows) == 4 and 0.0 <= out["eval"].metrics["f1"] <= 100.0
+    assert out.skipped["train"] == {"answer_text_not_at_answer_start": 1}
+    assert out.eval.metrics["examples"] == 4  # the four good questions are evaluated
+    assert len(out.eval.rows) == 4 and 0.0 <= out.eval.metrics["f1"] <= 100.0
 
 
 def test_packed_classification_rows_train_and_evaluate_per_instance(tmp_path, data_dir, vocab):
@@ -197,6 +197,6 @@ def test_packed_classification_rows_train_and_evaluate_per_instance(tmp_path, da
     dirs = prepare(tmp_path, task, vocab)
     out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
     # Short reviews share rows: fewer steps per epoch than ceil(records / batch).
-    assert out["steps_per_epoch"] < -(-out["train_records"] // 8)
-    assert out["eval"].metrics["examples"] == out["eval_records"]  # eval is unpacked: one prediction per review
-    assert all(np.isfinite(h["loss"]) for h in out["history"])
+    assert out.steps_per_epoch < -(-out.records["train"] // 8)
+    assert out.eval.metrics["examples"] == out.records["eval"]  # eval is unpacked: one prediction per review
+    assert all(np.isfinite(h["loss"]) for h in out.history)

@@ -54,10 +54,7 @@ def test_the_contract_imports_nothing_else_of_the_project():
 
 @pytest.mark.parametrize("package", ["beam_jobs", "bert_keras"])
 def test_the_libraries_never_import_the_orchestration(package):
-    # bert_keras.finetune still logs its model to MLflow itself (pipeline.mlflow_model);
-    # that moves to the export stage with the task registry, and then this exception goes.
-    allowed = ("pipeline.mlflow_model",) if package == "bert_keras" else ()
-    assert not _offending(package, tuple(m for m in ORCHESTRATION if m not in allowed))
+    assert not _offending(package, ORCHESTRATION)
 
 
 def test_the_model_library_never_imports_the_data_jobs():

@@ -13,6 +13,7 @@ import pytest
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
 from pipeline.contract.config import ModelConfig, task_config
+from pipeline.stages import export_task_model
 from pipeline.tracking import Tracker
 from tests.mlflow_server import free_port, wait_until_up
 
@@ -41,23 +42,28 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(store, "serve-test", str(tmp_path))
-    with tracker.pipeline_run("pipeline", {}), tracker.stage_run("finetune:sentiment", {}) as run_id:
-        out = run_finetune("sentiment", task, TINY, vocab, True, {s: str(tmp_path / "data" / s) for s in ("train", "eval")},
-                           None, str(tmp_path / "run"), 0, tracker=tracker)
-        # A second registration of the same name is a new version.
-        again = tracker.saved_model(out["paths"]["saved_model"], "model", NAME, None, None)
+    with tracker.pipeline_run("pipeline", {}):
+        with tracker.stage_run("finetune:sentiment", {}) as run_id:
+            out = run_finetune("sentiment", task, TINY, vocab, True,
+                               {s: str(tmp_path / "data" / s) for s in ("train", "eval")}, None, str(tmp_path / "run"), 0,
+                               tracker=tracker)
+        # The export stage builds the SavedModel from the finetune stage's record and registers it.
+        with tracker.stage_run("export", {}) as export_run_id:
+            saved_model, registered = export_task_model(out, str(tmp_path / "export" / "sentiment"), tracker)
+            # A second registration of the same name is a new version.
+            again = tracker.saved_model(saved_model, "model", NAME, None, None)
     assert tracker.failures == []
-    assert out["registered_model"]["version"] == 1 and again["version"] == 2
+    assert registered["version"] == 1 and again["version"] == 2
 
-    # MLflow holds the run's metrics, the report artifacts and the model version.
+    # MLflow holds the fine-tuning run's metrics and report artifacts, and the export run's model version.
     client = mlflow.MlflowClient(store)
     run = client.get_run(run_id)
-    assert run.data.metrics["final_accuracy"] == pytest.approx(out["metrics"]["accuracy"])
+    assert run.data.metrics["final_accuracy"] == pytest.approx(out.metrics["accuracy"])
     assert "eval_accuracy" in run.data.metrics and "loss" in run.data.metrics
     reports = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "reports")}
     assert {"confusion_matrix.png", "per_class.json", "per_class.csv", "learning_curves.png",
             "predictions_sample.jsonl"} <= reports
-    assert client.get_model_version(NAME, "1").run_id == run_id
+    assert client.get_model_version(NAME, "1").run_id == export_run_id
     # Logged from code: the model directory holds no pickle to load.
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", tracking_uri=store)
     files = [f for _, _, names in os.walk(local) for f in names]
