@@ -1,4 +1,9 @@
-"""Fine-tuning data: labelled rows -> TFRecords + manifest per split ("train", "eval").
+"""Fine-tuning data: labelled rows -> TFRecords + manifest per split ("train", "dev", "test").
+
+Splits (`beam_jobs.task_splits`): test is `test_file`, or without one `test_fraction`
+of the training file's groups; dev is `dev_fraction` of the training file's groups
+(empty with dev_fraction 0); train is the rest. A group is a `split_field` value, or
+a row; no group straddles two splits.
 
 Plain streaming Python, not Beam: labelled sets are small next to a pretraining
 corpus (the largest here is 8,457 rows), the job reads rows one at a time and
@@ -22,14 +27,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from beam_jobs.instances import stable_int
+from beam_jobs import task_splits
 from bert_keras.tasks import TASKS
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.config import TaskConfig, to_dict
 from pipeline.contract.errors import UserError
 
-SPLITS = ("train", "eval")
+SPLITS = (task_splits.TRAIN, task_splits.DEV, task_splits.TEST)
 BATCH = 512  # rows per tokenizer call
 RECORDS_PER_SHARD = 50_000
 
@@ -37,27 +42,27 @@ RECORDS_PER_SHARD = 50_000
 def read_rows(path: str, task: TaskConfig) -> Iterator[dict]:
     """Rows of a JSONL / CSV / TSV file, or the questions of a SQuAD JSON file."""
     if not os.path.exists(path):
-        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / eval_file")
+        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / test_file")
     return TASKS[task.type].read_rows(path, task)
 
 
-def check_columns(path: str, task: TaskConfig) -> None:
+def check_columns(path: str, task: TaskConfig, split_field: bool = False) -> None:
     first = next(iter(read_rows(path, task)), None)
     if first is None:
         raise UserError(f"fine-tuning file {path} has no rows")
-    missing = [f for f in TASKS[task.type].required_fields(task) if f not in first]
+    wanted = TASKS[task.type].required_fields(task) + ([task.split_field] if split_field and task.split_field else [])
+    missing = [f for f in wanted if f not in first]
     if missing:
         raise UserError(
             f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(first)}): "
-            "set finetune.<task>.text_field / text_b_field / label_field"
+            "set finetune.<task>.text_field / text_b_field / label_field / split_field"
         )
 
 
-def split_of(row: dict, index: int, task: TaskConfig, seed: int) -> str:
-    """'train' or 'eval' for a row of the training file, from a hash of its split key,
-    so rows sharing `split_field` always land on the same side."""
-    key = row.get(task.split_field) if task.split_field else index
-    return "eval" if stable_int(seed, str(key)) % 10_000 < task.eval_fraction * 10_000 else "train"
+def splitter(task: TaskConfig, seed: int) -> task_splits.Splitter:
+    """The split of the training file's rows (a first pass over its group keys)."""
+    keys = (task_splits.group_key(row, i, task.split_field) for i, row in enumerate(read_rows(task.train_file, task)))
+    return task_splits.Splitter(keys, seed, task.dev_fraction, None if task.test_file else task.test_fraction)
 
 
 def char_offsets(text: str, byte_offsets: np.ndarray) -> np.ndarray:
@@ -128,34 +133,40 @@ def prepare_task_data(
     seed: int,
     beam_args: list[str] | None = None,
 ) -> dict[str, schema.DataManifest]:
-    """Write train and eval records for `task` under `out_dir/{train,eval}`; returns their manifests."""
+    """Write train, dev and test records for `task` under `out_dir/{train,dev,test}`; returns their manifests."""
     from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 
     kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
     ids = special_ids(vocab, f"vocab file {vocab_file}")
-    check_columns(task.train_file, task)
-    if task.eval_file:
-        check_columns(task.eval_file, task)
+    check_columns(task.train_file, task, split_field=True)
+    if task.test_file:
+        check_columns(task.test_file, task)
     labels = kind.label_names(task, read_rows(task.train_file, task))
+    split = splitter(task, seed)
     tokenizer = _Pieces(make_tokenizer(vocab, lowercase=lowercase))
-    sources = [("train", task.train_file), ("eval", task.eval_file)] if task.eval_file else [(None, task.train_file)]
     manifests: dict[str, schema.DataManifest] = {}
     with atomic_directory(out_dir) as tmp:
-        writers = {split: _SplitWriter(os.path.join(tmp, split)) for split in SPLITS}
-        pending: dict[str, list[tuple[int, dict]]] = {split: [] for split in SPLITS}
+        writers = {name: _SplitWriter(os.path.join(tmp, name)) for name in SPLITS}
+        pending: dict[str, list[tuple[int, dict]]] = {name: [] for name in SPLITS}
+
+        def add(name: str, index: int, row: dict) -> None:
+            pending[name].append((index, row))
+            if len(pending[name]) >= BATCH:
+                kind.convert(task, pending[name], tokenizer, ids, labels, writers[name])
+                pending[name] = []
+
+        # Example ids number the training file's rows, then the test file's.
         index = 0
-        for fixed_split, path in sources:
-            for row in read_rows(path, task):
-                split = fixed_split or split_of(row, index, task, seed)
-                pending[split].append((index, row))
-                index += 1
-                if len(pending[split]) >= BATCH:
-                    kind.convert(task, pending[split], tokenizer, ids, labels, writers[split])
-                    pending[split] = []
-        for split, rows in pending.items():
-            kind.convert(task, rows, tokenizer, ids, labels, writers[split])
-        for split, w in writers.items():
+        for row in read_rows(task.train_file, task):
+            add(split.split(row, index, task.split_field), index, row)
+            index += 1
+        for row in read_rows(task.test_file, task) if task.test_file else ():
+            add(task_splits.TEST, index, row)
+            index += 1
+        for name, rows in pending.items():
+            kind.convert(task, rows, tokenizer, ids, labels, writers[name])
+        for split_name, w in writers.items():
             w.close()
             manifest = schema.DataManifest(
                 kind=kind.record_kind,
@@ -168,8 +179,9 @@ def prepare_task_data(
                 counts={k: float(v) for k, v in sorted(w.counts.items())},
                 skipped=dict(sorted(w.skipped.items())),
                 labels=labels,
-                config={"task": to_dict(task), "lowercase": lowercase, "seed": seed, "split": split},
+                config={"task": to_dict(task), "lowercase": lowercase, "seed": seed, "split": split_name,
+                        "groups": split.counts[split_name] if split_name != task_splits.TEST or not task.test_file else None},
             )
-            schema.write_manifest(os.path.join(tmp, split), manifest)
-            manifests[split] = manifest
+            schema.write_manifest(os.path.join(tmp, split_name), manifest)
+            manifests[split_name] = manifest
     return manifests

@@ -13,8 +13,6 @@ model selection), `details` (per-class table, confusion matrix) and `rows`
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import weakref
 from collections.abc import Mapping, Sequence
 
@@ -25,7 +23,6 @@ from bert_keras import metrics as M
 from bert_keras.qa_postprocess import best_answers, windows_from_batches
 from bert_keras.task_models import END_LOGITS, LOGITS, START_LOGITS
 from pipeline.contract import schema
-from pipeline.contract.errors import ContractError
 
 
 @dataclasses.dataclass
@@ -109,15 +106,6 @@ def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequen
 
 
 # ---- extractive QA --------------------------------------------------------------
-
-
-def load_examples(data_dir: str) -> dict[int, dict]:
-    """example_id -> source row, from the examples file the data job writes next to a split's records."""
-    path = os.path.join(data_dir, schema.EXAMPLES_NAME)
-    if not os.path.exists(path):
-        raise ContractError(f"{path} not found: rerun the task's data step (bertpipe finetune --force)")
-    with open(path, encoding="utf-8") as fh:
-        return {int(row[schema.EXAMPLE_ID]): row for row in map(json.loads, filter(str.strip, fh))}
 
 
 def _answer_texts(answers) -> list[str]:

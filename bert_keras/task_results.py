@@ -15,14 +15,10 @@ from pipeline.contract.records import Record
 
 
 @dataclasses.dataclass
-class TaskRun:
-    """One fine-tuning run: a start, a seed, trained and evaluated."""
+class RunFacts:
+    """How one fine-tuning run went: what both the in-memory run and its record say."""
 
-    model: Any  # the trained Keras task model, with the chosen weights loaded
-    labels: list[str]
-    eval: Any  # bert_keras.evaluate.EvalResult of the kept weights on the eval split
-    history: list[dict]  # training log lines
-    evals: list[dict]  # every evaluation during training
+    chosen_by: str  # "dev <metric>" or "last step (no dev split)"
     best_step: int | None
     final_step: int
     stopped_early: bool
@@ -32,28 +28,75 @@ class TaskRun:
     precision: str
     strategy: str
     starting_weights: str  # what was loaded, in words
+    class_weights: dict[str, float] | None
+
+
+@dataclasses.dataclass
+class TaskRun(RunFacts):
+    """One fine-tuning run (a start, a seed): trained, its checkpoint chosen on dev, scored once on test."""
+
+    model: Any  # the trained Keras task model, with the chosen weights loaded
+    labels: list[str]
+    dev: Any  # bert_keras.evaluate.EvalResult of the chosen weights on dev; None without a dev split
+    test: Any  # the one evaluation on test, of the chosen weights
+    history: list[dict]  # training log lines
+    evals: list[dict]  # every dev evaluation during training
     records: dict[str, int]  # split -> records
     skipped: dict[str, dict[str, int]]  # split -> reason -> rows
     allow_null: bool  # qa: questions without an answer exist
     chief: bool  # this worker writes files and logs
-    class_weights: dict[str, float] | None
-    examples: dict[int, dict]  # the eval split's example rows, by example_id
 
 
 @dataclasses.dataclass
-class Scores(Record):
-    """Metrics of one start, and where its run chose them."""
+class RunScore(RunFacts, Record):
+    """What one run scored, as written to its run.json (the mark of a finished run)."""
 
-    metrics: dict[str, float]
-    best_step: int | None
-    train_seconds: float
+    start: str  # "main" (the task's init) or "random_init"
+    seed: int
+    dev: dict[str, float]  # the chosen checkpoint on dev; {} without a dev split
+    test: dict[str, float]  # the chosen checkpoint on test, evaluated once
+    details: dict[str, Any]  # test: per-class table, confusion matrix
+    weights: str  # the chosen weights of the task model (.weights.h5)
+    reports: dict[str, str]  # name -> file
+    encoder: dict[str, Any]  # the encoder's architecture (bert_keras.starting_weights.encoder_spec)
+
+    @classmethod
+    def of(cls, run: TaskRun, **fields) -> RunScore:
+        facts = {f.name: getattr(run, f.name) for f in dataclasses.fields(RunFacts)}
+        return cls(**facts, **fields)
+
+
+@dataclasses.dataclass
+class BaselineRun(Record):
+    """One run of a baseline (bert_keras.baselines): its setting chosen on dev, scored once on test."""
+
+    seed: int
+    dev: dict[str, float]
+    test: dict[str, float]
+    chosen_by: str
+    c: float  # TF-IDF + LR: the inverse regularization strength dev chose
+
+
+@dataclasses.dataclass
+class Spread(Record):
+    """One metric over the repeats of a start: mean, sample standard deviation (0 for one run), each run."""
+
+    mean: float
+    std: float
+    runs: list[float]
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        n = len(values)
+        mean = sum(values) / n if n else float("nan")
+        std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+        return cls(mean, std, list(values))
 
 
 @dataclasses.dataclass
 class FinetunePaths(Record):
-    task_weights: str
-    reports: dict[str, str]
-    checkpoints: str
+    reports: dict[str, str]  # the chosen run's reports, copied to <task>/reports/, and the scores of every run
+    runs: str  # <task>/runs/: one directory per start and seed (checkpoints, history, run.json)
 
 
 @dataclasses.dataclass
@@ -76,25 +119,27 @@ class ExportSpec(Record):
 
 @dataclasses.dataclass
 class FinetuneResult(Record):
+    """A task's result: every run of every start, their spread, the chosen run, the summary."""
+
     task: str
     type: str
-    init: str
-    metrics: dict[str, float]  # the main start's, on the eval split
-    details: dict[str, Any]
-    best_step: int | None
-    final_step: int
-    stopped_early: bool
-    train_seconds: float
-    global_batch_size: int
-    precision: str
-    strategy: str
-    starting_weights: str
-    records: dict[str, int]
-    skipped: dict[str, dict[str, int]]
-    class_weights: dict[str, float] | None
+    init: str  # the main start
+    metric: str  # the headline metric: `test` and `dev` below are of it
+    chosen_by: str  # what chose each run's checkpoint and the exported repeat: "dev <metric>" or the last step
+    runs: list[RunScore]  # the main start, one per repeat
+    random_init: list[RunScore]  # with compare_random_init
+    baselines: dict[str, list[BaselineRun]]  # name -> one per repeat
+    test: dict[str, Spread]  # "main", "random_init", each baseline -> headline metric on test
+    dev: dict[str, Spread]
+    chosen_seed: int  # the repeat dev chose: its reports are in paths.reports and it is exported
     labels: list[str]
+    records: dict[str, int]  # split -> records
+    skipped: dict[str, dict[str, int]]
     paths: FinetunePaths
     export: ExportSpec
     summary: str
     wall_seconds: float
-    random_init: Scores | None = None
+
+    @property
+    def chosen(self) -> RunScore:
+        return next(r for r in self.runs if r.seed == self.chosen_seed)

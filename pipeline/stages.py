@@ -200,7 +200,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         return result.to_record()
 
     upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
-    inputs = [p for p in (task.train_file, task.eval_file, checkpoint) if p]
+    inputs = [p for p in (task.train_file, task.test_file, checkpoint) if p]
     section = {
         "task": to_dict(task),
         "model": to_dict(cfg.model),

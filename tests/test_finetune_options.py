@@ -46,7 +46,7 @@ def classifier(encoder):
 
 def prepare(tmp_path, task, vocab):
     prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
-    return {s: str(tmp_path / "data" / s) for s in ("train", "eval")}
+    return {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}
 
 
 # ---- losses and class weights ------------------------------------------------------------
@@ -101,13 +101,14 @@ def test_compare_random_init_reports_both(tmp_path, data_dir, vocab):
     path = str(tmp_path / "encoder.weights.h5")
     build_encoder(TINY, 30522).save_weights(path)
     snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
-    task = task_config(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=2,
+    task = task_config(type="pair", train_file=snli, test_file=snli, max_seq_length=48, batch_size=3, epochs=2,
                       compare_random_init=True, **FAST)
     out = run_finetune("nli", task, TINY, vocab, True, prepare(tmp_path, task, vocab), path, str(tmp_path / "run"), 0)
-    assert out.starting_weights == f"encoder weights from {path}"
-    assert set(out.random_init.metrics) == set(out.metrics)
-    assert "(random init: accuracy" in out.summary
-    assert os.path.exists(tmp_path / "run" / "random_init" / "history.jsonl")
+    assert out.chosen.starting_weights == f"encoder weights from {path}"
+    assert out.random_init[0].starting_weights == "random init"
+    assert set(out.random_init[0].test) == set(out.chosen.test) and set(out.test) == {"main", "random_init", "tfidf"}
+    assert " | random init " in out.summary and " | tfidf " in out.summary
+    assert os.path.exists(tmp_path / "run" / "runs" / "random_init-seed0" / "history.jsonl")
 
 
 # ---- early stopping, best checkpoint, resume -----------------------------------------------
@@ -115,7 +116,7 @@ def test_early_stopping_keeps_the_best_weights_and_a_rerun_does_not_train_again(
     snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
     # A learning rate far below float32 resolution: every evaluation scores the same, so the
     # first is the best, the second is "no improvement" and patience 1 stops training there.
-    task = task_config(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=10,
+    task = task_config(type="pair", train_file=snli, test_file=snli, max_seq_length=48, batch_size=3, epochs=10,
                       eval_every=2, early_stopping_patience=1, best_metric="eval_loss", learning_rate=1e-12,
                       warmup_steps=0, **FAST)
     dirs = prepare(tmp_path, task, vocab)
@@ -124,18 +125,19 @@ def test_early_stopping_keeps_the_best_weights_and_a_rerun_does_not_train_again(
     with open(tmp_path / "run" / "eval_history.jsonl", encoding="utf-8") as fh:
         evals = [json.loads(line) for line in fh]
     assert [e["step"] for e in evals] == [2, 4] == [e["step"] for e in out.evals]
-    assert out.eval.metrics["loss"] == pytest.approx(evals[0]["loss"])
+    assert out.dev.metrics["loss"] == pytest.approx(evals[0]["loss"]) and out.chosen_by == "dev loss"
     with open(tmp_path / "run" / "best.json", encoding="utf-8") as fh:
         assert json.load(fh)["stopped_at"] == 4
     again = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
     assert again.final_step == 4 and again.train_seconds < 1.0
-    assert again.eval.metrics["loss"] == pytest.approx(out.eval.metrics["loss"])
+    assert again.dev.metrics["loss"] == pytest.approx(out.dev.metrics["loss"])
+    assert again.test.metrics["loss"] == pytest.approx(out.test.metrics["loss"])
 
 
 def test_unknown_best_metric_is_a_one_line_error(data_dir):
     snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
     with pytest.raises(ConfigError, match="best_metric 'bleu' is not computed for pair tasks") as err:
-        task_config(type="pair", train_file=snli, eval_file=snli, max_seq_length=48, batch_size=3, epochs=1,
+        task_config(type="pair", train_file=snli, test_file=snli, max_seq_length=48, batch_size=3, epochs=1,
                     best_metric="bleu", **FAST)
     assert "\n" not in str(err.value)
 
@@ -145,15 +147,15 @@ def test_unknown_labels_and_empty_texts_are_counted_skips(tmp_path, data_dir, vo
     rows = reviews(data_dir, 40)
     rows += [{"text": "An odd one.", "label": "neutral"}, {"text": "   ", "label": "positive"},
              {"label": "negative"}, {"text": None, "label": "negative"}]
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), eval_fraction=0.25,
+    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
                       labels=["negative", "positive"], max_seq_length=32, batch_size=8, epochs=1, **FAST)
     out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
     total = {}
-    for split in ("train", "eval"):
+    for split in ("train", "dev", "test"):
         for reason, n in out.skipped[split].items():
             total[reason] = total.get(reason, 0) + n
     assert total == {"label_not_in_label_set": 1, "empty_or_missing_text": 3}
-    assert out.records["train"] + out.records["eval"] == 40
+    assert sum(out.records.values()) == 40
 
 
 def test_missing_column_and_single_class_are_one_line_errors(tmp_path, data_dir, vocab):
@@ -169,7 +171,7 @@ def test_missing_column_and_single_class_are_one_line_errors(tmp_path, data_dir,
         prepare(tmp_path, task, vocab)
     # Every negative row is empty: the data job writes only positives; training refuses in one line.
     rows = [r for r in rows if r["label"] == "positive"] + [{"text": "", "label": "negative"}] * 3
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "r2.jsonl", rows), eval_fraction=0.3,
+    task = task_config(type="classification", train_file=jsonl(tmp_path / "r2.jsonl", rows), test_fraction=0.3,
                       max_seq_length=32, batch_size=4, **FAST)
     with pytest.raises(UserError) as err:
         train_task(task, TINY, vocab, prepare(tmp_path / "b", task, vocab), None, str(tmp_path / "r"), 0)
@@ -182,21 +184,24 @@ def test_qa_answer_not_at_answer_start_is_skipped_and_the_rest_trains(tmp_path, 
     squad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3  # text no longer there
     path = tmp_path / "squad.json"
     path.write_text(json.dumps(squad), encoding="utf-8")
-    task = task_config(type="qa", train_file=str(path), eval_file=str(path), max_seq_length=64, doc_stride=32,
+    task = task_config(type="qa", train_file=str(path), test_file=str(path), max_seq_length=64, doc_stride=32,
                       max_query_length=16, batch_size=8, epochs=1, **FAST)
     out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
-    assert out.skipped["train"] == {"answer_text_not_at_answer_start": 1}
-    assert out.eval.metrics["examples"] == 4  # the four good questions are evaluated
-    assert len(out.eval.rows) == 4 and 0.0 <= out.eval.metrics["f1"] <= 100.0
+    assert out.skipped["test"] == {"answer_text_not_at_answer_start": 1}
+    # The same question is in train or dev (the training file shares out between them), skipped there too.
+    assert sum(out.skipped["train"].values()) + sum(out.skipped["dev"].values()) == 1
+    assert out.test.metrics["examples"] == 4  # the four good questions are evaluated
+    assert len(out.test.rows) == 4 and 0.0 <= out.test.metrics["f1"] <= 100.0
 
 
 def test_packed_classification_rows_train_and_evaluate_per_instance(tmp_path, data_dir, vocab):
     rows = reviews(data_dir, 64)
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), eval_fraction=0.25,
+    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
                       max_seq_length=64, batch_size=8, epochs=1, packing=True, pack_max_instances=4, **FAST)
     dirs = prepare(tmp_path, task, vocab)
     out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)
     # Short reviews share rows: fewer steps per epoch than ceil(records / batch).
     assert out.steps_per_epoch < -(-out.records["train"] // 8)
-    assert out.eval.metrics["examples"] == out.records["eval"]  # eval is unpacked: one prediction per review
+    assert out.test.metrics["examples"] == out.records["test"]  # evaluation is unpacked: one prediction per review
+    assert out.dev.metrics["examples"] == out.records["dev"]
     assert all(np.isfinite(h["loss"]) for h in out.history)

@@ -38,14 +38,14 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     train = tmp_path / "reviews.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     task = task_config(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
-                      precision="float32", register_name=NAME, log_every=2)
+                      precision="float32", register_name=NAME, log_every=2)  # test and dev carved from the file
     prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(store, "serve-test", str(tmp_path))
     with tracker.pipeline_run("pipeline", {}):
         with tracker.stage_run("finetune:sentiment", {}) as run_id:
             out = run_finetune("sentiment", task, TINY, vocab, True,
-                               {s: str(tmp_path / "data" / s) for s in ("train", "eval")}, None, str(tmp_path / "run"), 0,
+                               {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}, None, str(tmp_path / "run"), 0,
                                tracker=tracker)
         # The export stage builds the SavedModel from the finetune stage's record and registers it.
         with tracker.stage_run("export", {}) as export_run_id:
@@ -55,14 +55,19 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     assert tracker.failures == []
     assert registered["version"] == 1 and again["version"] == 2
 
-    # MLflow holds the fine-tuning run's metrics and report artifacts, and the export run's model version.
+    # MLflow holds the fine-tuning run's metrics (dev and test apart, the TF-IDF baseline beside) and
+    # report artifacts, and the export run's model version.
     client = mlflow.MlflowClient(store)
     run = client.get_run(run_id)
-    assert run.data.metrics["final_accuracy"] == pytest.approx(out.metrics["accuracy"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(out.chosen.test["accuracy"])
+    assert run.data.metrics["dev_accuracy"] == pytest.approx(out.chosen.dev["accuracy"])
+    assert run.data.metrics["test_accuracy_mean"] == pytest.approx(out.test["main"].mean)
+    assert run.data.metrics["tfidf.test_accuracy"] == pytest.approx(out.baselines["tfidf"][0].test["accuracy"])
+    assert run.data.tags["bertpipe.summary"] == out.summary and run.data.tags["bertpipe.chosen_by"] == "dev accuracy"
     assert "eval_accuracy" in run.data.metrics and "loss" in run.data.metrics
     reports = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "reports")}
     assert {"confusion_matrix.png", "per_class.json", "per_class.csv", "learning_curves.png",
-            "predictions_sample.jsonl"} <= reports
+            "predictions_sample.jsonl", "scores.json", "runs.csv"} <= reports
     assert client.get_model_version(NAME, "1").run_id == export_run_id
     # Logged from code: the model directory holds no pickle to load.
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", tracking_uri=store)

@@ -9,7 +9,7 @@ pipeline asks it for everything that differs between types and does the rest its
 | data        | `read_rows`, `required_fields`, `label_names`, `convert` | the data job (numpy, no TF) |
 | model, loss | `build_model`, `loss`                                  | training                      |
 | evaluation  | `evaluate`, `headline` (`config.METRICS` to choose by)  | training                      |
-| reports     | `write_reports`                                        | the finetune stage            |
+| reports     | `write_reports` (of one run: test, and dev apart)      | the finetune stage            |
 | export      | `input_names`, `export_options`, `serving_fn`, `input_example` | the export stage      |
 | baselines   | `baseline_input` (None: the type has none)             | the finetune stage            |
 
@@ -29,8 +29,9 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
+from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_write_text
-from pipeline.contract.errors import UserError
+from pipeline.contract.errors import ContractError, UserError
 from pipeline.contract.task_config import TaskConfig
 
 
@@ -78,6 +79,15 @@ def read_table(path: str) -> Iterator[dict]:
                     yield json.loads(line)
                 except ValueError:
                     raise UserError(f"{path} line {n} is not valid JSON: fix or remove that line") from None
+
+
+def load_examples(data_dir: str) -> dict[int, dict]:
+    """example_id -> source row, from the examples file the data job writes next to a split's records."""
+    path = os.path.join(data_dir, schema.EXAMPLES_NAME)
+    if not os.path.exists(path):
+        raise ContractError(f"{path} not found: rerun the task's data step (bertpipe finetune --force)")
+    with open(path, encoding="utf-8") as fh:
+        return {int(row[schema.EXAMPLE_ID]): row for row in map(json.loads, filter(str.strip, fh))}
 
 
 def pad(values: Sequence[int] | np.ndarray, length: int) -> np.ndarray:
@@ -137,13 +147,14 @@ class TaskType:
         raise NotImplementedError
 
     # ---- reports -----------------------------------------------------------------------------
-    def write_reports(self, result, history: list[dict], evals: list[dict], labels: list[str],
+    def write_reports(self, test, dev, history: list[dict], evals: list[dict], labels: list[str],
                       directory: str) -> dict[str, str]:
-        """Learning curves, a predictions sample and the metrics of `result` (an EvalResult) in `directory`."""
+        """One run's reports in `directory`: learning curves (training loss, dev evaluations), the test
+        predictions sample and, per type, more on test (`_reports`); test and dev metrics (EvalResults) apart."""
         from bert_keras import reports
 
         os.makedirs(directory, exist_ok=True)
-        paths = self._reports(result, labels, directory)
+        paths = self._reports(test, labels, directory)
         keys = [key for key, _ in self.headline]
         if self.percent:  # percent -> 0..1, so the curves share one axis with accuracy-like metrics
             evals = [{**r, **{k: r[k] / 100 for k in keys if k in r}} for r in evals]
@@ -151,9 +162,11 @@ class TaskType:
         if curves:
             paths["learning_curves"] = curves
         paths["predictions_sample"] = reports.write_predictions_sample(
-            result.rows, os.path.join(directory, "predictions_sample.jsonl"))
-        paths["eval_metrics"] = os.path.join(directory, "eval_metrics.json")
-        atomic_write_text(paths["eval_metrics"], json.dumps(result.metrics, indent=2) + "\n")
+            test.rows, os.path.join(directory, "predictions_sample.jsonl"))
+        for split, result in (("test", test), ("dev", dev)):
+            if result is not None:
+                paths[f"{split}_metrics"] = os.path.join(directory, f"{split}_metrics.json")
+                atomic_write_text(paths[f"{split}_metrics"], json.dumps(result.metrics, indent=2) + "\n")
         return paths
 
     def _reports(self, result, labels: list[str], directory: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from pipeline.contract.task_config import (  # noqa: F401  (re-exported: the con
     TASK_CONFIGS,
     AnyTaskConfig,
     ClassificationTaskConfig,
+    ConfigNote,
     LongDocumentTaskConfig,
     PairTaskConfig,
     QATaskConfig,
@@ -189,7 +190,7 @@ _INPUT_PATHS = {
     ("prepare", "lexicon"),
     ("model", "init_from"),
 }
-_TASK_INPUT_PATHS = ("train_file", "eval_file")
+_TASK_INPUT_PATHS = ("train_file", "test_file", "eval_file")
 
 
 def _resolve(path: str, base: str) -> str:
