@@ -25,7 +25,7 @@ longest row (`bert_keras.export_inputs`), so short texts do not pay for padding.
 Contract with the task models (`bert_keras.task_models`): `task_model.encoder` is the
 `BertEncoder`; `task_model(features, training=False)` takes the batch dict named
 by `pipeline.contract.schema` and returns a dict of logits: classification / pair:
-"logits" (batch, classes) or (batch, 1, classes); qa: "start_logits" and "end_logits",
+"logits" (batch, classes) or (batch, 1, classes), or those logits alone; qa: "start_logits" and "end_logits",
 each (batch, seq); long_document: features shaped (batch, chunks, seq) plus
 CHUNK_MASK (batch, chunks) -> "logits" (batch, classes).
 
@@ -65,7 +65,8 @@ _STRINGS = tf.TensorSpec([None], tf.string)
 
 
 def classification_logits(outputs):
-    logits = tf.cast(outputs["logits"], tf.float32)
+    """The model's class logits: its "logits" output, or the output itself (a hand-built head, e.g. the benches')."""
+    logits = tf.cast(outputs["logits"] if isinstance(outputs, dict) else outputs, tf.float32)
     if logits.shape.rank == 3:  # (batch, instances=1, classes) -> (batch, classes)
         logits = logits[:, 0]
     return logits
