@@ -1,4 +1,9 @@
-"""Fine-tuning data: labelled rows -> TFRecords + manifest per split ("train", "eval").
+"""Fine-tuning data: labelled rows -> TFRecords + manifest per split ("train", "dev", "test").
+
+Splits (`beam_jobs.task_splits`): test is `test_file`, or without one `test_fraction`
+of the training file's groups; dev is `dev_fraction` of the training file's groups
+(empty with dev_fraction 0); train is the rest. A group is a `split_field` value, or
+a row; no group straddles two splits.
 
 Plain streaming Python, not Beam: labelled sets are small next to a pretraining
 corpus (the largest here is 8,457 rows), the job reads rows one at a time and
@@ -6,30 +11,30 @@ tokenizes them in batches of `BATCH` with the one FastBertTokenizer, so memory
 stays flat, and it starts in well under a second where a Beam pipeline needs
 several. (`beam_args` is accepted for a uniform stage interface.)
 
-Outputs, under `out_dir/<split>/`: `data-NNNNN.tfrecord` shards, `manifest.json`,
-and for QA `examples.jsonl` (id, question, context, answers) so predicted
-token spans can be mapped back to text via the records' char offsets.
-Task types are in `finetune_examples` (pure functions); this module reads,
-splits and writes.
+Outputs, under `out_dir/<split>/`: `data-NNNNN.tfrecord` shards, `manifest.json`
+and `examples.jsonl` (schema.EXAMPLES_NAME: each example's id and source text, and
+for QA its question, context and answers, so predicted spans map back to text).
+What a row becomes is its task type's business (`bert_keras.tasks`, pure numpy);
+this module reads, splits, tokenizes and writes.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 
-from beam_jobs import finetune_examples as fx
-from beam_jobs.instances import stable_int
-from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+import numpy as np
+
+from beam_jobs import task_splits
+from bert_keras.tasks import TASKS
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.config import TaskConfig, to_dict
 from pipeline.contract.errors import UserError
 
-SPLITS = ("train", "eval")
+SPLITS = (task_splits.TRAIN, task_splits.DEV, task_splits.TEST)
 BATCH = 512  # rows per tokenizer call
 RECORDS_PER_SHARD = 50_000
 
@@ -37,62 +42,54 @@ RECORDS_PER_SHARD = 50_000
 def read_rows(path: str, task: TaskConfig) -> Iterator[dict]:
     """Rows of a JSONL / CSV / TSV file, or the questions of a SQuAD JSON file."""
     if not os.path.exists(path):
-        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / eval_file")
-    if task.type == "qa":
-        yield from fx.squad_rows(path)
-        return
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        if path.endswith((".csv", ".tsv")):
-            reader = csv.DictReader(fh, delimiter="\t" if path.endswith(".tsv") else ",")
-            yield from reader
-            return
-        for n, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise UserError(f"{path} line {n} is not valid JSON: fix or remove that line") from None
+        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / test_file")
+    return TASKS[task.type].read_rows(path, task)
 
 
-def required_fields(task: TaskConfig) -> list[str]:
-    if task.type == "qa":
-        return []
-    fields = [task.text_field, task.label_field]
-    return fields + ([task.text_b_field] if task.type == "pair" else [])
-
-
-def check_columns(path: str, task: TaskConfig) -> None:
+def check_columns(path: str, task: TaskConfig, split_field: bool = False) -> None:
     first = next(iter(read_rows(path, task)), None)
     if first is None:
         raise UserError(f"fine-tuning file {path} has no rows")
-    missing = [f for f in required_fields(task) if f not in first]
+    wanted = TASKS[task.type].required_fields(task) + ([task.split_field] if split_field and task.split_field else [])
+    missing = [f for f in wanted if f not in first]
     if missing:
         raise UserError(
             f"{path} has no column {', '.join(map(repr, missing))} (columns: {', '.join(first)}): "
-            "set finetune.<task>.text_field / text_b_field / label_field"
+            "set finetune.<task>.text_field / text_b_field / label_field / split_field"
         )
 
 
-def label_names(task: TaskConfig) -> list[str]:
-    """Labels in id order: from the config, else the sorted distinct training labels."""
-    if task.type == "qa":
-        return []
-    seen = Counter(str(r.get(task.label_field)) for r in read_rows(task.train_file, task) if task.label_field in r)
-    labels = list(task.labels) if task.labels else sorted(seen)
-    present = [lab for lab in labels if seen.get(lab)]
-    if len(present) < 2:
-        raise UserError(
-            f"{task.train_file}: column {task.label_field!r} holds only {present or 'no'} of the labels {labels}: "
-            "a classifier needs at least two classes in its training data"
-        )
-    return labels
+def splitter(task: TaskConfig, seed: int) -> task_splits.Splitter:
+    """The split of the training file's rows (a first pass over its group keys)."""
+    keys = (task_splits.group_key(row, i, task.split_field) for i, row in enumerate(read_rows(task.train_file, task)))
+    return task_splits.Splitter(keys, seed, task.dev_fraction, None if task.test_file else task.test_fraction)
 
 
-def split_of(row: dict, index: int, task: TaskConfig, seed: int) -> str:
-    """'train' or 'eval' for a row of the training file, from a hash of its split key,
-    so rows sharing `split_field` always land on the same side."""
-    key = row.get(task.split_field) if task.split_field else index
-    return "eval" if stable_int(seed, str(key)) % 10_000 < task.eval_fraction * 10_000 else "train"
+def char_offsets(text: str, byte_offsets: np.ndarray) -> np.ndarray:
+    """Byte offsets into UTF-8 `text` -> char offsets (the tokenizer reports bytes)."""
+    cum = np.cumsum([0] + [len(ch.encode("utf-8")) for ch in text])
+    return np.searchsorted(cum, byte_offsets, side="left")
+
+
+class _Pieces:
+    """The run's tokenizer (bert_keras.tokenizer) as the task conversions take it: numpy ids, char offsets."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def pieces(self, texts: list[str]) -> list[np.ndarray]:
+        if not texts:
+            return []
+        ragged = self.tok.tokenize(texts)  # (batch, pieces) ragged
+        flat, splits = ragged.flat_values.numpy(), ragged.row_splits.numpy()
+        return [flat[splits[i] : splits[i + 1]] for i in range(len(texts))]
+
+    def pieces_with_offsets(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if not texts:
+            return []
+        ragged, starts, ends = self.tok.tokenize_with_offsets(texts)  # byte offsets
+        return [(ragged[i].numpy(), char_offsets(t, starts[i].numpy()), char_offsets(t, ends[i].numpy()))
+                for i, t in enumerate(texts)]
 
 
 class _SplitWriter:
@@ -105,7 +102,7 @@ class _SplitWriter:
         os.makedirs(directory, exist_ok=True)
         self.shards: dict[str, int] = {}
         self._writer, self._name = None, ""
-        self.examples = open(os.path.join(directory, fx.EXAMPLES_NAME), "w", encoding="utf-8")
+        self._examples = open(os.path.join(directory, schema.EXAMPLES_NAME), "w", encoding="utf-8")
         self.counts: Counter = Counter()
         self.skipped: Counter = Counter()
 
@@ -119,10 +116,13 @@ class _SplitWriter:
         self._writer.write(record)
         self.shards[self._name] += 1
 
+    def example(self, row: dict) -> None:
+        self._examples.write(json.dumps(row, ensure_ascii=False) + "\n")
+
     def close(self) -> None:
         if self._writer:
             self._writer.close()
-        self.examples.close()
+        self._examples.close()
 
 
 def prepare_task_data(
@@ -133,44 +133,55 @@ def prepare_task_data(
     seed: int,
     beam_args: list[str] | None = None,
 ) -> dict[str, schema.DataManifest]:
-    """Write train and eval records for `task` under `out_dir/{train,eval}`; returns their manifests."""
+    """Write train, dev and test records for `task` under `out_dir/{train,dev,test}`; returns their manifests."""
+    from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+
+    kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
     ids = special_ids(vocab, f"vocab file {vocab_file}")
-    check_columns(task.train_file, task)
-    if task.eval_file:
-        check_columns(task.eval_file, task)
-    labels = label_names(task)
-    builder = fx.ExampleBuilder(task, make_tokenizer(vocab, lowercase=lowercase), ids, labels)
-    sources = [("train", task.train_file), ("eval", task.eval_file)] if task.eval_file else [(None, task.train_file)]
+    check_columns(task.train_file, task, split_field=True)
+    if task.test_file:
+        check_columns(task.test_file, task)
+    labels = kind.label_names(task, read_rows(task.train_file, task))
+    split = splitter(task, seed)
+    tokenizer = _Pieces(make_tokenizer(vocab, lowercase=lowercase))
     manifests: dict[str, schema.DataManifest] = {}
     with atomic_directory(out_dir) as tmp:
-        writers = {split: _SplitWriter(os.path.join(tmp, split)) for split in SPLITS}
+        writers = {name: _SplitWriter(os.path.join(tmp, name)) for name in SPLITS}
+        pending: dict[str, list[tuple[int, dict]]] = {name: [] for name in SPLITS}
+
+        def add(name: str, index: int, row: dict) -> None:
+            pending[name].append((index, row))
+            if len(pending[name]) >= BATCH:
+                kind.convert(task, pending[name], tokenizer, ids, labels, writers[name])
+                pending[name] = []
+
+        # Example ids number the training file's rows, then the test file's.
         index = 0
-        for fixed_split, path in sources:
-            batch: list[tuple[str, int, dict]] = []
-            for row in read_rows(path, task):
-                split = fixed_split or split_of(row, index, task, seed)
-                batch.append((split, index, row))
-                index += 1
-                if len(batch) >= BATCH:
-                    builder.write(batch, writers)
-                    batch = []
-            builder.write(batch, writers)
-        for split, w in writers.items():
+        for row in read_rows(task.train_file, task):
+            add(split.split(row, index, task.split_field), index, row)
+            index += 1
+        for row in read_rows(task.test_file, task) if task.test_file else ():
+            add(task_splits.TEST, index, row)
+            index += 1
+        for name, rows in pending.items():
+            kind.convert(task, rows, tokenizer, ids, labels, writers[name])
+        for split_name, w in writers.items():
             w.close()
             manifest = schema.DataManifest(
-                kind=fx.KINDS[task.type],
+                kind=kind.record_kind,
                 seq_length=task.max_seq_length,
                 vocab_file=vocab_file,
                 vocab_sha256=schema.file_sha256(vocab_file),
                 vocab_size=len(vocab),
                 shards=dict(w.shards),
-                max_chunks=task.max_chunks if task.type == "long_document" else 0,
+                max_chunks=kind.max_chunks(task),
                 counts={k: float(v) for k, v in sorted(w.counts.items())},
                 skipped=dict(sorted(w.skipped.items())),
                 labels=labels,
-                config={"task": to_dict(task), "lowercase": lowercase, "seed": seed, "split": split},
+                config={"task": to_dict(task), "lowercase": lowercase, "seed": seed, "split": split_name,
+                        "groups": split.counts[split_name] if split_name != task_splits.TEST or not task.test_file else None},
             )
-            schema.write_manifest(os.path.join(tmp, split), manifest)
-            manifests[split] = manifest
+            schema.write_manifest(os.path.join(tmp, split_name), manifest)
+            manifests[split_name] = manifest
     return manifests

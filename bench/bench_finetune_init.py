@@ -36,7 +36,9 @@ def main() -> None:
     for task in ("minilm", "random"):
         with open(os.path.join(work, "finetune", task, "stage.json"), encoding="utf-8") as fh:
             out = json.load(fh)["outputs"]
-        rows[task] = (out["metrics"]["accuracy"], out["train_seconds"])
+        # Test accuracy of the run dev chose (finetune_result: FinetuneResult's record).
+        chosen = next(r for r in out["runs"] if r["seed"] == out["chosen_seed"])
+        rows[task] = (chosen["test"]["accuracy"], chosen["train_seconds"])
     print(f"\n{'start':<26}{'test accuracy':>14}{'train s':>10}")
     print(f"{'all-MiniLM-L6-v2 (hf:)':<26}{rows['minilm'][0]:>14.2%}{rows['minilm'][1]:>10.0f}")
     print(f"{'random init 4x256':<26}{rows['random'][0]:>14.2%}{rows['random'][1]:>10.0f}")

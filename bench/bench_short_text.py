@@ -71,7 +71,7 @@ def bertpipe(train, test, epochs: int, seed: int):
     from bert_keras.encoder import build_encoder
     from bert_keras.optimization import build_optimizer
     from bert_keras.packing import pack_window
-    from bert_keras.tasks import SequenceClassifier, classification_loss
+    from bert_keras.task_models import SequenceClassifier, classification_loss
     from bert_keras.trainer import LoopSettings, Trainer
 
     rng = np.random.default_rng(seed)

@@ -13,8 +13,6 @@ model selection), `details` (per-class table, confusion matrix) and `rows`
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import weakref
 from collections.abc import Mapping, Sequence
 
@@ -23,11 +21,8 @@ import tensorflow as tf
 
 from bert_keras import metrics as M
 from bert_keras.qa_postprocess import best_answers, windows_from_batches
-from bert_keras.tasks import END_LOGITS, LOGITS, START_LOGITS
+from bert_keras.task_models import END_LOGITS, LOGITS, START_LOGITS
 from pipeline.contract import schema
-from pipeline.contract.errors import ContractError
-
-QA_EXAMPLES = "examples.jsonl"  # beam_jobs.finetune_examples.EXAMPLES_NAME, next to the QA records
 
 
 @dataclasses.dataclass
@@ -74,8 +69,12 @@ def detokenize(ids: np.ndarray, vocab: Sequence[str]) -> str:
     return " ".join(out).replace(" [SEP]", " |").removesuffix(" |")
 
 
-def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequence[str]) -> EvalResult:
-    """Classification, pairs and long documents: one prediction per real instance."""
+def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequence[str],
+                            examples: Mapping[int, dict] | None = None) -> EvalResult:
+    """Classification, pairs and long documents: one prediction per real instance.
+
+    `examples` (example_id -> source row) gives the predictions their original text;
+    without it, the text is the wordpieces, detokenized."""
     got = collect(model, dataset, (schema.LABEL, schema.EXAMPLE_ID, schema.TOKEN_IDS, schema.CLS_WEIGHTS))
     logits = got[LOGITS]
     if logits.ndim == 2:  # long documents: (rows, classes) -> (rows, 1, classes)
@@ -93,12 +92,15 @@ def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequen
         token_ids = token_ids[:, 0]
     example_ids = got[schema.EXAMPLE_ID][real] if schema.EXAMPLE_ID in got else np.full(len(gold), -1)
     rows_of_real = np.nonzero(real)[0]  # the record each instance came from (unpacked eval: one each)
-    rows = [
-        {schema.EXAMPLE_ID: int(example_ids[i]), "text": detokenize(token_ids[rows_of_real[i]], vocab),
-         schema.LABEL: labels[int(gold[i])], "predicted": labels[int(pred[i])],
-         "confidence": round(float(probs[i, pred[i]]), 4), "correct": bool(gold[i] == pred[i])}
-        for i in range(len(gold))
-    ]
+    examples = examples or {}
+    rows = []
+    for i in range(len(gold)):
+        source = examples.get(int(example_ids[i]))
+        text = {"text": detokenize(token_ids[rows_of_real[i]], vocab)} if source is None else {
+            k: v for k, v in source.items() if k not in (schema.EXAMPLE_ID, "label")}
+        rows.append({schema.EXAMPLE_ID: int(example_ids[i]), **text, schema.LABEL: labels[int(gold[i])],
+                     "predicted": labels[int(pred[i])], "confidence": round(float(probs[i, pred[i]]), 4),
+                     "correct": bool(gold[i] == pred[i])})
     details = {"per_class": scores["per_class"], "confusion_matrix": scores["confusion_matrix"], "labels": list(labels)}
     return EvalResult(metrics, details, rows)
 
@@ -106,20 +108,8 @@ def evaluate_classification(model, dataset, labels: Sequence[str], vocab: Sequen
 # ---- extractive QA --------------------------------------------------------------
 
 
-def load_qa_examples(data_dir: str) -> dict[int, dict]:
-    """example_id -> {"id", "question", "context", "answers": [text, ...]} from the data job's file."""
-    path = os.path.join(data_dir, QA_EXAMPLES)
-    if not os.path.exists(path):
-        raise ContractError(f"{path} not found: QA evaluation needs the examples file the QA data job writes")
-    examples = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            answers = [a["text"] if isinstance(a, Mapping) else str(a) for a in row.get("answers") or []]
-            examples[int(row.get(schema.EXAMPLE_ID, n))] = {**row, "answers": answers}
-    return examples
+def _answer_texts(answers) -> list[str]:
+    return [a["text"] if isinstance(a, Mapping) else str(a) for a in answers or []]
 
 
 def evaluate_qa(model, dataset, examples: Mapping[int, dict], allow_null: bool) -> EvalResult:
@@ -133,6 +123,7 @@ def evaluate_qa(model, dataset, examples: Mapping[int, dict], allow_null: bool) 
         return -log_p[np.arange(len(target)), target]
 
     loss = float(np.mean((ce(start, got[schema.START_POSITION][:, 0]) + ce(end, got[schema.END_POSITION][:, 0])) / 2))
+    examples = {eid: {**ex, "answers": _answer_texts(ex.get("answers"))} for eid, ex in examples.items()}
     windows = windows_from_batches([{**got, START_LOGITS: start, END_LOGITS: end}])
     contexts = {eid: ex["context"] for eid, ex in examples.items()}
     answers = best_answers(windows, contexts, allow_null=allow_null)

@@ -9,25 +9,25 @@ its logits. A client needs only tensorflow and tensorflow_text:
     m.signatures["serving_default"](text=tf.constant(["great film"]))
         # {"label": [b"positive"], "label_id": [1], "probabilities": [[0.1, 0.9]]}
 
-Signatures per task type (inputs -> outputs, every input a (batch,) string):
-    classification  serving_default(text)             -> label, label_id, probabilities
-    pair            serving_default(text_a, text_b), pair(text_a, text_b) -> same
+Signatures (inputs -> outputs, every input a (batch,) string): serving_default is the
+task type's (`bert_keras.tasks`: its `input_names` and `serving_fn`), e.g.
+    classification, long_document  serving_default(text) -> label, label_id, probabilities
+    pair            serving_default(text_a, text_b), also as `pair` -> the same
     qa              serving_default(question, context) -> answer, score, start_char, end_char
-    long_document   serving_default(text)             -> label, label_id, probabilities
-    every type      embed(text) -> pooled, mean_pooled;  serve_examples(serialized) -> as serving_default;
-                    tokenize(text) -> token_ids, segment_ids, padding_mask (the packed model input, to
-                    check serving against training data)
+and every type has embed(text) -> pooled, mean_pooled; serve_examples(serialized) -> as
+serving_default; tokenize(text) -> token_ids, segment_ids, padding_mask (the packed
+model input, to check serving against training data).
 
 Rows are padded to the longest row of the batch (never above max_seq_length),
 and batches of 16 or more run as length-sorted slices, each cut to its own
 longest row (`bert_keras.export_inputs`), so short texts do not pay for padding.
 
-Contract with the task models (`bert_keras.tasks`): `task_model.encoder` is the
+Contract with the task models (`bert_keras.task_models`): `task_model.encoder` is the
 `BertEncoder`; `task_model(features, training=False)` takes the batch dict named
-by `pipeline.contract.schema` and returns logits, a tuple, or a dict holding them:
-classification / pair: (batch, classes) or (batch, 1, classes) logits;
-qa: start and end logits, each (batch, seq); long_document: features shaped
-(batch, chunks, seq) plus CHUNK_MASK (batch, chunks) -> (batch, classes).
+by `pipeline.contract.schema` and returns a dict of logits: classification / pair:
+"logits" (batch, classes) or (batch, 1, classes), or those logits alone; qa: "start_logits" and "end_logits",
+each (batch, seq); long_document: features shaped (batch, chunks, seq) plus
+CHUNK_MASK (batch, chunks) -> "logits" (batch, classes).
 
 Assets: assets/vocab.txt and assets/labels.txt (tf.saved_model.Asset), and
 assets.extra/bertpipe_export.json (task type, labels, lengths, options,
@@ -46,43 +46,28 @@ import tempfile
 import tensorflow as tf
 
 from bert_keras import compat
-from bert_keras.export_inputs import length_bucketed, pack_segments, sliding_windows
+from bert_keras.export_inputs import length_bucketed, pack_segments
+from bert_keras.tasks import TASKS
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.errors import UserError
-from pipeline.contract.schema import CHUNK_MASK, PADDING_MASK, TOKEN_IDS
+from pipeline.contract.schema import PADDING_MASK
 
-TASK_TYPES = ("classification", "pair", "qa", "long_document")
 EXPORT_INFO = "bertpipe_export.json"  # in assets.extra/
 FORMAT_VERSION = 1
+EMBEDDING = "embedding"  # the encoder alone: serving_default is embed
 
-# Signature inputs: the raw-text fields a client sends (and serve_examples parses).
-TEXT, TEXT_A, TEXT_B, QUESTION, CONTEXT = "text", "text_a", "text_b", "question", "context"
-# Signature outputs.
+# Signature inputs and outputs every export shares (a task type's own are in bert_keras.tasks).
+TEXT = "text"
 LABEL_OUT, LABEL_ID_OUT, PROBABILITIES_OUT = "label", "label_id", "probabilities"
 POOLED_OUT, MEAN_POOLED_OUT = "pooled", "mean_pooled"
 
 _STRINGS = tf.TensorSpec([None], tf.string)
-_OPTIONS = {  # task options each type accepts, with defaults
-    "classification": {},
-    "pair": {},
-    "qa": {"doc_stride": 64, "max_query_length": 32, "max_answer_length": 30, "allow_no_answer": False},
-    "long_document": {"doc_stride": 64, "max_chunks": 8},
-}
-
-
-def _first(outputs, *keys):
-    """The first of `keys` in a dict output, or the output itself."""
-    if isinstance(outputs, dict):
-        for key in keys:
-            if key in outputs:
-                return outputs[key]
-        raise UserError(f"the task model returned keys {sorted(outputs)}; export expects one of {', '.join(keys)}")
-    return outputs
 
 
 def classification_logits(outputs):
-    logits = tf.cast(_first(outputs, "logits", "class_logits"), tf.float32)
+    """The model's class logits: its "logits" output, or the output itself (a hand-built head, e.g. the benches')."""
+    logits = tf.cast(outputs["logits"] if isinstance(outputs, dict) else outputs, tf.float32)
     if logits.shape.rank == 3:  # (batch, instances=1, classes) -> (batch, classes)
         logits = logits[:, 0]
     return logits
@@ -90,10 +75,13 @@ def classification_logits(outputs):
 
 # ---- the exported module ---------------------------------------------------------------
 class _Server(tf.Module):
-    """Tokenizer + model + decoding; its tf.functions become the SavedModel's signatures."""
+    """Tokenizer + model + decoding; its tf.functions become the SavedModel's signatures.
+
+    The task type's `serving_fn(server)` builds serving_default from the helpers here
+    (`features`, `logits`, `labelled`) and the attributes (`model`, `tokenizer`,
+    `special`, `max_seq_length`, `options`)."""
 
     def __init__(self, model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets):
-        # task_type is one of TASK_TYPES, or "embedding" (encoder only: serving_default is embed).
         super().__init__(name="bertpipe_server")
         self.model = model
         self.encoder = encoder
@@ -108,18 +96,13 @@ class _Server(tf.Module):
 
         self.embed = tf.function(self._embed, input_signature=[_STRINGS])
         self.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
-        self.input_names = [TEXT_A, TEXT_B] if task_type == "pair" else [QUESTION, CONTEXT] if task_type == "qa" else [TEXT]
-        if task_type == "embedding":
+        if task_type == EMBEDDING:
+            self.input_names, self.aliases = [TEXT], ()
             self.serving_default = self.embed
-        elif task_type == "classification":
-            self.serving_default = tf.function(self._classify, input_signature=[_STRINGS])
-        elif task_type == "pair":
-            self.serving_default = tf.function(self._classify_pair, input_signature=[_STRINGS, _STRINGS])
-            self.pair = self.serving_default
-        elif task_type == "long_document":
-            self.serving_default = tf.function(self._classify_long, input_signature=[_STRINGS])
         else:
-            self.serving_default = tf.function(self._answer, input_signature=[_STRINGS, _STRINGS])
+            kind = TASKS[task_type]
+            self.input_names, self.aliases = list(kind.input_names), kind.signature_aliases
+            self.serving_default = tf.function(kind.serving_fn(self), input_signature=[_STRINGS] * len(kind.input_names))
         self.serve_examples = tf.function(self._serve_examples, input_signature=[_STRINGS])
 
     def signatures(self) -> dict:
@@ -129,55 +112,29 @@ class _Server(tf.Module):
             "tokenize": self.tokenize,
             "serve_examples": self.serve_examples,
         }
-        if self.task_type == "pair":
-            sigs["pair"] = self.pair
+        sigs.update({alias: self.serving_default for alias in self.aliases})
         return {name: fn.get_concrete_function() for name, fn in sigs.items()}
 
-    # -- decoding
-    def _labelled(self, logits):
+    # -- helpers of the task types' serving functions
+    def labelled(self, logits):
         probabilities = tf.nn.softmax(logits, axis=-1)  # (batch, classes)
         label_id = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return {LABEL_OUT: tf.gather(self.labels, label_id), LABEL_ID_OUT: label_id, PROBABILITIES_OUT: probabilities}
 
-    def _features(self, *texts):
+    def features(self, *texts):
         return pack_segments([self.tokenizer.tokenize(t) for t in texts], self.special, self.max_seq_length)
 
-    # -- signatures
-    def _tokenize(self, text):
-        return self._features(text)
-
-    def _logits(self, features):
+    def logits(self, features):
         return classification_logits(self.model(features, training=False))
 
-    def _classify(self, text):
-        return self._labelled(length_bucketed(self._logits, self._features(text)))
+    classification_logits = staticmethod(classification_logits)
 
-    def _classify_pair(self, text_a, text_b):
-        return self._labelled(length_bucketed(self._logits, self._features(text_a, text_b)))
-
-    def _classify_long(self, text):
-        tokens = self.tokenizer.tokenize(text)
-        stride, max_chunks = self.options["doc_stride"], self.options["max_chunks"]
-        pieces, _, _, counts = sliding_windows(tokens, self.max_seq_length - 2, stride, max_chunks)
-        flat = pack_segments([pieces], self.special, self.max_seq_length)  # (num_windows, seq)
-        # (num_windows, seq) -> (batch, chunks, seq): the windows of a row are consecutive.
-        batch = {k: tf.RaggedTensor.from_row_lengths(v, counts).to_tensor() for k, v in flat.items()}
-        batch[CHUNK_MASK] = tf.sequence_mask(counts, tf.shape(batch[TOKEN_IDS])[1], dtype=tf.int32)
-        return self._labelled(classification_logits(self.model(batch, training=False)))
-
-    def _answer(self, question, context):
-        from bert_keras.export_qa import answer_spans
-
-        def run(features):
-            out = self.model(features, training=False)
-            if isinstance(out, dict):
-                return _first(out, "start_logits"), _first(out, "end_logits")
-            return out[0], out[1]
-
-        return answer_spans(self.tokenizer, self.special, run, question, context, self.max_seq_length, **self.options)
+    # -- signatures every export has
+    def _tokenize(self, text):
+        return self.features(text)
 
     def _embed(self, text):
-        return length_bucketed(self._embed_features, self._features(text))
+        return length_bucketed(self._embed_features, self.features(text))
 
     def _embed_features(self, features):
         out = self.encoder(features, training=False)
@@ -218,21 +175,22 @@ def _compute_precision(model, precision: str):
             layer.dtype_policy = policy
 
 def _check(task_type, labels, max_seq_length, encoder, task_options):
-    if task_type not in TASK_TYPES:
-        raise UserError(f"unknown task type {task_type!r}: export knows {', '.join(TASK_TYPES)}")
-    if task_type != "qa" and len(labels) < 2:
+    if task_type not in TASKS:
+        raise UserError(f"unknown task type {task_type!r}: export knows {', '.join(TASKS)}")
+    kind = TASKS[task_type]
+    if kind.has_labels and len(labels) < 2:
         raise UserError(f"a {task_type} export needs at least 2 label names, got {labels!r}")
     if not 4 <= max_seq_length <= encoder.max_position_embeddings:
         raise UserError(
             f"max_seq_length {max_seq_length} must be between 4 and the model's {encoder.max_position_embeddings} positions"
         )
-    unknown = sorted(set(task_options) - set(_OPTIONS[task_type]))
+    unknown = sorted(set(task_options) - set(kind.export_defaults))
     if unknown:
         raise UserError(f"export option(s) {', '.join(unknown)} do not apply to {task_type} tasks")
-    options = {**_OPTIONS[task_type], **task_options}
+    options = {**kind.export_defaults, **task_options}
     if "doc_stride" in options and not 1 <= options["doc_stride"] < max_seq_length:
         raise UserError(f"doc_stride {options['doc_stride']} must be between 1 and max_seq_length - 1")
-    if task_type == "qa" and not 1 <= options["max_query_length"] < max_seq_length - 3:
+    if "max_query_length" in options and not 1 <= options["max_query_length"] < max_seq_length - 3:
         raise UserError("max_query_length must leave room for the context in max_seq_length")
     return options
 
@@ -332,7 +290,7 @@ def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_
     _check("classification", ["", ""], max_seq_length, encoder, {})
     info = {
         "format_version": FORMAT_VERSION,
-        "task_type": "embedding",
+        "task_type": EMBEDDING,
         "labels": [],
         "lowercase": bool(lowercase),
         "max_seq_length": int(max_seq_length),
@@ -341,7 +299,7 @@ def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_
     }
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, [])
-        server = _Server(encoder, encoder, "embedding", vocab, lowercase, [], max_seq_length, {}, assets)
+        server = _Server(encoder, encoder, EMBEDDING, vocab, lowercase, [], max_seq_length, {}, assets)
         return _save(server, out_dir, info, None)
 
 

@@ -2,7 +2,7 @@
 
 All tf-text and tensor ops, traced into the serving signatures by
 `bert_keras.export` and `bert_keras.export_qa`; each mirrors the training data's
-Python packing (`beam_jobs.finetune_examples`), which the export tests check.
+Python packing (the data conversions in `bert_keras.tasks`), which the export tests check.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def sliding_windows(tokens, window, stride, max_windows: int | None = None):
 
     `window` and `stride` are scalars or (batch,) tensors (QA: the room the
     question leaves). Windows start at 0, stride, 2*stride, ... until one reaches
-    the row's end (google-research/bert run_squad.py's doc spans, the data job's
-    `beam_jobs.finetune_examples` windows); an empty row gets one empty window;
+    the row's end (google-research/bert run_squad.py's doc spans, the windows of
+    `bert_keras.tasks.qa` and `long_document`); an empty row gets one empty window;
     `max_windows` keeps the first ones. Written with ragged index maths
     rather than `tf_text.sliding_window` because window and count vary per row.
     Returns (pieces ragged (num_windows, <=window), doc (num_windows,) row of each

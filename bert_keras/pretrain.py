@@ -18,7 +18,7 @@ import tensorflow as tf
 from bert_keras import data, distribute, dynamic_masking, families, packing
 from bert_keras.optimization import build_optimizer
 from bert_keras.pretraining_model import pretraining_loss
-from bert_keras.starting_weights import apply_init, build_encoder_for
+from bert_keras.starting_weights import apply_init, build_encoder_for, encoder_spec
 from bert_keras.tokenizer import MASK, load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
@@ -180,6 +180,8 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "objectives": "mlm+nsp" if nsp else "mlm", "fused_kernels": encoder.fused_kernels,
         "dropout": encoder.dropout, "attention_dropout": encoder.attention_dropout,
         "checkpoint": result.checkpoint, "encoder_weights": encoder_path if trainer.chief else None,
+        # What the export rebuilds the encoder from (its architecture; an hf: start brings its own).
+        "encoder": encoder_spec(encoder), "seq_length": manifest.seq_length,
         "loss_curves": curves, "history": result.history,
     }
     if trainer.chief:

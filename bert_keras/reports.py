@@ -2,8 +2,9 @@
 
 - confusion_matrix.png: counts, true class down, predicted class across;
 - per_class.json / per_class.csv: precision, recall, F1 and support per class;
-- learning_curves.png: training loss (and accuracy) per logged step, eval metrics per evaluation;
-- predictions_sample.jsonl: a sample of eval predictions, errors first (most confident first).
+- learning_curves.png: training loss (and accuracy) per logged step, dev metrics per evaluation;
+- predictions_sample.jsonl: a sample of test predictions, errors first (most confident first);
+- scores.json / runs.csv: every run of every start (and baseline) on dev and test, and their spread.
 
 matplotlib runs with the Agg backend (no display on a training machine).
 """
@@ -66,7 +67,7 @@ def write_per_class(per_class: Mapping[str, Mapping[str, float]], directory: str
 
 def save_learning_curves(train: Sequence[Mapping[str, float]], evals: Sequence[Mapping[str, float]], path: str,
                          eval_keys: Sequence[str] = ()) -> str | None:
-    """Left: training loss per logged step (and eval loss); right: accuracy-like metrics."""
+    """Left: training loss per logged step (and dev loss); right: accuracy-like metrics (dev: `evals`)."""
     train = [r for r in train if "loss" in r]
     if not train and not evals:
         return None
@@ -75,7 +76,7 @@ def save_learning_curves(train: Sequence[Mapping[str, float]], evals: Sequence[M
     if train:
         ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     if evals and "loss" in evals[0]:
-        ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="eval loss")
+        ax1.plot([r["step"] for r in evals], [r["loss"] for r in evals], "o-", label="dev loss")
     ax1.set_xlabel("step")
     ax1.set_title("loss")
     ax1.legend()
@@ -83,7 +84,7 @@ def save_learning_curves(train: Sequence[Mapping[str, float]], evals: Sequence[M
         ax2.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train accuracy")
     for key in eval_keys:
         if evals and key in evals[0]:
-            ax2.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"eval {key}")
+            ax2.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"dev {key}")
     ax2.set_xlabel("step")
     ax2.set_title("metrics")
     ax2.legend()
@@ -101,4 +102,14 @@ def write_predictions_sample(rows: Sequence[Mapping], path: str, limit: int = 20
 
     chosen = sorted(rows, key=order)[:limit]
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
+    return path
+
+
+def write_runs_table(rows: Sequence[Mapping], path: str) -> str:
+    """runs.csv: one line per run (start, seed, then the given columns); `rows` share their keys."""
+    keys = list(rows[0]) if rows else ["start", "seed"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
     return path

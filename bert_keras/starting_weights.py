@@ -3,7 +3,9 @@
 Shared by pretraining (`model.init_from`, continued pretraining) and fine-tuning
 (`finetune.<task>.init`); the spec is parsed by `pipeline.contract.checkpoint.CheckpointSpec`.
 An `hf:DIR` / `google:DIR` checkpoint dictates the architecture (its own config, read by the
-model family that reads it), so `model.*` sizes are ignored for it.
+model family that reads it), so `model.*` sizes are ignored for it; so what a stage built is
+recorded (`encoder_spec`) and the export rebuilds it from that (`rebuild_encoder`), not from the
+config.
 """
 
 from __future__ import annotations
@@ -57,3 +59,18 @@ def apply_init(model, encoder, init: str | None, pending) -> str:
         raise ContractError(f"encoder weights {path} do not fit model.* ({str(err).splitlines()[0][:120]}): "
                             "fine-tune with the model config the encoder was pretrained with") from None
     return f"encoder weights from {path}"
+
+
+def encoder_spec(encoder) -> dict:
+    """The encoder's architecture as JSON: Keras' own serialization (registered class + constructor arguments)."""
+    import keras
+
+    return keras.saving.serialize_keras_object(encoder)
+
+
+def rebuild_encoder(spec: dict):
+    """A fresh encoder of the recorded architecture, under the current dtype policy (not the training one)."""
+    import keras
+
+    spec = {**spec, "config": {k: v for k, v in spec["config"].items() if k != "dtype"}}
+    return keras.saving.deserialize_keras_object(spec)

@@ -1,13 +1,16 @@
-"""One fine-tuning run: a task's records + starting weights -> a trained, evaluated model.
+"""One fine-tuning run: a task's records + starting weights -> a trained model, chosen on dev, scored on test.
 
 `train_task` wires the pieces: strategy and precision (`distribute.py`), the
-task records (`data.py`, packing for short classification rows), the task model
-and loss (`tasks.py`), AdamW with warmup (`optimization.py`) and the one
-training loop (`trainer.py`). Around the trainer's evaluation hook it adds what
-Hugging Face Trainer users expect: evaluation every N steps or once per epoch,
-keeping the best weights by `best_metric` (restored at the end), and early
-stopping after `early_stopping_patience` evaluations without improvement.
-Reports, export and MLflow are the stage's business (`finetune.py`).
+task records (`data.py`, packing for short classification rows), the task type's
+model, loss and evaluation (`bert_keras.tasks`), AdamW with warmup
+(`optimization.py`) and the one training loop (`trainer.py`). Around the
+trainer's evaluation hook it adds what Hugging Face Trainer users expect, on the
+dev split only: evaluation every N steps or once per epoch, keeping the best
+weights by `best_metric` (restored at the end), and early stopping after
+`early_stopping_patience` evaluations without improvement. Without a dev split
+(`dev_fraction: 0`) the last step's weights are kept. Then, once, the kept
+weights are scored on test. Repeats, baselines, reports and MLflow are
+`finetune.py`'s business.
 
 Rerunning the same call resumes from the latest checkpoint (and from the best
 weights / early-stopping state in `best.json`).
@@ -25,22 +28,23 @@ import keras
 import numpy as np
 
 from bert_keras import data, distribute, packing
-from bert_keras.evaluate import EvalResult, evaluate_classification, evaluate_qa, load_qa_examples
+from bert_keras.evaluate import EvalResult
 from bert_keras.optimization import build_optimizer
 from bert_keras.starting_weights import apply_init, build_encoder_for
-from bert_keras.tasks import balanced_class_weights, build_task_model, loss_for
+from bert_keras.task_models import balanced_class_weights
+from bert_keras.task_results import TaskRun
+from bert_keras.tasks import TASKS, EvalContext
+from bert_keras.tasks.base import load_examples
 from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_write_text
 from pipeline.contract.config import ModelConfig, TaskConfig
-from pipeline.contract.errors import ConfigError, ContractError, UserError
+from pipeline.contract.errors import ContractError, UserError
 
-KINDS = {"classification": schema.CLASSIFICATION, "pair": schema.CLASSIFICATION,
-         "qa": schema.QUESTION_ANSWERING, "long_document": schema.LONG_DOCUMENT}
+SPLITS = ("train", "dev", "test")  # what beam_jobs.finetune_data writes
 BEST_WEIGHTS, BEST_STATE, EVAL_HISTORY = "best.weights.h5", "best.json", "eval_history.jsonl"
 LOWER_IS_BETTER = ("loss",)
-HEADLINE = {"qa": ("f1", "exact_match")}  # task type -> metrics quoted in the summary; default accuracy, macro_f1
 
 
 class _EarlyStop(Exception):
@@ -64,16 +68,6 @@ def _instances_per_row(ds, batches: int = 4) -> float:
     return real / max(rows, 1)
 
 
-def _metric_name(task: TaskConfig) -> str:
-    name = task.best_metric.removeprefix("eval_")
-    if task.type == "qa" and name == "accuracy":
-        return "f1"  # the default best_metric means "the task's main score"
-    known = ("f1", "exact_match", "loss") if task.type == "qa" else ("accuracy", "macro_f1", "loss")
-    if name not in known:
-        raise ConfigError(f"best_metric {task.best_metric!r} is not computed for {task.type} tasks; use one of {', '.join(known)}")
-    return name
-
-
 def _better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -83,25 +77,28 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 # ---- one training run ------------------------------------------------------------------
 def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_dirs: dict[str, str],
                init: str | None, out_dir: str, seed: int, on_metrics: Callable[[int, dict], None] | None = None,
-               log_fn: Callable[[str], None] = print) -> dict:
-    """Train and evaluate one model; returns metrics, details, paths and the model itself ("model")."""
-    kind = KINDS[task.type]
+               log_fn: Callable[[str], None] = print) -> TaskRun:
+    """Train and evaluate one model; returns the run with the trained model in it."""
+    kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
+    use_dev = task.dev_fraction > 0
     manifests = {}
-    for split in ("train", "eval"):
+    for split in SPLITS:
         if split not in data_dirs:
-            raise ContractError(f"fine-tuning data for split {split!r} missing: run the data step first")
-        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind,))
-    train_m, eval_m = manifests["train"], manifests["eval"]
+            raise ContractError(f"fine-tuning data for split {split!r} missing: rerun the task's data step")
+        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind.record_kind,))
+    train_m = manifests["train"]
     for split, m in manifests.items():
-        if m.num_records == 0:
+        if m.num_records == 0 and (split != "dev" or use_dev):
             skipped = ", ".join(f"{k} {v}" for k, v in m.skipped.items()) or "none"
+            hint = " or raise dev_fraction" if split == "dev" else ""
             raise UserError(f"task data in {data_dirs[split]} has no {split} records (skipped: {skipped}): "
-                            "check the task's files and fields")
+                            f"check the task's files and fields{hint}")
     labels = list(train_m.labels)
-    if eval_m.labels != train_m.labels:
-        raise ContractError(f"train and eval data of this task have different label sets ({labels} vs {eval_m.labels})")
-    metric = _metric_name(task)
+    for split, m in manifests.items():
+        if m.labels != train_m.labels:
+            raise ContractError(f"train and {split} data of this task have different label sets ({labels} vs {m.labels})")
+    metric = task.best_metric  # validated against the type's metrics by the config
 
     strategy = distribute.choose_strategy(task)
     previous_policy = keras.mixed_precision.global_policy().name
@@ -112,7 +109,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     keras.utils.set_random_seed(seed)
 
     class_weights = None
-    if task.type != "qa":
+    if kind.has_labels:
         counts = _label_counts(data_dirs["train"], train_m, len(labels))
         if (counts > 0).sum() < 2:
             raise UserError(f"training data of this task holds only one class ({labels[int(counts.argmax())]}): "
@@ -122,7 +119,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
             log_fn("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(labels, class_weights, strict=True)))
 
     pack = None
-    if task.packing and task.type in ("classification", "pair"):
+    if task.packing and kind.record_kind == schema.CLASSIFICATION:  # rows of one [CLS] instance can share a row
         def pack(rows):
             return packing.pack_dataset(rows, seq_length=train_m.seq_length, max_instances=task.pack_max_instances,
                                         seed=seed)
@@ -134,30 +131,29 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     total = max(1, round(task.epochs * steps_per_epoch))
     eval_every = task.eval_every or steps_per_epoch
 
+    def split_ds(split: str):
+        return data.make_dataset(data_dirs[split], manifests[split], which="all", batch_size=task.eval_batch_size,
+                                 training=False, deterministic=True, drop_remainder=False)
+
     with strategy.scope():
         encoder, pending = build_encoder_for(init, model_cfg, len(vocab),
                                              fused_kernels=distribute.use_fused_kernels(task.kernels, strategy))
-        model = build_task_model(task.type, encoder, len(labels), task.pooling, model_cfg.dropout)
-        eval_ds = data.make_dataset(data_dirs["eval"], eval_m, which="all", batch_size=task.eval_batch_size,
-                                    training=False, deterministic=True, drop_remainder=False)
-        model(next(iter(eval_ds)), training=False)  # build every layer before loading / optimizer creation
+        model = kind.build_model(task, encoder, len(labels), model_cfg.dropout)
+        model(next(iter(split_ds("train"))), training=False)  # build every layer before loading / optimizer creation
         loaded = apply_init(model, encoder, init, pending)
         optimizer = build_optimizer(task, total, model.trainable_variables, loss_scale=policy == "mixed_float16")
-    log_fn(f"starting weights: {loaded}; {total} steps ({steps_per_epoch} per epoch), evaluation every {eval_every}")
+    dev_words = f"dev evaluation every {eval_every}" if use_dev else "no dev split: the last step is kept"
+    log_fn(f"starting weights: {loaded}; {total} steps ({steps_per_epoch} per epoch), {dev_words}")
 
-    allow_null = False
-    if task.type == "qa":
-        examples = load_qa_examples(data_dirs["eval"])
-        allow_null = any(ex.get("is_impossible") for ex in examples.values()) or any(
-            ex.get("is_impossible") for ex in load_qa_examples(data_dirs["train"]).values())
+    examples = {split: load_examples(data_dirs[split]) for split in SPLITS}
+    allow_null = kind.allow_no_answer(ex for split in examples.values() for ex in split.values())
+    dev_ds = split_ds("dev") if use_dev else None
+    dev_ctx = EvalContext(labels, vocab, examples["dev"], allow_null)
 
-        def run_eval() -> EvalResult:
-            return evaluate_qa(model, eval_ds, examples, allow_null)
-    else:
-        def run_eval() -> EvalResult:
-            return evaluate_classification(model, eval_ds, labels, vocab)
+    def run_eval() -> EvalResult:  # dev only: the test split is scored once, below, after the choice
+        return kind.evaluate(model, dev_ds, dev_ctx)
 
-    trainer = Trainer(model, loss_for(task.type, class_weights), optimizer, strategy, out_dir,
+    trainer = Trainer(model, kind.loss(class_weights), optimizer, strategy, out_dir,
                       LoopSettings.from_config(task), on_log=on_metrics, log_fn=log_fn)
     restored = trainer.restore()
     state_path, best_path = os.path.join(out_dir, BEST_STATE), os.path.join(out_dir, BEST_WEIGHTS)
@@ -171,7 +167,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     def evaluate_now() -> dict:
         step = int(trainer.step.numpy())
         result = run_eval()
-        record = {"step": step, "epoch": round(step / steps_per_epoch, 3), **result.metrics}
+        record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev", **result.metrics}
         evals.append(record)
         if trainer.chief:
             with open(os.path.join(out_dir, EVAL_HISTORY), "a", encoding="utf-8") as fh:
@@ -202,35 +198,41 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     try:
         result = trainer.fit(lambda ctx: _train_ds(data_dirs["train"], train_m, task, seed + 1_000_003 * restored,
                                                    ctx, pack),
-                             steps, rows_per_step=global_batch, eval_fn=eval_hook, eval_every=eval_every)
+                             steps, rows_per_step=global_batch, eval_fn=eval_hook if use_dev else None,
+                             eval_every=eval_every)
         final_step, history = result.step, result.history
     except _EarlyStop:
         trainer.save()
         final_step = state["stopped_at"]
         history = _read_jsonl(os.path.join(out_dir, "history.jsonl"))
-        log_fn(f"early stopping at step {final_step}: no {metric} improvement in "
+        log_fn(f"early stopping at step {final_step}: no dev {metric} improvement in "
                f"{task.early_stopping_patience} evaluations (best {state['best']:.4g} at step {state['best_step']})")
     seconds = time.perf_counter() - start
-    if not evals or evals[-1]["step"] != final_step:
-        metrics = {f"eval_{k}": v for k, v in evaluate_now().items()}
-        if on_metrics is not None and trainer.chief:
-            on_metrics(final_step, metrics)
-    if os.path.exists(best_path) and state["best_step"] != final_step:
-        model.load_weights(best_path)  # keep the best, as measured by best_metric
-        log_fn(f"restored the best weights (step {state['best_step']}, {metric} {state['best']:.4g})")
-    best = cache.get("best") or run_eval()  # after a resume the best result is recomputed from its weights
+    dev = None
+    if use_dev:
+        if not evals or evals[-1]["step"] != final_step:
+            metrics = {f"eval_{k}": v for k, v in evaluate_now().items()}
+            if on_metrics is not None and trainer.chief:
+                on_metrics(final_step, metrics)
+        if os.path.exists(best_path) and state["best_step"] != final_step:
+            model.load_weights(best_path)  # keep the best, as measured on dev by best_metric
+            log_fn(f"restored the best weights (step {state['best_step']}, dev {metric} {state['best']:.4g})")
+        dev = cache.get("best") or run_eval()  # after a resume the best result is recomputed from its weights
+    # The one evaluation on test: the chosen weights, after every choice is made.
+    test = kind.evaluate(model, split_ds("test"), EvalContext(labels, vocab, examples["test"], allow_null))
+    log_fn("test: " + " ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
     trainer.close()
     distribute.set_precision(previous_policy)  # don't leak the policy into later models of this process
-    return {
-        "model": model, "labels": labels, "eval": best, "history": history, "evals": evals,
-        "best_step": state["best_step"], "final_step": final_step, "stopped_early": state["stopped_at"] is not None,
-        "train_seconds": seconds, "steps_per_epoch": steps_per_epoch, "global_batch_size": global_batch,
-        "precision": policy, "strategy": type(strategy).__name__, "starting_weights": loaded,
-        "train_records": train_m.num_records, "eval_records": eval_m.num_records,
-        "skipped": {"train": train_m.skipped, "eval": eval_m.skipped},
-        "allow_null": allow_null, "chief": trainer.chief,
-        "class_weights": None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
-    }
+    return TaskRun(
+        model=model, labels=labels, dev=dev, test=test,
+        chosen_by=f"dev {metric}" if use_dev else "last step (no dev split)", history=history, evals=evals,
+        best_step=state["best_step"] if use_dev else final_step, final_step=final_step,
+        stopped_early=state["stopped_at"] is not None, train_seconds=seconds, steps_per_epoch=steps_per_epoch,
+        global_batch_size=global_batch, precision=policy, strategy=type(strategy).__name__, starting_weights=loaded,
+        records={split: m.num_records for split, m in manifests.items()},
+        skipped={split: m.skipped for split, m in manifests.items()}, allow_null=allow_null, chief=trainer.chief,
+        class_weights=None if class_weights is None else dict(zip(labels, map(float, class_weights), strict=True)),
+    )
 
 
 def _train_ds(data_dir, manifest, task: TaskConfig, seed: int, input_context, pack):

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 
 from pipeline.contract.errors import UserError
 
@@ -23,8 +24,8 @@ STAGE_HELP = {
     "vocab": "learn a WordPiece vocab from the corpus with a Beam job (or take vocab.vocab_file)",
     "prepare": "Beam job: documents -> sentences -> NSP pairs -> masked, sharded TFRecords + manifest",
     "pretrain": "pretrain the Keras BERT (MLM + NSP) on the prepared TFRecords; resumes after a kill",
-    "finetune": "train every task head of the finetune section, logged and registered in MLflow",
-    "export": "write SavedModels that take raw strings (tokenizer inside the graph)",
+    "finetune": "fine-tune every task of the finetune section (dev chooses, test reports once), logged to MLflow",
+    "export": "build SavedModels that take raw strings (tokenizer inside the graph) and register them in MLflow",
 }
 
 
@@ -125,13 +126,17 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from pipeline.contract.config import load_config, to_dict
+    from pipeline.contract.config import ConfigNote, load_config, to_dict
     from pipeline.runner import run_stages
     from pipeline.stages import build_stages
     from pipeline.tracking import Tracker, resolve_tracking_uri
 
     overrides = list(args.overrides) + ([f"run.work_dir={args.work_dir}"] if args.work_dir else [])
-    cfg = load_config(args.config, overrides)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", ConfigNote)
+        cfg = load_config(args.config, overrides)
+    for note in dict.fromkeys(str(n.message) for n in notes if issubclass(n.category, ConfigNote)):
+        print(f"bertpipe: note: {note}", file=sys.stderr)
     if args.command == "config":
         import yaml
 
@@ -172,12 +177,8 @@ def _print_summary(results, work_dir: str, uri: str | None) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    try:
-        from bert_keras.predict import predict_jsonl
-    except ModuleNotFoundError as err:
-        if err.name != "bert_keras.predict":
-            raise
-        raise UserError("bertpipe predict is not yet available in this version (tracked in issue 6)") from None
+    from bert_keras.predict import predict_jsonl
+
     return predict_jsonl(args.model, args.input, args.output, args.batch_size)
 
 

@@ -7,16 +7,54 @@ the paths and figures that the runner records in `stage.json` and MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import shutil
 from typing import Any
 
 from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.config import TASK_INIT_WORDS, Config, to_dict
 from pipeline.contract.errors import UserError
+from pipeline.contract.records import Record
 from pipeline.runner import Stage, StageContext
 
 STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
+
+
+# ---- what the stages record (stage.json "outputs") and the next ones read -------------------------
+@dataclasses.dataclass
+class VocabOutputs(Record):
+    vocab_file: str
+    vocab_size: int
+    stats: dict[str, Any]
+    summary: str
+
+
+@dataclasses.dataclass
+class PrepareOutputs(Record):
+    data_dir: str
+    manifest: dict[str, Any]
+    summary: str
+
+
+@dataclasses.dataclass
+class PretrainOutputs(Record):
+    """What later stages read of the pretrain stage's record (it holds more: `run_pretraining`'s figures)."""
+
+    encoder_weights: str | None
+    encoder: dict[str, Any]  # the encoder's architecture (bert_keras.starting_weights.encoder_spec)
+    seq_length: int  # the pretraining data's sequence length
+    summary: str
+
+
+@dataclasses.dataclass
+class ExportOutputs(Record):
+    models: dict[str, str]  # name -> SavedModel directory
+    registered: dict[str, dict[str, Any] | None]  # task -> MLflow model (uri, registered name, version)
+    summary: str
+
+
+def _outputs(ctx: StageContext, stage: str, cls):
+    return cls.from_record(ctx.upstream[stage]["outputs"], f"the {stage} stage's record")
 
 
 def _vocab(cfg: Config):
@@ -41,7 +79,7 @@ def _vocab(cfg: Config):
             stats = learn_vocab(cfg.data, cfg.vocab, out_path, list(cfg.prepare.beam_args))
             tokens = load_vocab(out_path)
         summary = f"{len(tokens)} tokens" + ("" if given else " learned")
-        return {"vocab_file": out_path, "vocab_size": len(tokens), "stats": stats, "summary": summary}
+        return VocabOutputs(out_path, len(tokens), stats, summary).to_record()
 
     inputs = [given] if given else list(cfg.data.corpus)
     section = {"vocab_file": given} if given else {"data": to_dict(cfg.data), "vocab": to_dict(cfg.vocab)}
@@ -50,11 +88,9 @@ def _vocab(cfg: Config):
 
 def _prepare(cfg: Config):
     def run(ctx: StageContext) -> dict[str, Any]:
-        import dataclasses
-
         from beam_jobs.prepare import prepare_pretraining_data
 
-        vocab_file = ctx.upstream["vocab"]["outputs"]["vocab_file"]
+        vocab_file = _outputs(ctx, "vocab", VocabOutputs).vocab_file
         data_dir = os.path.join(ctx.out_dir, "data")
         manifest = prepare_pretraining_data(cfg.data, cfg.prepare, vocab_file, data_dir, cfg.run.seed)
         if ctx.tracker is not None:
@@ -65,7 +101,7 @@ def _prepare(cfg: Config):
             f"{manifest.num_records} instances, masked rate {manifest.counts.get('masked_rate', 0):.3f}, "
             f"{skipped} input(s) skipped"
         )
-        return {"data_dir": data_dir, "manifest": dataclasses.asdict(manifest) | {"config": None}, "summary": summary}
+        return PrepareOutputs(data_dir, dataclasses.asdict(manifest) | {"config": None}, summary).to_record()
 
     inputs = list(cfg.data.corpus) + ([cfg.prepare.lexicon] if cfg.prepare.lexicon else [])
     section = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "seed": cfg.run.seed}
@@ -83,14 +119,14 @@ def _pretrain(cfg: Config):
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.pretrain import run_pretraining
 
-        vocab_size = cfg.model.vocab_size or ctx.upstream["vocab"]["outputs"]["vocab_size"]
+        vocab_size = cfg.model.vocab_size or _outputs(ctx, "vocab", VocabOutputs).vocab_size
         on_log = None
         if ctx.tracker is not None:
             on_log = lambda step, metrics: ctx.tracker.metrics(metrics, step=step)  # noqa: E731
         result = run_pretraining(
             cfg.model,
             cfg.pretrain,
-            ctx.upstream["prepare"]["outputs"]["data_dir"],
+            _outputs(ctx, "prepare", PrepareOutputs).data_dir,
             ctx.out_dir,
             vocab_size,
             cfg.run.seed,
@@ -150,11 +186,11 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         from bert_keras.finetune import run_finetune
 
         # An imported checkpoint brings its own vocab; otherwise the run's vocab stage made it.
-        vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else ctx.upstream["vocab"]["outputs"]["vocab_file"]
+        vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else _outputs(ctx, "vocab", VocabOutputs).vocab_file
         data_dir = os.path.join(ctx.out_dir, "data")
         manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
         if task.init == "pretrained":
-            init = ctx.upstream["pretrain"]["outputs"]["encoder_weights"]
+            init = _outputs(ctx, "pretrain", PretrainOutputs).encoder_weights
         else:
             init = None if task.init == "random" else task.init  # a checkpoint spec
         result = run_finetune(
@@ -169,11 +205,10 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
             cfg.run.seed,
             tracker=ctx.tracker,
         )
-        result["vocab_file"] = vocab_file
-        return result
+        return result.to_record()
 
     upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
-    inputs = [p for p in (task.train_file, task.eval_file, _weights_path(task.init)) if p]
+    inputs = [p for p in (task.train_file, task.test_file, _weights_path(task.init)) if p]
     section = {
         "task": to_dict(task),
         "model": to_dict(cfg.model),
@@ -183,30 +218,49 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
     return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
 
 
+def export_task_model(result, out_dir: str, tracker=None) -> tuple[str, dict[str, Any] | None]:
+    """Build, write and verify the raw-text SavedModel of one fine-tuned task (a `FinetuneResult`);
+    with a tracker, log it to the active MLflow run as a pyfunc model, registered under the
+    task's register_name (a new version each time). Returns (SavedModel dir, MLflow model or None)."""
+    from bert_keras.export_finetuned import export_finetuned
+
+    path = export_finetuned(result.export, out_dir)
+    if tracker is None:
+        return path, None
+    import pandas as pd
+
+    from pipeline.mlflow_model import SavedModelPyfunc
+
+    example = pd.DataFrame(result.export.input_example)
+    wrapper = SavedModelPyfunc()
+    wrapper.load_context(type("Context", (), {"artifacts": {"saved_model": path}})())
+    return path, tracker.saved_model(path, result.task, result.export.register_name, example,
+                                     wrapper.predict(None, example))
+
+
 def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
-    """Gather every task's raw-text SavedModel (written and verified by its finetune stage)
-    under export/, and add the encoder's embedding SavedModel."""
+    """Build every task's raw-text SavedModel from what its finetune stage recorded, and the
+    pretrained encoder's embedding SavedModel from what pretraining recorded."""
 
     def run(ctx: StageContext) -> dict[str, Any]:
-        models: dict[str, str] = {}
-        for name in tasks:
-            source = ctx.upstream[f"finetune:{name}"]["outputs"]["paths"]["saved_model"]
-            models[name] = os.path.join(ctx.out_dir, name)
-            shutil.copytree(source, models[name])
-        if cfg.export.embedding and with_pretrain:
-            from bert_keras import families
-            from bert_keras.export import export_encoder_embedding
+        from bert_keras.task_results import FinetuneResult
 
-            vocab = ctx.upstream["vocab"]["outputs"]
-            encoder = families.for_config(cfg.model).build_encoder(cfg.model, cfg.model.vocab_size or vocab["vocab_size"])
-            encoder.load_weights(ctx.upstream["pretrain"]["outputs"]["encoder_weights"])
-            models["embedding"] = export_encoder_embedding(
-                encoder, vocab["vocab_file"], cfg.data.lowercase, cfg.prepare.max_seq_length, os.path.join(ctx.out_dir, "embedding")
-            )
-        return {"models": models, "summary": f"{len(models)} SavedModel(s): {', '.join(models)}"}
+        models: dict[str, str] = {}
+        registered: dict[str, dict[str, Any] | None] = {}
+        for name in tasks:
+            result = _outputs(ctx, f"finetune:{name}", FinetuneResult)
+            models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker)
+        if cfg.export.embedding and with_pretrain:
+            from bert_keras.export_finetuned import export_embedding
+
+            vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, "pretrain", PretrainOutputs)
+            models["embedding"] = export_embedding(pretrained.encoder, pretrained.encoder_weights, vocab.vocab_file,
+                                                   cfg.data.lowercase, pretrained.seq_length,
+                                                   os.path.join(ctx.out_dir, "embedding"))
+        return ExportOutputs(models, registered, f"{len(models)} SavedModel(s): {', '.join(models)}").to_record()
 
     upstream = (["vocab", "pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
-    section = {"export": to_dict(cfg.export), "tasks": tasks}
+    section = {"export": to_dict(cfg.export), "tasks": tasks, "lowercase": cfg.data.lowercase}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
 

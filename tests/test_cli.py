@@ -70,3 +70,14 @@ def test_a_user_error_is_the_only_line_on_stderr(tmp_path):
                  "--output", str(tmp_path / "out.jsonl"))  # fmt: skip
     assert_one_line_error(result, 1, "is not a SavedModel")
     assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.startswith("bertpipe:")]
+
+
+def test_an_old_key_name_still_works_with_one_note_line(tmp_path):
+    config = tmp_path / "old.yaml"
+    config.write_text("finetune:\n  s:\n    type: classification\n    train_file: a.jsonl\n    eval_file: b.jsonl\n")
+    result = run("config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stderr.splitlines() if line.startswith("bertpipe: note:")]
+    assert notes == ["bertpipe: note: eval_file is now called test_file (scored once, at the end; "
+                     "a dev split of train_file chooses the checkpoint)"]
+    assert "test_file: " + str(tmp_path / "b.jsonl") in result.stdout and "eval_file" not in result.stdout

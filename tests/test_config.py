@@ -55,6 +55,16 @@ def test_override_into_a_task_and_new_section():
         ("prepare:\n  masking: random\n", "prepare.masking"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("pretrain: [\n", "not valid YAML"),
+        # A task's key that its type does not have, or a protocol that cannot hold.
+        ("finetune:\n  s:\n    type: classification\n    train_file: x\n    doc_stride: 3\n", "finetune.s.doc_stride: unknown key"),
+        ("finetune:\n  s:\n    type: qa\n    train_file: x\n    baselines: [tfidf]\n", "finetune.s.baselines: unknown key"),
+        ("finetune:\n  s:\n    type: ner\n    train_file: x\n", "finetune.s"),
+        ("finetune:\n  s:\n    type: pair\n    train_file: x\n    best_metric: bleu\n", "not computed for pair tasks"),
+        ("finetune:\n  s:\n    type: pair\n    train_file: x\n    dev_fraction: 0\n    early_stopping_patience: 2\n",
+         "needs a dev split"),
+        ("finetune:\n  s:\n    type: pair\n    train_file: x\n    test_fraction: 0.5\n    dev_fraction: 0.5\n",
+         "must leave training rows"),
+        ("finetune:\n  s:\n    type: pair\n    train_file: x\n    test_file: y\n    eval_file: y\n", "old name of test_file"),
     ],
 )
 def test_bad_configs_are_one_line_errors_naming_file_and_key(tmp_path, text, needle):
@@ -102,3 +112,18 @@ def test_every_shipped_config_loads_and_builds_its_stages(name):
     cfg = load_config(os.path.join(os.path.dirname(DEFAULT_CONFIG), name))
     stages = build_stages(cfg)
     assert [s.name.split(":")[0] for s in stages][0] in ("vocab", "finetune")
+
+
+def test_eval_file_still_works_as_the_old_name_of_test_file_with_a_note(tmp_path):
+    import warnings
+
+    from pipeline.contract.config import ConfigNote
+
+    path = write(tmp_path, "finetune:\n  s:\n    type: classification\n    train_file: a.jsonl\n    eval_file: b.jsonl\n")
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always")
+        cfg = load_config(path)
+    assert cfg.finetune["s"].test_file == str(tmp_path / "b.jsonl")  # resolved next to the YAML, like test_file
+    assert [str(n.message) for n in notes if n.category is ConfigNote] == [
+        "eval_file is now called test_file (scored once, at the end; a dev split of train_file chooses the checkpoint)"]
+    assert cfg.finetune["s"].baselines == ["tfidf"] and cfg.finetune["s"].repeats == 1 and cfg.finetune["s"].dev_fraction == 0.1

@@ -49,7 +49,7 @@ def project(tmp_path_factory):
           sentiment:
             type: classification
             train_file: train.jsonl
-            eval_file: test.jsonl
+            test_file: test.jsonl
             labels: [negative, positive]
             max_seq_length: 48
             epochs: 1

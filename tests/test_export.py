@@ -86,7 +86,7 @@ def reference_pair(model, texts_a, texts_b):
 def reference_long(model, texts):
     width = SEQ - 2
     out = []
-    for p in pieces(texts):  # the data job's windows (beam_jobs.finetune_examples)
+    for p in pieces(texts):  # the data job's windows (bert_keras.tasks.long_document)
         starts = list(range(0, max(1, len(p) - width + STRIDE), STRIDE))[:MAX_CHUNKS]
         chunks = packed([[p[s : s + width]] for s in starts])
         feats = {k: np.zeros((1, MAX_CHUNKS, SEQ), np.int32) for k in chunks}

@@ -1,7 +1,7 @@
 """QA export: in-graph windows and span stitching equal the training side's Python path.
 
 The reference windows a context the way the data job does (BERT's doc spans,
-`beam_jobs.finetune_examples.max_context`, `char_offsets`), runs the Keras model
+`bert_keras.tasks.qa.max_context`, `beam_jobs.finetune_data.char_offsets`), runs the Keras model
 on each window padded to max length, and decodes with the evaluation's own
 `bert_keras.qa_postprocess.best_answers` (with n_best covering every token, so
 it is exhaustive like the graph). Contexts: the shipped SQuAD excerpt plus
@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs.finetune_examples import char_offsets, max_context
+from beam_jobs.finetune_data import char_offsets
 from bert_keras.export import export_task
 from bert_keras.qa_postprocess import Window, best_answers
+from bert_keras.tasks.qa import max_context
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.contract.schema import PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
 from tests.export_models import REPO, SEQ, VOCAB, tiny_task_model

@@ -12,7 +12,8 @@ import pytest
 
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import BertConfig, TaskConfig
+from pipeline.contract.config import BertConfig, task_config
+from pipeline.stages import export_task_model
 from pipeline.tracking import Tracker
 from tests.mlflow_server import free_port, wait_until_up
 
@@ -36,28 +37,38 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     rows = [r for r in rows if r["label"] == "positive"][:60] + [r for r in rows if r["label"] == "negative"][:60]
     train = tmp_path / "reviews.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    task = TaskConfig(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
-                      precision="float32", register_name=NAME, log_every=2)
+    task = task_config(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
+                      precision="float32", register_name=NAME, log_every=2)  # test and dev carved from the file
     prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(store, "serve-test", str(tmp_path))
-    with tracker.pipeline_run("pipeline", {}), tracker.stage_run("finetune:sentiment", {}) as run_id:
-        out = run_finetune("sentiment", task, TINY, vocab, True, {s: str(tmp_path / "data" / s) for s in ("train", "eval")},
-                           None, str(tmp_path / "run"), 0, tracker=tracker)
-        # A second registration of the same name is a new version.
-        again = tracker.saved_model(out["paths"]["saved_model"], "model", NAME, None, None)
+    with tracker.pipeline_run("pipeline", {}):
+        with tracker.stage_run("finetune:sentiment", {}) as run_id:
+            out = run_finetune("sentiment", task, TINY, vocab, True,
+                               {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}, None, str(tmp_path / "run"), 0,
+                               tracker=tracker)
+        # The export stage builds the SavedModel from the finetune stage's record and registers it.
+        with tracker.stage_run("export", {}) as export_run_id:
+            saved_model, registered = export_task_model(out, str(tmp_path / "export" / "sentiment"), tracker)
+            # A second registration of the same name is a new version.
+            again = tracker.saved_model(saved_model, "model", NAME, None, None)
     assert tracker.failures == []
-    assert out["registered_model"]["version"] == 1 and again["version"] == 2
+    assert registered["version"] == 1 and again["version"] == 2
 
-    # MLflow holds the run's metrics, the report artifacts and the model version.
+    # MLflow holds the fine-tuning run's metrics (dev and test apart, the TF-IDF baseline beside) and
+    # report artifacts, and the export run's model version.
     client = mlflow.MlflowClient(store)
     run = client.get_run(run_id)
-    assert run.data.metrics["final_accuracy"] == pytest.approx(out["metrics"]["accuracy"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(out.chosen.test["accuracy"])
+    assert run.data.metrics["dev_accuracy"] == pytest.approx(out.chosen.dev["accuracy"])
+    assert run.data.metrics["test_accuracy_mean"] == pytest.approx(out.test["main"].mean)
+    assert run.data.metrics["tfidf.test_accuracy"] == pytest.approx(out.baselines["tfidf"][0].test["accuracy"])
+    assert run.data.tags["bertpipe.summary"] == out.summary and run.data.tags["bertpipe.chosen_by"] == "dev accuracy"
     assert "eval_accuracy" in run.data.metrics and "loss" in run.data.metrics
     reports = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "reports")}
     assert {"confusion_matrix.png", "per_class.json", "per_class.csv", "learning_curves.png",
-            "predictions_sample.jsonl"} <= reports
-    assert client.get_model_version(NAME, "1").run_id == run_id
+            "predictions_sample.jsonl", "scores.json", "runs.csv"} <= reports
+    assert client.get_model_version(NAME, "1").run_id == export_run_id
     # Logged from code: the model directory holds no pickle to load.
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}/1", tracking_uri=store)
     files = [f for _, _, names in os.walk(local) for f in names]

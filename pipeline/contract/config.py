@@ -18,13 +18,23 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ConfigError
 from pipeline.contract.model_config import FAMILY_CONFIGS, BertConfig, ModelSection
 from pipeline.contract.model_config import ModelConfig as ModelConfig  # the model sections live there; re-exported
-from pipeline.contract.section import Section as _Section
+from pipeline.contract.task_config import (  # noqa: F401  (re-exported: the config types, in one import)
+    TASK_CONFIGS,
+    AnyTaskConfig,
+    ClassificationTaskConfig,
+    ConfigNote,
+    LongDocumentTaskConfig,
+    PairTaskConfig,
+    QATaskConfig,
+    TaskConfig,
+)
+from pipeline.contract.train_config import TrainConfig, _Section  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # An editable install (the README's) finds the demo next to the package; an installed
@@ -108,41 +118,6 @@ class PrepareConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
-    """Options shared by pretraining and every fine-tuning task."""
-
-    batch_size: int = Field(32, ge=1, description=(
-        "per replica; global batch = batch x replicas x accumulation steps (logged)"))
-    eval_batch_size: int = Field(64, ge=1, description="evaluation batch")
-    learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
-    warmup_steps: int | None = Field(None, ge=0, description="linear warmup in steps; unset: `warmup_ratio`")
-    warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warmup as a share of all steps")
-    schedule: Literal["linear", "polynomial", "constant"] = Field("linear", description="decay after warmup")
-    optimizer: Literal["adamw", "lamb"] = Field("adamw", description="optimizer")
-    weight_decay: float = Field(0.01, ge=0, description="never applied to LayerNorm and biases")
-    clip_norm: float | None = Field(1.0, gt=0, description="global-norm gradient clipping; unset: none")
-    accumulation_steps: int = Field(1, ge=1, description="gradient accumulation")
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = Field("auto", description=(
-        "`auto`: `mixed_bfloat16` on TPU, on GPUs of compute capability 8.0 or higher and on CPUs with native bf16 "
-        "(AVX512-BF16, AMX), `mixed_float16` with loss scaling on older GPUs, `float32` else; or `float32`, "
-        "`mixed_bfloat16`, `mixed_float16`"))
-    jit_compile: bool = Field(False, description=(
-        "XLA for the whole step; slower for bf16 on CPU (XLA's CPU matmuls), so off. The element-wise parts are "
-        "compiled either way"))
-    kernels: Literal["auto", "fused", "plain"] = Field("auto", description=(
-        "the training step's element-wise code: `fused` XLA kernels (tuned on CPU) or the `plain` layers; `auto`: "
-        "fused on CPU, plain on GPU and TPU (`bert_keras.distribute.use_fused_kernels`). Both give the same values "
-        "and gradients"))
-    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = Field(
-        "auto", description="tf.distribute strategy; `multi_worker` reads `TF_CONFIG`")
-    tpu: str | None = Field(None, description="TPU name or address for `TPUStrategy`")
-    packing: bool = Field(True, description="several short instances share one row, without attending across")
-    pack_max_instances: int = Field(8, ge=1, description="packing: most instances sharing one row")
-    log_every: int = Field(50, ge=1, description="steps between progress lines")
-    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
-    keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
-
-
 class PretrainConfig(TrainConfig):
     steps: int = Field(1000, ge=1, description="training steps")
     eval_steps: int = Field(20, ge=0, description="held-out batches for the final MLM accuracy")
@@ -159,45 +134,6 @@ class PretrainConfig(TrainConfig):
 TASK_INIT_WORDS = ("pretrained", "random")  # a task's init: one of these, or a checkpoint spec
 
 
-class TaskConfig(TrainConfig):
-    type: Literal["classification", "pair", "qa", "long_document"] = Field(description=(
-        "`classification`, `pair`, `qa` (SQuAD v1.1/v2.0 JSON) or `long_document`"))
-    train_file: str = Field(description="CSV, TSV or JSONL (SQuAD JSON for `qa`)")
-    eval_file: str | None = Field(None, description="unset: split `eval_fraction` off `train_file`")
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of `train_file` held out when `eval_file` is unset")
-    split_field: str | None = Field(None, description="rows with the same value never straddle train and eval")
-    text_field: str = Field("text", description="column of the text")
-    text_b_field: str = Field("text_b", description="column of the second text (`pair`)")
-    label_field: str = Field("label", description="column of the label")
-    labels: list[str] | None = Field(None, description="label names in id order; unset: sorted distinct training labels")
-    class_weights: Literal["none", "balanced"] = Field(
-        "none", description="`balanced` weights classes by inverse frequency")
-    max_seq_length: int = Field(128, ge=8, description="tokens per window")
-    doc_stride: int = Field(64, ge=1, description="QA and long-document windows: stride")
-    max_query_length: int = Field(32, ge=1, description="QA: longest question, in tokens")
-    max_chunks: int = Field(8, ge=1, description="long documents: windows kept per document")
-    pooling: Literal["mean", "max", "attention"] = Field("attention", description="long documents: pooling over windows")
-    epochs: float = Field(2, gt=0, description="epochs (may be fractional)")
-    eval_every: int | None = Field(None, ge=1, description="steps between evaluations; unset: once per epoch")
-    early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without a gain; unset: off")
-    best_metric: str = Field("accuracy", description="the metric that chooses the checkpoint kept")
-    init: str = Field("pretrained", description=(
-        "`pretrained` (this run's encoder), `random`, or a checkpoint: `hf:DIR`, `google:DIR`, or a path to bertpipe "
-        "encoder weights"))
-    compare_random_init: bool = Field(False, description="also train from random init and report both scores")
-    register_name: str | None = Field(None, description="MLflow Model Registry name (a new version each run)")
-    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
-    packing: bool = Field(False, description="several short instances share one row, without attending across")
-
-    @model_validator(mode="after")
-    def _check(self) -> TaskConfig:
-        if self.type in ("qa", "long_document") and self.doc_stride >= self.max_seq_length:
-            raise ValueError(f"doc_stride ({self.doc_stride}) must be below max_seq_length ({self.max_seq_length})")
-        if self.type == "qa" and self.max_query_length >= self.max_seq_length - 3:
-            raise ValueError("max_query_length must leave room for the context in max_seq_length")
-        return self
-
-
 class ExportConfig(_Section):
     tasks: list[str] | None = Field(None, description="which tasks to export; unset: every fine-tuned task")
     embedding: bool = Field(True, description="add the pooled / mean-pooled embedding signature")
@@ -210,7 +146,7 @@ class Config(_Section):
     prepare: PrepareConfig = PrepareConfig()
     model: ModelSection = BertConfig()
     pretrain: PretrainConfig = PretrainConfig()
-    finetune: dict[str, TaskConfig] = Field(default_factory=dict, json_schema_extra={"placeholder": "<task>"})
+    finetune: dict[str, AnyTaskConfig] = Field(default_factory=dict, json_schema_extra={"placeholder": "<task>"})
     export: ExportConfig = ExportConfig()
 
     @field_validator("finetune")
@@ -246,7 +182,7 @@ _INPUT_PATHS = {
     ("vocab", "vocab_file"),
     ("prepare", "lexicon"),
 }
-_TASK_INPUT_PATHS = ("train_file", "eval_file")
+_TASK_INPUT_PATHS = ("train_file", "test_file", "eval_file")
 
 
 def _resolve(path: str, base: str) -> str:
@@ -305,17 +241,20 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
 def _format_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
-    parts = list(first["loc"])
-    if parts[:1] == ["model"] and len(parts) > 1 and parts[1] in FAMILY_CONFIGS:
-        del parts[1]  # the discriminated union's tag: "model.hidden_size", not "model.bert.hidden_size"
-    loc = ".".join(str(p) for p in parts) or "(top level)"
+    # The discriminated unions' tags are path steps: "model.hidden_size", not "model.bert.hidden_size", and
+    # finetune.NAME.TYPE.key -> finetune.NAME.key
+    loc = first["loc"]
+    parts = [p for i, p in enumerate(loc) if not (
+        (p in TASK_CONFIGS and (i == 0 or (i == 2 and loc[0] == "finetune")))
+        or (i == 1 and loc[0] == "model" and p in FAMILY_CONFIGS))]
+    where = ".".join(str(p) for p in parts) or "(top level)"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
         msg += f" (got {first['input']!r})"
     more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc}: {msg}{more}"
+    return f"{source}: {where}: {msg}{more}"
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -343,6 +282,14 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     except ValidationError as err:
         source = path if not overrides else f"{path} (with --set overrides)"
         raise ConfigError(_format_error(err, source)) from None
+
+
+def task_config(**fields: Any) -> TaskConfig:
+    """The task config of `fields["type"]`, validated (one-line ConfigError otherwise)."""
+    try:
+        return TypeAdapter(AnyTaskConfig).validate_python(fields)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, "task config")) from None
 
 
 def to_dict(config: BaseModel) -> dict[str, Any]:

@@ -156,6 +156,9 @@ def parse_spec(kind: str, shape: Mapping[str, tuple[int, ...]]) -> dict[str, Any
 
 # ---- the data manifest -------------------------------------------------------
 MANIFEST_NAME = "manifest.json"
+# Fine-tuning data: next to the records of each split, one JSON line per example with its
+# EXAMPLE_ID and the source text (and labels or answers) the records came from.
+EXAMPLES_NAME = "examples.jsonl"
 
 
 @dataclasses.dataclass

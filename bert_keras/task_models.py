@@ -1,11 +1,12 @@
-"""Fine-tuning task models (our `BertEncoder` + a head) and their losses.
+"""The Keras building blocks of the fine-tuning tasks: our `BertEncoder` + a head, and their losses.
 
-| task type       | records (pipeline.contract.schema) | model                      | outputs                                  |
-|-----------------|---------------------------|----------------------------|------------------------------------------|
-| classification  | CLASSIFICATION            | `SequenceClassifier`       | logits (batch, instances, classes)       |
-| pair            | CLASSIFICATION (A/B segs) | `SequenceClassifier`       | logits (batch, instances, classes)       |
-| qa              | QUESTION_ANSWERING        | `SpanExtractor`            | start_logits, end_logits (batch, seq)    |
-| long_document   | LONG_DOCUMENT             | `LongDocumentClassifier`   | logits (batch, classes)                  |
+Which task type uses which block is the task type's business (`bert_keras/tasks/<type>.py`):
+
+| model                      | outputs                                  | used by                      |
+|----------------------------|------------------------------------------|------------------------------|
+| `SequenceClassifier`       | logits (batch, instances, classes)       | classification, pair         |
+| `SpanExtractor`            | start_logits, end_logits (batch, seq)    | qa                           |
+| `LongDocumentClassifier`   | logits (batch, classes)                  | long_document                |
 
 A pair is just a classification record whose text_b tokens carry segment 1,
 so one model serves both. Classification rows may be packed (several instances
@@ -26,7 +27,6 @@ from bert_keras.heads import ChunkPooling, ClassificationHead, SpanHead, encode_
 from pipeline.contract.schema import CHUNK_MASK, CLS_WEIGHTS, END_POSITION, LABEL, PADDING_MASK, START_POSITION
 
 LOGITS, START_LOGITS, END_LOGITS = "logits", "start_logits", "end_logits"
-TASK_TYPES = ("classification", "pair", "qa", "long_document")
 
 
 class SequenceClassifier(keras.Model):
@@ -76,17 +76,6 @@ class LongDocumentClassifier(keras.Model):
         chunks = encode_chunks(self.encoder, inputs, training=training)  # (batch, chunks, hidden)
         document = self.pooling(chunks, inputs[CHUNK_MASK])  # (batch, hidden)
         return {LOGITS: self.head(document, training=training)}
-
-
-def build_task_model(task_type: str, encoder, num_classes: int = 0, pooling: str = "attention",
-                     dropout: float = 0.1) -> keras.Model:
-    if task_type in ("classification", "pair"):
-        return SequenceClassifier(encoder, num_classes, dropout, name=f"{task_type}_model")
-    if task_type == "qa":
-        return SpanExtractor(encoder, name="qa_model")
-    if task_type == "long_document":
-        return LongDocumentClassifier(encoder, num_classes, pooling, dropout, name="long_document_model")
-    raise ValueError(f"unknown task type {task_type!r}; known: {', '.join(TASK_TYPES)}")
 
 
 # ---- class weights ---------------------------------------------------------------
@@ -142,6 +131,3 @@ def span_loss(batch, outputs):
     exact = tf.reduce_mean(tf.cast(hit_start & hit_end, tf.float32))
     return tf.reduce_mean(start_ce + end_ce) / 2.0, {"span_accuracy": exact}
 
-
-def loss_for(task_type: str, class_weights: np.ndarray | None = None):
-    return span_loss if task_type == "qa" else classification_loss(class_weights)
