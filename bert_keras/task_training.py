@@ -91,7 +91,8 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     for split in ("train", "eval"):
         if split not in data_dirs:
             raise ContractError(f"fine-tuning data for split {split!r} missing: run the data step first")
-        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind,))
+        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind,),
+                                              vocab_file=vocab_file)
     train_m, eval_m = manifests["train"], manifests["eval"]
     for split, m in manifests.items():
         if m.num_records == 0:
@@ -199,8 +200,8 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     start = time.perf_counter()
     steps = state["stopped_at"] or total
     try:
-        result = trainer.fit(lambda ctx: _train_ds(data_dirs["train"], train_m, task, seed + 1_000_003 * restored,
-                                                   ctx, pack),
+        # The same seed on every resume: the checkpoint holds the input's position in it.
+        result = trainer.fit(lambda ctx: _train_ds(data_dirs["train"], train_m, task, seed, ctx, pack),
                              steps, rows_per_step=global_batch, eval_fn=eval_hook, eval_every=eval_every)
         final_step, history = result.step, result.history
     except _EarlyStop:

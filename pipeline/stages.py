@@ -47,7 +47,25 @@ def _vocab(cfg: Config):
     return Stage("vocab", run, section, inputs=inputs, artifacts=lambda out: [out["vocab_file"]])
 
 
-def _prepare(cfg: Config):
+def phase_stage(stage: str, phase: int) -> str:
+    """Stage name of a pretraining phase's data or training: "pretrain", "pretrain-phase2", ..."""
+    return stage if phase == 1 else f"{stage}-phase{phase}"
+
+
+def stage_command(name: str) -> str:
+    """The command a stage belongs to: "pretrain-phase2" -> pretrain, "finetune:sentiment" -> finetune."""
+    return name.split(":", 1)[0].split("-phase", 1)[0]
+
+
+def last_pretrain_stage(cfg: Config) -> str:
+    return phase_stage("pretrain", len(cfg.pretraining_phases()))
+
+
+def _prepare(cfg: Config) -> list[Stage]:
+    return [_prepare_phase(cfg, prepare, phase) for phase, (prepare, _) in enumerate(cfg.pretraining_phases(), 1)]
+
+
+def _prepare_phase(cfg: Config, prepare, phase: int) -> Stage:
     def run(ctx: StageContext) -> dict[str, Any]:
         import dataclasses
 
@@ -55,7 +73,7 @@ def _prepare(cfg: Config):
 
         vocab_file = ctx.upstream["vocab"]["outputs"]["vocab_file"]
         data_dir = os.path.join(ctx.out_dir, "data")
-        manifest = prepare_pretraining_data(cfg.data, cfg.prepare, vocab_file, data_dir, cfg.run.seed)
+        manifest = prepare_pretraining_data(cfg.data, prepare, vocab_file, data_dir, cfg.run.seed)
         if ctx.tracker is not None:
             ctx.tracker.metrics({f"data.{k}": v for k, v in manifest.counts.items()})
             ctx.tracker.metrics({f"skipped.{k}": v for k, v in manifest.skipped.items()})
@@ -66,10 +84,10 @@ def _prepare(cfg: Config):
         )
         return {"data_dir": data_dir, "manifest": dataclasses.asdict(manifest) | {"config": None}, "summary": summary}
 
-    inputs = list(cfg.data.corpus) + ([cfg.prepare.lexicon] if cfg.prepare.lexicon else [])
-    section = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "seed": cfg.run.seed}
+    inputs = list(cfg.data.corpus) + ([prepare.lexicon] if prepare.lexicon else [])
+    section = {"data": to_dict(cfg.data), "prepare": to_dict(prepare), "seed": cfg.run.seed}
     return Stage(
-        "prepare",
+        phase_stage("prepare", phase),
         run,
         section,
         inputs=inputs,
@@ -78,22 +96,32 @@ def _prepare(cfg: Config):
     )
 
 
-def _pretrain(cfg: Config):
+def _pretrain(cfg: Config) -> list[Stage]:
+    return [_pretrain_phase(cfg, train, phase) for phase, (_, train) in enumerate(cfg.pretraining_phases(), 1)]
+
+
+def _pretrain_phase(cfg: Config, train, phase: int) -> Stage:
+    data_stage = phase_stage("prepare", phase)
+    previous = phase_stage("pretrain", phase - 1) if phase > 1 else None
+
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.pretrain import run_pretraining
 
-        vocab_size = cfg.model.vocab_size or ctx.upstream["vocab"]["outputs"]["vocab_size"]
+        vocab = ctx.upstream["vocab"]["outputs"]
+        vocab_size = cfg.model.vocab_size or vocab["vocab_size"]
         on_log = None
         if ctx.tracker is not None:
             on_log = lambda step, metrics: ctx.tracker.metrics(metrics, step=step)  # noqa: E731
         result = run_pretraining(
             cfg.model,
-            cfg.pretrain,
-            ctx.upstream["prepare"]["outputs"]["data_dir"],
+            train,
+            ctx.upstream[data_stage]["outputs"]["data_dir"],
             ctx.out_dir,
             vocab_size,
             cfg.run.seed,
             on_log=on_log,
+            vocab_file=vocab["vocab_file"],
+            init_state=ctx.upstream[previous]["outputs"]["checkpoint"] if previous else None,
         )
         acc = result.get("eval_mlm_accuracy", result.get("mlm_accuracy"))
         speed = result.get("train_sequences_per_second")
@@ -108,14 +136,15 @@ def _pretrain(cfg: Config):
         )
         return result
 
-    section = {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed}
+    # User-facing key names: a change is reported as e.g. "pretrain.steps (600 -> 1200)".
+    section = {"model": to_dict(cfg.model), "pretrain": to_dict(train), "run.seed": cfg.run.seed}
     inputs = [cfg.model.init_from.split(":", 1)[1]] if cfg.model.init_from and ":" in cfg.model.init_from else []
     return Stage(
-        "pretrain",
+        phase_stage("pretrain", phase),
         run,
         section,
-        inputs=inputs,
-        upstream=["vocab", "prepare"],
+        inputs=inputs if phase == 1 else [],
+        upstream=["vocab", data_stage] + ([previous] if previous else []),
         resumable=True,
         artifacts=lambda out: [p for p in (out.get("loss_curves"), out.get("encoder_weights")) if p],
     )
@@ -130,6 +159,7 @@ def _checkpoint_dir(spec: str | None) -> str | None:
 
 def _finetune(cfg: Config, name: str, with_pretrain: bool):
     task = cfg.finetune[name]
+    pretrain = last_pretrain_stage(cfg)
     checkpoint = _checkpoint_dir(task.init)
     if task.init == "pretrained" and not with_pretrain:
         raise UserError(
@@ -146,7 +176,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         data_dir = os.path.join(ctx.out_dir, "data")
         manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
         if task.init == "pretrained":
-            init = ctx.upstream["pretrain"]["outputs"]["encoder_weights"]
+            init = ctx.upstream[pretrain]["outputs"]["encoder_weights"]
         else:
             init = None if task.init == "random" else task.init  # hf:DIR / google:DIR
         result = run_finetune(
@@ -164,13 +194,13 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         result["vocab_file"] = vocab_file
         return result
 
-    upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
+    upstream = ([] if checkpoint else ["vocab"]) + ([pretrain] if task.init == "pretrained" else [])
     inputs = [p for p in (task.train_file, task.eval_file, checkpoint) if p]
-    section = {
-        "task": to_dict(task),
+    section = {  # user-facing key names: a change is reported as e.g. "finetune.sentiment.epochs (2 -> 3)"
+        f"finetune.{name}": to_dict(task),
         "model": to_dict(cfg.model),
-        "lowercase": cfg.data.lowercase,
-        "seed": cfg.run.seed,
+        "data.lowercase": cfg.data.lowercase,
+        "run.seed": cfg.run.seed,
     }
     return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
 
@@ -178,6 +208,8 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
 def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
     """Gather every task's raw-text SavedModel (written and verified by its finetune stage)
     under export/, and add the encoder's embedding SavedModel."""
+
+    pretrain = last_pretrain_stage(cfg)
 
     def run(ctx: StageContext) -> dict[str, Any]:
         models: dict[str, str] = {}
@@ -191,13 +223,13 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
 
             vocab = ctx.upstream["vocab"]["outputs"]
             encoder = build_encoder(cfg.model, cfg.model.vocab_size or vocab["vocab_size"])
-            encoder.load_weights(ctx.upstream["pretrain"]["outputs"]["encoder_weights"])
+            encoder.load_weights(ctx.upstream[pretrain]["outputs"]["encoder_weights"])
             models["embedding"] = export_encoder_embedding(
                 encoder, vocab["vocab_file"], cfg.data.lowercase, cfg.prepare.max_seq_length, os.path.join(ctx.out_dir, "embedding")
             )
         return {"models": models, "summary": f"{len(models)} SavedModel(s): {', '.join(models)}"}
 
-    upstream = (["vocab", "pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
+    upstream = (["vocab", pretrain] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
     section = {"export": to_dict(cfg.export), "tasks": tasks}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
@@ -212,7 +244,8 @@ def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
     stages: list[Stage] = []
     for name in wanted:
         if name in builders:
-            stages.append(builders[name](cfg))
+            built = builders[name](cfg)
+            stages += built if isinstance(built, list) else [built]
         elif name == "finetune":
             stages += [_finetune(cfg, task, with_pretrain) for task in cfg.finetune]
         elif name == "export":

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.lengths import Budget, parse_budget, parse_duration
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # An editable install (the README's) finds the demo next to the package; an installed
@@ -34,6 +35,9 @@ DEFAULT_CONFIG = next(
 # The masking modes, named once: the config accepts them, the Beam job and the
 # trainer's dynamic masking implement them.
 MASKING_MODES = ("token", "whole_word", "span", "entity")
+# Learning-rate shapes (bert_keras/optimization.py draws them): warmup then a linear or
+# polynomial decay, or constant; Cramming's budget triangle; warmup-stable-decay.
+SCHEDULES = ("linear", "polynomial", "constant", "triangle", "wsd")
 
 
 class _Section(BaseModel):
@@ -138,7 +142,13 @@ class TrainConfig(_Section):
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup in steps; unset: `warmup_ratio`")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warmup as a share of all steps")
-    schedule: Literal["linear", "polynomial", "constant"] = Field("linear", description="decay after warmup")
+    schedule: Literal[SCHEDULES] = Field("linear", description=(
+        "the learning rate's shape: warmup then `linear` or `polynomial` decay to 0, or `constant`; `wsd` "
+        "(warmup-stable-decay, ModernBERT: the peak until the last `decay_ratio` of the run, then linear to 0); "
+        "`triangle` (Cramming's budget triangle: from a quarter of the peak up to the peak, then linear to 0 over "
+        "the last `decay_ratio`; no separate warmup)"))
+    decay_ratio: float = Field(0.2, gt=0, le=1, description=(
+        "`wsd`, `triangle`: share of the run spent decaying (Cramming's triangle: 0.25)"))
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="optimizer")
     weight_decay: float = Field(0.01, ge=0, description="never applied to LayerNorm and biases")
     clip_norm: float | None = Field(1.0, gt=0, description="global-norm gradient clipping; unset: none")
@@ -159,9 +169,62 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1, description="checkpoints kept")
 
 
+class PhaseConfig(_Section):
+    """A further pretraining phase: it continues from the previous phase's full state
+    (encoder, heads, optimizer) on its own data and with its own schedule. Each side
+    holds overrides of the `prepare` / `pretrain` keys (e.g. max_seq_length: 512)."""
+
+    prepare: dict[str, Any] = Field(default_factory=dict, description=(
+        "overrides of `prepare` keys for this phase's own data job (`prepare-phase2/`), e.g. "
+        "`{max_seq_length: 512, max_predictions_per_seq: 80}`"))
+    pretrain: dict[str, Any] = Field(default_factory=dict, description=(
+        "overrides of `pretrain` keys for this phase's own schedule (`pretrain-phase2/`), e.g. `{steps: 100000}`"))
+
+
 class PretrainConfig(TrainConfig):
-    steps: int = Field(1000, ge=1, description="training steps")
-    eval_steps: int = Field(20, ge=0, description="held-out batches for the final MLM accuracy")
+    steps: int = Field(1000, ge=1, description="training steps (unused when `budget` is set)")
+    budget: str | None = Field(None, description=(
+        "the run's length as time or tokens: `20min`, `2h`, `90s`, `500M tokens` (k, M, B). The schedule runs over "
+        "the share of the budget spent and training stops at the budget with a checkpoint, the learning rate at the "
+        "schedule's end on the last step. Time counts training (steps and checkpoints), not evaluation nor the first "
+        "step's tracing of each process, and a resumed run counts what it spent before; tokens count sequence slots "
+        "(rows x sequence length, padding included), so a token budget is a step count fixed before training "
+        "starts. With a time budget, `warmup_steps` still counts steps"))
+    eval_steps: int = Field(20, ge=0, description=(
+        "held-out batches of each held-out evaluation (`eval_every`, and the final one)"))
+    eval_every: int | str | None = Field(None, description=(
+        "held-out MLM loss and accuracy every N steps or every duration of training time (`10min`), against step "
+        "and training seconds in `pretrain/heldout.jsonl`, TensorBoard and MLflow; the evaluation's time is kept "
+        "out of the training time (and of a budget)"))
+    phases: list[PhaseConfig] = Field(default_factory=list, description=(
+        "further pretraining phases, each continuing from the previous one's full state (encoder, heads, "
+        "optimizer) on its own data and schedule; see README \"Two-phase pretraining\""))
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_budget(value)  # ValueError names the spelling
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _cadence(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str) and parse_duration(value) is None:
+            raise ValueError(f"{value!r} is neither a step count nor a duration: write e.g. 500 or 10min")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 step")
+        return value
+
+    def length(self) -> Budget:
+        """The run's length: the budget, else `steps` (unit "steps")."""
+        return parse_budget(self.budget) if self.budget else Budget("steps", float(self.steps))
+
+    def eval_cadence(self) -> tuple[int | None, float | None]:
+        """(every N steps, every S seconds of training): one of them, or neither."""
+        if isinstance(self.eval_every, str):
+            return None, parse_duration(self.eval_every)
+        return self.eval_every, None
 
 
 class TaskConfig(TrainConfig):
@@ -238,7 +301,34 @@ class Config(_Section):
                 raise ValueError(
                     f"finetune.{name}.max_seq_length ({task.max_seq_length}) exceeds model.max_position_embeddings"
                 )
+        self.pretraining_phases()  # each phase's merged sections validate
         return self
+
+    def pretraining_phases(self) -> list[tuple[PrepareConfig, PretrainConfig]]:
+        """(prepare, pretrain) of every phase: the sections themselves for phase 1, then each
+        `pretrain.phases` entry's overrides on them. `phases` itself is left out of each."""
+        base = self.pretrain.model_copy(update={"phases": []})
+        out = [(self.prepare, base)]
+        for i, phase in enumerate(self.pretrain.phases):
+            where = f"pretrain.phases.{i}"
+            if "phases" in phase.pretrain:
+                raise ValueError(f"{where}.pretrain.phases: a phase cannot hold phases of its own")
+            sections = []
+            for name, cls, section in (("prepare", PrepareConfig, self.prepare), ("pretrain", PretrainConfig, base)):
+                merged = {**to_dict(section), **getattr(phase, name)}
+                try:
+                    sections.append(cls.model_validate(merged))
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    loc = ".".join(str(p) for p in first["loc"])
+                    key = f"{where}.{name}.{loc}" if loc else f"{where}.{name}"
+                    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+                    raise ValueError(f"{key}: {message.removeprefix('Value error, ')}") from None
+            if sections[0].max_seq_length > self.model.max_position_embeddings:
+                raise ValueError(f"{where}.prepare.max_seq_length ({sections[0].max_seq_length}) exceeds "
+                                 f"model.max_position_embeddings ({self.model.max_position_embeddings})")
+            out.append((sections[0], sections[1]))
+        return out
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -271,6 +361,10 @@ def _resolve_paths(raw: dict[str, Any], base: str) -> None:
             raw[section][key] = _resolve(value, base)
         elif isinstance(value, list):
             raw[section][key] = [_resolve(v, base) if isinstance(v, str) else v for v in value]
+    for phase in (raw.get("pretrain") or {}).get("phases") or []:
+        lexicon = (phase.get("prepare") or {}).get("lexicon") if isinstance(phase, dict) else None
+        if isinstance(lexicon, str):
+            phase["prepare"]["lexicon"] = _resolve(lexicon, base)
     for task in (raw.get("finetune") or {}).values():
         if not isinstance(task, dict):
             continue
