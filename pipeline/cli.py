@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="JSONL", help="one JSON object a line with the text fields")
     predict.add_argument("--output", required=True, metavar="JSONL", help="where to write one prediction a line")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--strict", action="store_true",
+                         help="stop at the first line that is not a JSON object with the model's text fields "
+                         "(default: set such lines aside in OUTPUT-invalid.jsonl, count them and go on)")
     predict.add_argument("--debug", action="store_true", help="show full tracebacks")
     score = sub.add_parser(
         "score",
@@ -186,7 +189,7 @@ def _predict(args: argparse.Namespace) -> int:
         if err.name != "bert_keras.predict":
             raise
         raise UserError("bertpipe predict is not yet available in this version (tracked in issue 6)") from None
-    return predict_jsonl(args.model, args.input, args.output, args.batch_size)
+    return predict_jsonl(args.model, args.input, args.output, args.batch_size, strict=args.strict)
 
 
 def _score(args: argparse.Namespace) -> int:
