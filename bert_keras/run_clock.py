@@ -6,7 +6,9 @@ schedule's progress: the share of the run that will be done at the end of that
 step, so the last step runs at the schedule's final value and a time budget ends
 with the learning rate where the schedule ends. Training time excludes evaluation
 (which `paused()` brackets) and is saved with every checkpoint, so a resumed run
-counts what it spent before the kill, up to its last checkpoint.
+counts what it spent before the kill, up to its last checkpoint. The first step
+of each process is not counted either: it traces and compiles the step function
+(seconds to minutes, more on a busy machine), which says nothing about training.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class RunClock:
             raise ValueError("a run has a step count or a time budget, exactly one")
         self.steps, self.budget = steps, budget_seconds
         self.spent_before = spent_before
-        self.eval_seconds = 0.0
+        self.eval_seconds = 0.0  # not training: evaluation, and the first step's tracing
         self._start = time.perf_counter()
         self._step_seconds: float | None = None
         self._first = True
@@ -46,8 +48,9 @@ class RunClock:
         return min(1.0, (self.spent() + (self._step_seconds or 0.0)) / self.budget)
 
     def step_took(self, seconds: float) -> None:
-        if self._first:  # the first step of a process traces the step function: not a step's time
+        if self._first:  # the first step of a process traces the step function: not training time
             self._first = False
+            self.eval_seconds += seconds
             return
         if self._step_seconds is None:
             self._step_seconds = seconds
