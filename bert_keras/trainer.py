@@ -130,7 +130,7 @@ class Trainer:
             # Model, optimizer and step must all be there; the rest of the state is newer
             # than some checkpoints (an older bertpipe's resume keeps its defaults).
             tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step).read(
-                latest).assert_existing_objects_matched()
+                latest).expect_partial().assert_existing_objects_matched()
             tf.train.Checkpoint(state=self._state).read(latest).expect_partial()
             self._restored = latest
         return int(self.step.numpy())
