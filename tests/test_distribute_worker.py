@@ -6,6 +6,7 @@ set before TensorFlow initializes, and SIGKILL needs a process to kill.
     python -m tests.test_distribute_worker mirrored DATA OUT
     python -m tests.test_distribute_worker multi_worker DATA OUT   (TF_CONFIG set)
     python -m tests.test_distribute_worker pretrain DATA OUT STEPS
+    python -m tests.test_distribute_worker finetune TASK_JSON OUT       (TASK_JSON: task config + data dirs)
 """
 
 from __future__ import annotations
@@ -64,10 +65,24 @@ def main(argv: list[str]) -> None:
         from pipeline.contract.config import PretrainConfig
         from tests.test_trainer import TINY
 
+        # Dropout on: a resumed run must draw the masks the uninterrupted one drew.
+        model = TINY.model_copy(update={"dropout": 0.1, "attention_dropout": 0.1})
         cfg = PretrainConfig(batch_size=8, steps=int(argv[3]), log_every=1, checkpoint_every=5, keep_checkpoints=2,
                              eval_steps=1, eval_batch_size=4, precision="float32", learning_rate=1e-3)
-        result = run_pretraining(TINY, cfg, data_dir, out_dir, vocab_size=30522, seed=0)
-        print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "history"}), flush=True)
+        result = run_pretraining(model, cfg, data_dir, out_dir, vocab_size=30522, seed=0)
+        print("RESULT " + json.dumps({k: v for k, v in result.items() if k not in ("history", "heldout")}),
+              flush=True)
+    elif mode == "finetune":
+        from bert_keras.task_training import train_task
+        from pipeline.contract.config import TaskConfig
+        from tests.test_data import VOCAB
+        from tests.test_trainer import TINY
+
+        with open(data_dir, encoding="utf-8") as fh:
+            spec = json.load(fh)
+        model = TINY.model_copy(update={"dropout": 0.1, "attention_dropout": 0.1, "max_position_embeddings": 128})
+        out = train_task(TaskConfig(**spec["task"]), model, VOCAB, spec["data_dirs"], None, out_dir, 0)
+        print("RESULT " + json.dumps({"final_step": out["final_step"], "best_step": out["best_step"]}), flush=True)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
