@@ -82,5 +82,10 @@ def test_multi_worker_mirrored_two_processes_end_with_same_weights(tmp_path):
     w0, w1 = _weights(tmp_path / "worker0.npz"), _weights(tmp_path / "worker1.npz")
     for a, b in zip(w0, w1, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert os.path.isdir(tmp_path / "checkpoints")  # the chief's; the other worker's scratch copy is gone
-    assert not [d for d in os.listdir(tmp_path) if d.startswith(".worker-")]
+    assert os.path.isdir(tmp_path / "checkpoints")  # the chief's
+    # The other worker keeps its own copy: it holds that worker's input position for a resume or an extension.
+    assert [d for d in os.listdir(tmp_path) if d.startswith(".worker-")] == [".worker-1-checkpoints"]
+    import tensorflow as tf
+
+    other = tf.train.latest_checkpoint(str(tmp_path / ".worker-1-checkpoints"))
+    assert other.endswith("ckpt-3") and any(k.startswith("data/") for k, _ in tf.train.list_variables(other))
