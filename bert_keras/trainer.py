@@ -146,17 +146,32 @@ class Trainer:
             self.train_seconds.assign(self.clock.spent())
         return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
-    def _attach_input(self, iterator, resumed: int) -> None:
-        """Save the input's position with every checkpoint; restore it on a resume."""
-        self.checkpoint.data = iterator
+    def _input(self, data, resumed: int):
+        """An iterator over `data` at the run's position. Where tf.data can checkpoint it (one
+        device: a plain tf.data iterator) its position is saved with every checkpoint and
+        restored here; tf.distribute's own iterators (Mirrored, MultiWorkerMirrored, TPU)
+        cannot be, so a resume re-reads its deterministic input up to the position instead."""
+        iterator = iter(self.distribute(data))
+        if isinstance(iterator, tf.data.Iterator):
+            self.checkpoint.data = iterator
+            if resumed:
+                status = tf.train.Checkpoint(data=iterator).read(self.manager.latest_checkpoint).expect_partial()
+                try:
+                    status.assert_existing_objects_matched()
+                except AssertionError:
+                    self.log_fn("the checkpoint holds no input position (written by an older bertpipe): "
+                                "the input starts again from the top of its shuffle")
+            return iterator
         if not resumed:
-            return
-        status = tf.train.Checkpoint(data=iterator).read(self.manager.latest_checkpoint).expect_partial()
-        try:
-            status.assert_existing_objects_matched()
-        except AssertionError:
-            self.log_fn("the checkpoint holds no input position (written by an older bertpipe): "
-                        "the input starts again from the top of its shuffle")
+            return iterator
+        self.log_fn(f"input position: re-reading the input up to step {resumed} "
+                    f"({type(self.strategy).__name__}'s iterators cannot be checkpointed)")
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            def skipped(ctx):  # each input pipeline feeds its worker's replicas one batch each per step
+                return data(ctx).skip(resumed * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
+
+            return iter(self.distribute(skipped))
+        return iter(self.distribute(data.skip(resumed)))  # one global batch per step
 
     # ---- per-replica step ----------------------------------------------------
     def _micro_grads(self, batch, micro):
@@ -277,8 +292,7 @@ class Trainer:
         if clock.finished(resumed):
             return TrainResult(resumed, resumed, history[-1] if history else {}, history,
                                self.manager.latest_checkpoint, 0.0, 0.0, clock.spent_before)
-        iterator = iter(self.distribute(data))
-        self._attach_input(iterator, resumed)
+        iterator = self._input(data, resumed)
         train_step = self.step_function()
         s = self.settings
         start = time.perf_counter()
