@@ -9,6 +9,18 @@ and prefetch.
 
 Held-out split for evaluation: with two or more shards the last shard (sorted
 by name) is held out; with one shard every 20th record is (`HOLDOUT_MODULO`).
+
+Training input is deterministic under its seed: the interleave and the maps keep
+their order (`bench/bench_input.py` measures what that costs) and packing draws
+per window from the seed, so the trainer can save the input's position in its
+checkpoints (a tf.data iterator checkpoint) and a resumed run reads what the
+uninterrupted run would have. Dynamic masking draws its masks from tf-text's
+stateful random ops, whose state a checkpoint cannot hold: after a resume its
+masks are new draws (the rows and their order are still the same).
+
+A corrupt record fails the run with one line naming the shard (`corrupt_shard`),
+not a skip: a checksum that fails means the data directory was damaged after the
+data job wrote it, and training on around it would hide that.
 """
 
 from __future__ import annotations
@@ -27,11 +39,30 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def open_manifest(data_dir: str, *, vocab_size: int | None = None, seq_length: int | None = None,
-                  kinds=()) -> DataManifest:
-    """Read `manifest.json` and refuse data that does not fit (one-line ContractError)."""
+                  kinds=(), vocab_file: str | None = None) -> DataManifest:
+    """Read `manifest.json` and refuse data that does not fit (one-line ContractError):
+    schema, kind, vocab size and, given `vocab_file`, its content; then check that every
+    shard is there at the size the data job wrote."""
     manifest = schema.read_manifest(data_dir)
-    manifest.check(vocab_size=vocab_size, seq_length=seq_length, kinds=kinds)
+    vocab = (vocab_file, schema.file_sha256(vocab_file)) if vocab_file else None
+    manifest.check(vocab_size=vocab_size, seq_length=seq_length, kinds=kinds, vocab=vocab)
+    manifest.check_shards(data_dir)
     return manifest
+
+
+def corrupt_shard(data_dir: str, manifest: DataManifest) -> str | None:
+    """One line naming the first shard whose records fail to read, or None (called only
+    after tf.data reported corrupt input, so the cost of reading every shard is paid then)."""
+    compression = "GZIP" if manifest.compression == "gzip" else None
+    for path in schema.shard_paths(data_dir, manifest):
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, compression_type=compression):
+                count += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            return (f"shard {path} is corrupt after its first {count} records (a record fails its checksum): "
+                    "the data directory was damaged after the data job wrote it; rebuild it (bertpipe prepare --force)")
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +140,16 @@ def add_instance_slots(batch: dict) -> dict:
 
 
 def make_dataset(data_dir: str, manifest: DataManifest, *, which: str, batch_size: int, training: bool,
-                 seed: int = 0, deterministic: bool = False, input_context=None,
+                 seed: int = 0, deterministic: bool = True, input_context=None,
                  pack: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
                  mask: Callable[[dict], dict] | None = None, shuffle_buffer: int = 10_000,
                  drop_remainder: bool | None = None) -> tf.data.Dataset:
     """Batched dicts of model inputs.
 
     which: "train" | "eval" | "all" (see `split`). training: repeat forever and
-    shuffle. `pack(rows) -> rows` packs an unbatched dataset of parsed rows;
+    shuffle (under `seed`). deterministic: the same order every time (the
+    default; False lets parallel reads and maps hand out whatever is ready
+    first). `pack(rows) -> rows` packs an unbatched dataset of parsed rows;
     `mask(batch) -> batch` masks a parsed batch (dynamic records).
     `input_context` (from `distribute_datasets_from_function`) shards the
     input between workers; then `batch_size` is the per-replica batch.
@@ -139,6 +172,10 @@ def make_dataset(data_dir: str, manifest: DataManifest, *, which: str, batch_siz
     ds = ds.map(add_instance_slots, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
+    if mask is not None:
+        # tf-text's masking ops are stateful: the iterator checkpoint skips their state
+        # (the masks after a resume are new draws) instead of failing (module docstring).
+        options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     if input_context is not None:
         # We sharded by hand above; stop tf.distribute from sharding again.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -19,13 +19,16 @@ heads, and the QKV bias + the queries' scaling (0.975).
 
 Each kernel computes in float32 and returns its input's dtype. Dropout draws
 its bits inside the kernel (`_keep`), and the forward kernel hands the keep mask
-to the backward one. Seeds come from a stateful op per call. The kernels serve
+to the backward one. Seeds come from a stateful op per call, or, inside the
+trainer's step (`step_seeds`), from the step itself. The kernels serve
 training only; inference runs the plain layers, and tests check both give the
 same values and gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import tensorflow as tf
@@ -35,9 +38,32 @@ from bert_keras.compat import float32_value
 compiled = tf.function(jit_compile=True)  # one XLA kernel per call
 
 
+_STEP_KEY: contextvars.ContextVar = contextvars.ContextVar("bertpipe_step_key", default=None)
+
+
+@contextlib.contextmanager
+def step_seeds(key):
+    """While tracing a training step: every `new_seed()` is `key` folded with its call's
+    order (stateless), instead of a draw from a stateful op whose state no checkpoint
+    holds. `key` is a (2,) int64 tensor distinct per step, micro-batch and replica
+    (`Trainer._micro_grads`), so a step's dropout masks are a function of the step and a
+    resumed run draws the masks the uninterrupted run drew. Same ops count as before."""
+    token = _STEP_KEY.set([key, 0])
+    try:
+        yield
+    finally:
+        _STEP_KEY.reset(token)
+
+
 def new_seed():
     """A fresh (2,) int64 seed per call: each dropout in each step gets its own bits."""
-    return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    scope = _STEP_KEY.get()
+    if scope is None:
+        return tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    key, calls = scope
+    scope[1] = calls + 1
+    return tf.random.stateless_uniform([2], seed=tf.random.experimental.stateless_fold_in(key, calls),
+                                       minval=None, maxval=None, dtype=tf.int64)
 
 
 def _mix(h):

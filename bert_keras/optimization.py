@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules built from `TrainConfig`.
 
 BERT's recipe: AdamW (or LAMB for large batches), linear warmup then decay, and
-weight decay that skips LayerNorm and biases. Both optimizers are Keras 3's
+weight decay that skips LayerNorm and biases. The budget recipes' schedules
+(Cramming's triangle, ModernBERT's warmup-stable-decay) are shapes of the same
+function (`shaped_lr`), over steps or over the share of a time or token budget. Both optimizers are Keras 3's
 (`keras.optimizers.AdamW`, `keras.optimizers.Lamb`); AdamW's per-variable update
 is replaced by fused kernels (`FusedAdamW`, same math), and the schedule is ours,
 because Keras has no warmup-then-decay schedule.
@@ -18,23 +20,69 @@ import tensorflow as tf
 
 from bert_keras import compat
 from bert_keras.fused import compiled
-from pipeline.contract.config import TrainConfig
+from pipeline.contract.config import SCHEDULES, TrainConfig
 
 # Power of the "polynomial" decay: (1 - progress) ** 2 falls faster than linear
 # early on and flattens near the end; "linear" is the power-1 case.
 POLYNOMIAL_POWER = 2.0
+# Cramming's budget triangle (`budget-triangle2` in JonasGeiping/cramming, the schedule of
+# its final recipe) starts at a quarter of the peak, rises until the decay share begins,
+# then falls linearly to zero at the end of the budget.
+TRIANGLE_START = 0.25
+
+
+def shaped_lr(kind: str, peak: float, end: float, power: float, decay_share: float, done, warmup_share: float,
+              warm_done, in_warmup):
+    """The learning rate of every schedule shape, from where the run is.
+
+    done: share of the run done, 0..1 (the decay's clock); warmup_share: share of the run
+    that is warmup; warm_done: share of the warmup done; in_warmup: bool tensor.
+    linear / polynomial: warmup, then decay from peak to `end` over the rest; constant:
+    warmup, then peak; wsd (warmup-stable-decay, ModernBERT): warmup, peak until the last
+    `decay_share`, then linear to `end`; triangle: see TRIANGLE_START (no separate warmup).
+    """
+    done = keras.ops.clip(done, 0.0, 1.0)
+    if kind == "triangle":
+        rise = TRIANGLE_START + done * (1.0 - TRIANGLE_START) / max(1.0 - decay_share, 1e-9)
+        return end + (peak - end) * keras.ops.minimum(rise, (1.0 - done) / decay_share)
+    if kind == "constant":
+        after = keras.ops.convert_to_tensor(peak, "float32")
+    elif kind == "wsd":
+        after = end + (peak - end) * keras.ops.minimum(1.0, (1.0 - done) / decay_share)
+    else:
+        share = keras.ops.convert_to_tensor(warmup_share, "float32")  # same rounding above and below
+        progress = keras.ops.clip((done - share) / keras.ops.maximum(1.0 - share, 1e-9), 0.0, 1.0)
+        after = end + (peak - end) * keras.ops.power(1.0 - progress, 1.0 if kind == "linear" else power)
+    return keras.ops.where(in_warmup, peak * keras.ops.minimum(warm_done, 1.0), after)
+
+
+class _Schedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Shared by both schedules: the position can come from the trainer's variables
+    (`bind`) instead of the optimizer's iteration count, so a second pretraining phase,
+    whose optimizer carries on counting, runs its own schedule from its own step 0."""
+
+    step_variable = None
+    progress_variable = None
+
+    def bind(self, step=None, progress=None):
+        self.step_variable, self.progress_variable = step, progress
+
+    def _step(self, iterations):
+        return keras.ops.cast(self.step_variable if self.step_variable is not None else iterations, "float32")
 
 
 @keras.saving.register_keras_serializable(package="bertpipe")
-class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak` over `warmup_steps`, then decay to `end`.
+class WarmupDecay(_Schedule):
+    """Linear warmup from 0 to `peak` over `warmup_steps`, then a shape over the rest
+    of `total_steps` (BERT's: step i of the warmup runs at peak * (i + 1) / warmup, and
+    the decay reaches `end` at step `total_steps`).
 
-    kind: "linear" | "polynomial" | "constant" (constant holds `peak` after warmup).
+    kind: any of SCHEDULES (constant holds `peak` after warmup).
     """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str = "linear", end: float = 0.0,
-                 power: float = POLYNOMIAL_POWER):
-        if kind not in ("linear", "polynomial", "constant"):
+                 power: float = POLYNOMIAL_POWER, decay_share: float = 0.2):
+        if kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {kind!r}")
         self.peak = float(peak)
         self.warmup_steps = int(warmup_steps)
@@ -42,25 +90,54 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.kind = kind
         self.end = float(end)
         self.power = float(power)
+        self.decay_share = float(decay_share)
 
     def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warm = float(max(self.warmup_steps, 1))
-        warmup_lr = self.peak * keras.ops.minimum(step + 1.0, warm) / warm
-        if self.kind == "constant":
-            decayed = keras.ops.convert_to_tensor(self.peak, "float32")
-        else:
-            span = float(max(self.total_steps - self.warmup_steps, 1))
-            progress = keras.ops.clip((step - self.warmup_steps) / span, 0.0, 1.0)
-            power = 1.0 if self.kind == "linear" else self.power
-            decayed = self.end + (self.peak - self.end) * keras.ops.power(1.0 - progress, power)
-        if self.warmup_steps <= 0:
-            return decayed
-        return keras.ops.where(step < self.warmup_steps, warmup_lr, decayed)
+        step = self._step(step)
+        total, warm = float(self.total_steps), float(max(self.warmup_steps, 1))
+        return shaped_lr(self.kind, self.peak, self.end, self.power, self.decay_share, step / total,
+                         self.warmup_steps / total, (step + 1.0) / warm,
+                         step < self.warmup_steps if self.warmup_steps > 0 else False)
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
-                "kind": self.kind, "end": self.end, "power": self.power}
+                "kind": self.kind, "end": self.end, "power": self.power, "decay_share": self.decay_share}
+
+
+@keras.saving.register_keras_serializable(package="bertpipe")
+class BudgetSchedule(_Schedule):
+    """The same shapes over the share of a budget (time or tokens) spent.
+
+    The trainer sets the bound `progress` variable before every step to the share of
+    the budget spent at that step's end, so the last step runs at the schedule's final
+    value. Warmup lasts `warmup_steps` steps when given (warmup steadies the first
+    optimizer steps, however long they take), else `warmup_share` of the budget.
+    """
+
+    def __init__(self, peak: float, warmup_share: float, kind: str = "linear", end: float = 0.0,
+                 power: float = POLYNOMIAL_POWER, decay_share: float = 0.2, warmup_steps: int | None = None):
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.peak, self.warmup_share, self.kind, self.end = float(peak), float(warmup_share), kind, float(end)
+        self.power, self.decay_share, self.warmup_steps = float(power), float(decay_share), warmup_steps
+
+    def __call__(self, step):
+        if self.progress_variable is None:
+            raise ValueError("BudgetSchedule needs the trainer's progress: Trainer(..., schedule=this)")
+        done = keras.ops.cast(self.progress_variable, "float32")
+        if self.warmup_steps is not None:
+            step = self._step(step)
+            warm_done, in_warmup = (step + 1.0) / float(max(self.warmup_steps, 1)), step < self.warmup_steps
+            share = 0.0  # the decay of linear / polynomial runs over the whole budget
+        else:
+            warm_done, in_warmup = done / max(self.warmup_share, 1e-9), done < self.warmup_share
+            share = self.warmup_share
+        return shaped_lr(self.kind, self.peak, self.end, self.power, self.decay_share, done, share, warm_done,
+                         in_warmup)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_share": self.warmup_share, "kind": self.kind, "end": self.end,
+                "power": self.power, "decay_share": self.decay_share, "warmup_steps": self.warmup_steps}
 
 
 @keras.saving.register_keras_serializable(package="bertpipe")
@@ -131,8 +208,13 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return int(round(cfg.warmup_ratio * total_steps))
 
 
-def make_schedule(cfg: TrainConfig, total_steps: int) -> WarmupDecay:
-    return WarmupDecay(cfg.learning_rate, warmup_steps(cfg, total_steps), total_steps, cfg.schedule)
+def make_schedule(cfg: TrainConfig, total_steps: int | None):
+    """WarmupDecay over `total_steps`; None (a budget): BudgetSchedule over the budget's share."""
+    if total_steps is None:
+        return BudgetSchedule(cfg.learning_rate, cfg.warmup_ratio, cfg.schedule, decay_share=cfg.decay_ratio,
+                              warmup_steps=cfg.warmup_steps)
+    return WarmupDecay(cfg.learning_rate, warmup_steps(cfg, total_steps), total_steps, cfg.schedule,
+                       decay_share=cfg.decay_ratio)
 
 
 def no_decay(variable) -> bool:
@@ -145,12 +227,13 @@ def no_decay(variable) -> bool:
     return len(variable.shape) <= 1
 
 
-def build_optimizer(cfg: TrainConfig, total_steps: int, variables, *, loss_scale: bool = False):
-    """AdamW or LAMB with the warmup schedule; `variables` are the model's
-    trainable variables (needed to exclude LayerNorm/biases from weight decay
-    before the optimizer is built). `loss_scale` wraps it in a
-    `LossScaleOptimizer` (mixed_float16)."""
-    schedule = make_schedule(cfg, total_steps)
+def build_optimizer(cfg: TrainConfig, total_steps: int | None, variables, *, loss_scale: bool = False,
+                    schedule=None):
+    """AdamW or LAMB with the warmup schedule (`schedule`, default `make_schedule(cfg,
+    total_steps)`); `variables` are the model's trainable variables (needed to exclude
+    LayerNorm/biases from weight decay before the optimizer is built). `loss_scale`
+    wraps it in a `LossScaleOptimizer` (mixed_float16)."""
+    schedule = schedule if schedule is not None else make_schedule(cfg, total_steps)
     kwargs = dict(learning_rate=schedule, beta_1=0.9, beta_2=0.999, epsilon=1e-6,
                   weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":

@@ -111,9 +111,11 @@ def pack_dataset(ds: tf.data.Dataset, *, seq_length: int, max_instances: int, ma
     out_keys = [k for k in keys if k not in (schema.CLS_POSITIONS, schema.CLS_WEIGHTS)]
     out_keys += [schema.CLS_POSITIONS, schema.CLS_WEIGHTS]
     out_dtypes = [dtypes.get(k, tf.int32 if k == schema.CLS_POSITIONS else tf.float32) for k in out_keys]
-    rng = np.random.default_rng(seed)
 
-    def run(*arrays):
+    def run(window_index, *arrays):
+        # A generator per window from (seed, window): the packing is a function of the input
+        # alone, so tf.data can checkpoint the pipeline (a stateful py_func it cannot).
+        rng = np.random.default_rng(None if seed is None else [seed, int(window_index)])
         packed = pack_window(dict(zip(keys, arrays, strict=False)), seq_length=seq_length, max_instances=max_instances,
                              max_predictions=max_predictions, rng=rng)
         return [packed[k].astype(d.as_numpy_dtype) for k, d in zip(out_keys, out_dtypes, strict=False)]
@@ -125,12 +127,12 @@ def pack_dataset(ds: tf.data.Dataset, *, seq_length: int, max_instances: int, ma
             return [None, max_instances]
         return [None, seq_length]
 
-    def pack_batch(batch):
-        arrays = tf.numpy_function(run, [batch[k] for k in keys], out_dtypes, stateful=True)
+    def pack_batch(window_index, batch):
+        arrays = tf.numpy_function(run, [window_index] + [batch[k] for k in keys], out_dtypes, stateful=seed is None)
         out = {}
         for key, arr in zip(out_keys, arrays, strict=False):
             arr.set_shape(shape_of(key))
             out[key] = arr
         return out
 
-    return ds.batch(window).map(pack_batch).unbatch()
+    return ds.batch(window).enumerate().map(pack_batch).unbatch()

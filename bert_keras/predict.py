@@ -10,6 +10,12 @@ it has one, and the signature's outputs (label, label_id, probabilities; or
 answer, score, start_char, end_char; ...). Lines stream through in batches, so
 the file may be larger than memory; the output appears only when complete.
 
+A line that is not a JSON object with those text fields does not stop the run
+(one bad line must not cost the million good ones): it is set aside, with its
+line number and the reason, in `<output stem>-invalid.jsonl` beside the output,
+and counted, as `bertpipe score` does. `--strict` stops at the first such line
+instead, with one line naming it, and writes no output.
+
 Only tensorflow and tensorflow_text are needed to run the model; this module
 adds JSON, batching and the progress bar.
 """
@@ -82,7 +88,9 @@ def run_batch(signature, names: list[str], rows: list[list[str]]) -> list[dict]:
     return [{key: json_ready(value[i]) for key, value in sorted(outputs.items())} for i in range(len(rows))]
 
 
-def _records(path: str, names: list[str]) -> Iterator[tuple[int, dict, list[str]]]:
+def _records(path: str, names: list[str]) -> Iterator[tuple[int, dict | str, list[str] | UserError]]:
+    """(line number, record, its text fields) per line; for a bad line (number, the raw
+    line, the one-line UserError saying what is wrong with it)."""
     try:
         fh = open(path, encoding="utf-8", errors="replace")  # invalid bytes -> U+FFFD
     except OSError as err:
@@ -95,8 +103,18 @@ def _records(path: str, names: list[str]) -> Iterator[tuple[int, dict, list[str]
             try:
                 record = json.loads(line)
             except ValueError as err:
-                raise UserError(f"{where} is not JSON ({err.msg}): each line must be one JSON object") from None
-            yield number, record, fields_of(record, names, where)
+                yield number, line, UserError(f"{where} is not JSON ({err.msg}): each line must be one JSON object")
+                continue
+            try:
+                yield number, record, fields_of(record, names, where)
+            except UserError as err:
+                yield number, line, err
+
+
+def invalid_path(output_path: str) -> str:
+    """Where bad input lines go: `out/pred.jsonl` -> `out/pred-invalid.jsonl`."""
+    stem, ext = os.path.splitext(output_path)
+    return f"{stem}-invalid{ext or '.jsonl'}"
 
 
 @contextlib.contextmanager
@@ -126,8 +144,10 @@ def _count_lines(path: str) -> int | None:
         return None
 
 
-def predict_jsonl(model_dir: str, input_path: str, output_path: str, batch_size: int = 32) -> int:
-    """Score every line of `input_path` into `output_path`; return the exit code (0)."""
+def predict_jsonl(model_dir: str, input_path: str, output_path: str, batch_size: int = 32,
+                  strict: bool = False) -> int:
+    """Score every line of `input_path` into `output_path`, bad lines into `invalid_path`
+    (or, `strict`, stop at the first one); return the exit code (0)."""
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -136,6 +156,8 @@ def predict_jsonl(model_dir: str, input_path: str, output_path: str, batch_size:
         raise UserError(f"input file {input_path} not found")
     _, signature, names = load_signature(model_dir)
     count = 0
+    bad_path = invalid_path(output_path)
+    bad: list[str] = []
     with _atomic_text_output(output_path) as out, tqdm(total=_count_lines(input_path), unit=" lines", desc="predict") as bar:
         batch: list[tuple[int, dict, list[str]]] = []
 
@@ -147,12 +169,25 @@ def predict_jsonl(model_dir: str, input_path: str, output_path: str, batch_size:
             bar.update(len(batch))
             batch.clear()
 
-        for item in _records(input_path, names):
-            batch.append(item)
+        for number, record, fields in _records(input_path, names):
+            if isinstance(fields, UserError):
+                if strict:
+                    raise fields
+                bad.append(json.dumps({"line": number, "error": str(fields), "text": record[:1000]},
+                                      ensure_ascii=False) + "\n")
+                bar.update(1)
+                continue
+            batch.append((number, record, fields))
             count += 1
             if len(batch) == batch_size:
                 flush()
         if batch:
             flush()
-    print(f"bertpipe predict: wrote {count} predictions to {output_path}")
+        if bad:
+            with _atomic_text_output(bad_path) as side:
+                side.writelines(bad)
+        elif os.path.exists(bad_path):
+            os.unlink(bad_path)  # left by an earlier run of this output: it would describe another input
+    aside = f"; {len(bad)} invalid line(s) set aside in {bad_path}" if bad else ""
+    print(f"bertpipe predict: wrote {count} predictions to {output_path}{aside}")
     return 0

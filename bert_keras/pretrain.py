@@ -2,8 +2,10 @@
 
 Wires the pieces together: strategy and precision (`distribute.py`), the input
 pipeline with packing and dynamic masking (`data.py`, `packing.py`,
-`dynamic_masking.py`), the optimizer (`optimization.py`) and the one training
-loop (`trainer.py`). Rerunning the same call resumes from the latest checkpoint.
+`dynamic_masking.py`), the optimizer and its schedule over steps or a budget
+(`optimization.py`) and the one training loop (`trainer.py`). Rerunning the same
+call resumes from the latest checkpoint; with a longer length it continues. A
+later phase starts from the previous phase's checkpoint (`init_state`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from bert_keras import data, distribute, dynamic_masking, families, packing
-from bert_keras.optimization import build_optimizer
+from bert_keras.optimization import build_optimizer, current_lr, make_schedule
 from bert_keras.pretraining_model import pretraining_loss
 from bert_keras.starting_weights import apply_init, build_encoder_for, encoder_spec
 from bert_keras.tokenizer import MASK, load_vocab
@@ -28,6 +30,7 @@ from pipeline.contract.errors import ContractError
 
 ENCODER_WEIGHTS = "encoder.weights.h5"
 LOSS_CURVES = "loss_curves.png"
+HELDOUT = "heldout.jsonl"  # held-out MLM loss and accuracy against step and training seconds (eval_every)
 
 
 def _mask_id(manifest: schema.DataManifest) -> int:
@@ -58,7 +61,7 @@ def input_fns(manifest, cfg: PretrainConfig, seed: int):
     return pack, mask
 
 
-def save_loss_curves(history: list[dict], path: str) -> str | None:
+def save_loss_curves(history: list[dict], path: str, heldout: list[dict] = ()) -> str | None:
     rows = [h for h in history if "loss" in h]
     if not rows:
         return None
@@ -72,6 +75,8 @@ def save_loss_curves(history: list[dict], path: str) -> str | None:
     for key in ("loss", "mlm_loss", "nsp_loss"):
         if key in rows[0]:
             ax1.plot(steps, [h[key] for h in rows], label=key)
+    if heldout and "eval_mlm_loss" in heldout[0]:
+        ax1.plot([h["step"] for h in heldout], [h["eval_mlm_loss"] for h in heldout], "o-", label="held-out mlm_loss")
     ax1.set_xlabel("step")
     ax1.set_title("training loss")
     ax1.legend()
@@ -104,12 +109,30 @@ def encoder_overrides(train_cfg: PretrainConfig, strategy) -> dict:
     return {**rates, "fused_kernels": distribute.use_fused_kernels(train_cfg.kernels, strategy)}
 
 
+def _heldout_rows(path: str, resumed: int, chief: bool) -> list[dict]:
+    """Held-out evaluations up to the restored step (later ones belong to a killed run)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip().endswith("}")]
+    rows = [r for r in rows if r.get("step", 0) <= resumed]
+    if chief:
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir: str, out_dir: str,
                     vocab_size: int, seed: int, on_log: Callable[[int, dict], None] | None = None,
-                    log_fn: Callable[[str], None] = print) -> dict:
-    """Pretrain (or resume) and return final metrics, artifact paths and the loss history."""
+                    log_fn: Callable[[str], None] = print, vocab_file: str | None = None,
+                    init_state: str | None = None) -> dict:
+    """Pretrain (or resume) and return final metrics, artifact paths and the loss history.
+
+    `vocab_file`: the vocab in use; data written with another is refused. `init_state`:
+    a checkpoint of the previous pretraining phase, whose encoder, heads and optimizer
+    this run continues from (when it has no checkpoint of its own yet).
+    """
     manifest = data.open_manifest(data_dir, vocab_size=vocab_size, seq_length=model_cfg.max_position_embeddings,
-                                  kinds=data.PRETRAIN_KINDS)
+                                  kinds=data.PRETRAIN_KINDS, vocab_file=vocab_file)
     strategy = distribute.choose_strategy(train_cfg)
     policy = distribute.set_precision(distribute.resolve_precision(train_cfg.precision, strategy))
     accum = train_cfg.accumulation_steps
@@ -117,6 +140,14 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     log_fn(distribute.describe(strategy, train_cfg.batch_size, accum, policy))
     os.makedirs(out_dir, exist_ok=True)
     keras.utils.set_random_seed(seed)
+    length = train_cfg.length()
+    # A token budget counts sequence slots, so it is a step count; a time budget is not.
+    steps = None if length.unit == "seconds" else (
+        train_cfg.steps if length.unit == "steps" else length.steps(global_batch * manifest.seq_length))
+    if length.unit != "steps":
+        log_fn(f"budget {train_cfg.budget}: " + (f"{steps} steps of {global_batch} x {manifest.seq_length} tokens"
+                                                 if steps else "training stops when it is spent") +
+               f", the {train_cfg.schedule} schedule runs over it (pretrain.steps is not used)")
 
     nsp = uses_nsp(train_cfg, manifest, data_dir)
     if not nsp:
@@ -126,20 +157,23 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         encoder, pending = build_encoder_for(model_cfg.init_from, model_cfg, vocab_size,
                                              **encoder_overrides(train_cfg, strategy))
         model = families.for_config(model_cfg).build_pretraining_model(encoder, nsp=nsp)
-        optimizer = build_optimizer(train_cfg, train_cfg.steps, model.trainable_variables,
-                                    loss_scale=policy == "mixed_float16")
+        schedule = make_schedule(train_cfg, steps if length.unit == "steps" else None)
+        optimizer = build_optimizer(train_cfg, steps, model.trainable_variables,
+                                    loss_scale=policy == "mixed_float16", schedule=schedule)
     trainer = Trainer(model, pretraining_loss, optimizer, strategy, out_dir, LoopSettings.from_config(train_cfg),
-                      on_log=on_log, log_fn=log_fn)
+                      on_log=on_log, log_fn=log_fn, schedule=schedule, seed=seed)
     start = trainer.restore()
-    if start == 0 and model_cfg.init_from:  # a resumed run already holds its own weights
+    if start == 0 and init_state:  # a later phase: the previous phase's full state
+        trainer.start_from(init_state)
+        log_fn(f"continuing from the previous phase's state {init_state} (encoder, heads, optimizer)")
+    elif start == 0 and model_cfg.init_from:  # a resumed run already holds its own weights
         log_fn("starting weights: " + apply_init(model, encoder, model_cfg.init_from, pending))
     pack, mask = input_fns(manifest, train_cfg, seed)
-    # A resumed run reshuffles with a new seed instead of replaying the first batches.
-    data_seed = seed + 1_000_003 * start
 
     def train_fn(input_context):
+        # The same seed on every resume: the checkpoint holds the input's position in it.
         return data.make_dataset(data_dir, manifest, which="train", batch_size=train_cfg.batch_size * accum,
-                                 training=True, seed=data_seed, input_context=input_context, pack=pack, mask=mask)
+                                 training=True, seed=seed, input_context=input_context, pack=pack, mask=mask)
 
     padding = {}
     if pack is not None and start == 0:
@@ -153,15 +187,35 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         log_fn(f"packing: padding {padding['padding_fraction_unpacked']:.1%} of token slots unpacked, "
                f"{padding['padding_fraction_packed']:.1%} packed")
 
-    result = trainer.fit(train_fn, train_cfg.steps, rows_per_step=global_batch)
-
-    eval_metrics = {}
+    eval_ds = None
     if train_cfg.eval_steps and data.holdout_records(manifest) >= train_cfg.eval_batch_size:
         eval_batch = train_cfg.eval_batch_size * strategy.num_replicas_in_sync
         tf.random.set_seed(seed)  # dynamic masking of held-out rows: same masks each time
         eval_ds = data.make_dataset(data_dir, manifest, which="eval", batch_size=eval_batch, training=False,
                                     deterministic=True, drop_remainder=True,
                                     mask=mask if manifest.kind == schema.PRETRAIN_DYNAMIC else None)
+    heldout_path = os.path.join(out_dir, HELDOUT)
+    heldout = _heldout_rows(heldout_path, start, trainer.chief)
+
+    def evaluate_heldout() -> dict:
+        at = trainer.clock.spent()  # training time so far; the evaluation's own time is not counted
+        metrics = trainer.evaluate(eval_ds, train_cfg.eval_steps)
+        heldout.append({"step": int(trainer.step.numpy()), "train_seconds": at,
+                        **{f"eval_{k}": v for k, v in metrics.items()}})
+        if trainer.chief:
+            with open(heldout_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(heldout[-1]) + "\n")
+        return metrics
+
+    every_steps, every_seconds = train_cfg.eval_cadence()
+    result = trainer.fit(train_fn, steps, rows_per_step=global_batch, budget_seconds=length.seconds,
+                         eval_fn=evaluate_heldout if eval_ds is not None else None, eval_every=every_steps,
+                         eval_every_seconds=every_seconds,
+                         data_error=lambda err: data.corrupt_shard(data_dir, manifest) or
+                         f"the training data in {data_dir} is corrupt ({str(err).strip().splitlines()[0]})")
+
+    eval_metrics = {}
+    if eval_ds is not None:
         eval_metrics = {f"eval_{k}": v for k, v in trainer.evaluate(eval_ds, train_cfg.eval_steps).items()}
         log_fn("held-out: " + " ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
         if on_log is not None and trainer.chief:
@@ -171,7 +225,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     curves = None
     if trainer.chief:
         encoder.save_weights(encoder_path)
-        curves = save_loss_curves(result.history, os.path.join(out_dir, LOSS_CURVES))
+        curves = save_loss_curves(result.history, os.path.join(out_dir, LOSS_CURVES), heldout)
     trainer.close()
     final = {
         "step": result.step, "resumed_from": result.resumed_from, **result.metrics, **eval_metrics, **padding,
@@ -179,10 +233,11 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "replicas": strategy.num_replicas_in_sync, "strategy": type(strategy).__name__, "precision": policy,
         "objectives": "mlm+nsp" if nsp else "mlm", "fused_kernels": encoder.fused_kernels,
         "dropout": encoder.dropout, "attention_dropout": encoder.attention_dropout,
+        "train_seconds": result.train_seconds, "budget": train_cfg.budget, "learning_rate_final": current_lr(optimizer),
         "checkpoint": result.checkpoint, "encoder_weights": encoder_path if trainer.chief else None,
         # What the export rebuilds the encoder from (its architecture; an hf: start brings its own).
         "encoder": encoder_spec(encoder), "seq_length": manifest.seq_length,
-        "loss_curves": curves, "history": result.history,
+        "loss_curves": curves, "history": result.history, "heldout": heldout,
     }
     if trainer.chief:
         atomic_write_text(os.path.join(out_dir, "pretrain_result.json"), json.dumps(final, indent=2, default=str) + "\n")

@@ -86,7 +86,8 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     for split in SPLITS:
         if split not in data_dirs:
             raise ContractError(f"fine-tuning data for split {split!r} missing: rerun the task's data step")
-        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind.record_kind,))
+        manifests[split] = data.open_manifest(data_dirs[split], vocab_size=len(vocab), kinds=(kind.record_kind,),
+                                              vocab_file=vocab_file)
     train_m = manifests["train"]
     for split, m in manifests.items():
         if m.num_records == 0 and (split != "dev" or use_dev):
@@ -196,8 +197,8 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     start = time.perf_counter()
     steps = state["stopped_at"] or total
     try:
-        result = trainer.fit(lambda ctx: _train_ds(data_dirs["train"], train_m, task, seed + 1_000_003 * restored,
-                                                   ctx, pack),
+        # The same seed on every resume: the checkpoint holds the input's position in it.
+        result = trainer.fit(lambda ctx: _train_ds(data_dirs["train"], train_m, task, seed, ctx, pack),
                              steps, rows_per_step=global_batch, eval_fn=eval_hook if use_dev else None,
                              eval_every=eval_every)
         final_step, history = result.step, result.history

@@ -11,6 +11,17 @@ dataset batch), sums their gradients in a `tf.range` loop (only one micro-batch
 of activations is alive at a time), all-reduces across replicas, clips by the
 global norm of the summed gradient, then applies once. Each replica's loss is
 divided by replicas x accumulation so the sum over all of them is the mean.
+
+A checkpoint holds everything a run depends on, so a resumed run is the run it
+would have been: model, optimizer, step, the training seconds spent, the key of
+the dropout masks (`fused.step_seeds`: each step's masks are a function of the
+step) and the input's position (a tf.data iterator checkpoint: shuffle buffer,
+file offsets, packing window; the input is deterministic under its seed,
+`data.make_dataset`). The run's length is a step count or a time budget
+(`run_clock.py`); a bound schedule (`optimization.WarmupDecay` /
+`BudgetSchedule`) reads this trainer's step and progress instead of the
+optimizer's iteration count, so a second pretraining phase, whose optimizer
+carries on from the first, runs its own schedule from its own step 0.
 """
 
 from __future__ import annotations
@@ -19,16 +30,16 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 
 import keras
 import tensorflow as tf
 
-from bert_keras import distribute
+from bert_keras import distribute, fused
 from bert_keras.optimization import current_lr
-from pipeline.contract.errors import UserError
+from bert_keras.run_clock import RunClock
+from pipeline.contract.errors import ContractError, UserError
 
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
     plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
@@ -58,8 +69,9 @@ class TrainResult:
     metrics: dict[str, float]  # last logged metrics
     history: list[dict[str, float]]  # every logged line, across restarts
     checkpoint: str | None
-    seconds: float
+    seconds: float  # wall time of this call
     sequences_per_second: float
+    train_seconds: float = 0.0  # training time of the whole run, before a resume too, evaluation excluded
 
 
 class Trainer:
@@ -72,7 +84,8 @@ class Trainer:
 
     def __init__(self, model: keras.Model, loss_fn: LossFn, optimizer, strategy: tf.distribute.Strategy,
                  out_dir: str, settings: LoopSettings = LoopSettings(),
-                 on_log: Callable[[int, dict], None] | None = None, log_fn: Callable[[str], None] = print):
+                 on_log: Callable[[int, dict], None] | None = None, log_fn: Callable[[str], None] = print,
+                 schedule=None, seed: int = 0):
         self.model, self.loss_fn, self.optimizer, self.strategy = model, loss_fn, optimizer, strategy
         self.settings, self.on_log, self.log_fn = settings, on_log, log_fn
         self.out_dir = out_dir
@@ -81,11 +94,18 @@ class Trainer:
         self.loss_scale = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.progress = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="progress")
+            self.train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+            self.dropout_key = tf.Variable(tf.constant([seed, 0x5EED], tf.int64), trainable=False, name="dropout_key")
             # Build optimizer slots now so a restore fills them instead of deferring.
             optimizer.build(model.trainable_variables)
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step)
+        if schedule is not None:
+            schedule.bind(step=self.step, progress=self.progress)
+        self._state = tf.train.Checkpoint(train_seconds=self.train_seconds, dropout_key=self.dropout_key)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=self.step, state=self._state)
         # MultiWorkerMirrored: every worker must save (it is collective), but only
-        # the chief writes the real directory; others write a scratch copy.
+        # the chief writes the real directory; the others keep their own copy, which
+        # holds their own input position for a resume.
         ckpt_dir = os.path.join(out_dir, "checkpoints")
         if not self.chief:
             ckpt_dir = os.path.join(out_dir, f".worker-{distribute.worker_id(strategy)}-checkpoints")
@@ -95,6 +115,10 @@ class Trainer:
         self._train_step = None
         self._eval_step = None
         self._restored = None
+        self.clock: RunClock | None = None
+        # A time budget's progress differs a little between workers' clocks: they agree
+        # on the mean, so every worker applies the same learning rate and stops together.
+        self._agree = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         # XLA compiles forward+backward only; all-reduce and apply stay outside.
         self._compute = tf.function(self._micro_grads, jit_compile=True) if settings.jit_compile else self._micro_grads
 
@@ -103,18 +127,61 @@ class Trainer:
         """Restore the latest checkpoint if there is one; return its step (0 if none)."""
         latest = self.manager.latest_checkpoint
         if latest and latest != self._restored:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            # Model, optimizer and step must all be there; the rest of the state is newer
+            # than some checkpoints (an older bertpipe's resume keeps its defaults).
+            tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, step=self.step).read(
+                latest).expect_partial().assert_existing_objects_matched()
+            tf.train.Checkpoint(state=self._state).read(latest).expect_partial()
             self._restored = latest
         return int(self.step.numpy())
 
+    def start_from(self, path: str) -> None:
+        """Continue from another run's full state (a previous pretraining phase): its model
+        and optimizer (moments and iteration count), not its step, clock or input position."""
+        tf.train.Checkpoint(model=self.model, optimizer=self.optimizer).read(path).expect_partial() \
+            .assert_existing_objects_matched()
+
     def save(self) -> str:
+        if self.clock is not None:
+            self.train_seconds.assign(self.clock.spent())
         return self.manager.save(checkpoint_number=int(self.step.numpy()))
 
+    def _input(self, data, resumed: int):
+        """An iterator over `data` at the run's position. Where tf.data can checkpoint it (one
+        device: a plain tf.data iterator) its position is saved with every checkpoint and
+        restored here; tf.distribute's own iterators (Mirrored, MultiWorkerMirrored, TPU)
+        cannot be, so a resume re-reads its deterministic input up to the position instead."""
+        iterator = iter(self.distribute(data))
+        if isinstance(iterator, tf.data.Iterator):
+            self.checkpoint.data = iterator
+            if resumed:
+                status = tf.train.Checkpoint(data=iterator).read(self.manager.latest_checkpoint).expect_partial()
+                try:
+                    status.assert_existing_objects_matched()
+                except AssertionError:
+                    self.log_fn("the checkpoint holds no input position (written by an older bertpipe): "
+                                "the input starts again from the top of its shuffle")
+            return iterator
+        if not resumed:
+            return iterator
+        self.log_fn(f"input position: re-reading the input up to step {resumed} "
+                    f"({type(self.strategy).__name__}'s iterators cannot be checkpointed)")
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            def skipped(ctx):  # each input pipeline feeds its worker's replicas one batch each per step
+                return data(ctx).skip(resumed * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
+
+            return iter(self.distribute(skipped))
+        return iter(self.distribute(data.skip(resumed)))  # one global batch per step
+
     # ---- per-replica step ----------------------------------------------------
-    def _micro_grads(self, batch):
+    def _micro_grads(self, batch, micro):
         scale = 1.0 / (self.replicas * self.settings.accumulation_steps)
         variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        key = self.dropout_key
+        for part in (self.optimizer.iterations, micro, replica):
+            key = tf.random.experimental.stateless_fold_in(key, tf.cast(part, tf.int64))
+        with tf.GradientTape() as tape, fused.step_seeds(key):
             outputs = self.model(batch, training=True)
             loss, metrics = self.loss_fn(batch, outputs)
             loss = tf.cast(loss, tf.float32)
@@ -139,15 +206,15 @@ class Trainer:
         accum = self.settings.accumulation_steps
         compute = self._compute
         if accum == 1:
-            grads, loss, metrics = compute(batch)
+            grads, loss, metrics = compute(batch, 0)
             grads = [tf.convert_to_tensor(g) for g in grads]
         else:
             # (accum * batch, ...) -> (accum, batch, ...): one micro-batch per iteration.
             micro = {k: tf.reshape(v, tf.concat([[accum, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
-            grads, loss, metrics = compute({k: v[0] for k, v in micro.items()})
+            grads, loss, metrics = compute({k: v[0] for k, v in micro.items()}, 0)
             grads = [tf.convert_to_tensor(g) for g in grads]
             for i in tf.range(1, accum):
-                g_i, l_i, m_i = compute({k: v[i] for k, v in micro.items()})
+                g_i, l_i, m_i = compute({k: v[i] for k, v in micro.items()}, i)
                 grads = [g + tf.convert_to_tensor(gi) for g, gi in zip(grads, g_i, strict=False)]
                 loss = loss + l_i
                 metrics = {k: metrics[k] + m_i[k] for k in metrics}
@@ -177,20 +244,25 @@ class Trainer:
         return grads
 
     def _build_train_step(self):
+        mean = tf.distribute.ReduceOp.MEAN
+
         @tf.function
-        def train_step(iterator):
+        def train_step(iterator, progress):
+            if self._agree:
+                progress = self.strategy.reduce(mean, self.strategy.run(tf.identity, args=(progress,)), axis=None)
+            self.progress.assign(progress)
             batch = next(iterator)
             loss, metrics = self.strategy.run(self._replica_step, args=(batch,))
-            mean = tf.distribute.ReduceOp.MEAN
             metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
             self.step.assign_add(1)
-            return self.strategy.reduce(mean, loss, axis=None), metrics
+            return self.strategy.reduce(mean, loss, axis=None), metrics, progress
 
         return train_step
 
     def step_function(self):
-        """The compiled step: `fn(iterator) -> (loss, metrics)`, one optimizer step
-        per call over an iterator of `distribute(data)` (benchmarks time it alone)."""
+        """The compiled step: `fn(iterator, progress) -> (loss, metrics, progress)`, one
+        optimizer step per call over an iterator of `distribute(data)`; `progress` (a
+        float32 tensor) is the bound schedule's position (benchmarks time the step alone)."""
         self._train_step = self._train_step or self._build_train_step()
         return self._train_step
 
@@ -202,29 +274,44 @@ class Trainer:
             return self.strategy.distribute_datasets_from_function(data)
         return self.strategy.experimental_distribute_dataset(data)
 
-    def fit(self, data, steps: int, *, rows_per_step: int, eval_fn: Callable[[], dict] | None = None,
-            eval_every: int | None = None) -> TrainResult:
-        """Train until `steps` optimizer steps are done (resuming from the latest
-        checkpoint), checkpointing every `checkpoint_every` steps and at the end.
-        `rows_per_step` is the global batch in rows (for seq/s)."""
+    def fit(self, data, steps: int | None, *, rows_per_step: int, budget_seconds: float | None = None,
+            eval_fn: Callable[[], dict] | None = None, eval_every: int | None = None,
+            eval_every_seconds: float | None = None,
+            data_error: Callable[[Exception], str] | None = None) -> TrainResult:
+        """Train until `steps` optimizer steps are done, or `budget_seconds` of training
+        time are spent (resuming from the latest checkpoint), checkpointing every
+        `checkpoint_every` steps and at the end. `rows_per_step` is the global batch
+        in rows (for seq/s). `eval_fn` runs every `eval_every` steps or every
+        `eval_every_seconds` of training time, outside the training clock.
+        `data_error(err)` words a corrupt-input error as one line."""
         resumed = self.restore()
         history = self._read_history(resumed)
         if resumed:
             self.log_fn(f"resumed from checkpoint at step {resumed} ({self.manager.latest_checkpoint})")
-        if resumed >= steps:
+        self.clock = clock = RunClock(steps, budget_seconds, float(self.train_seconds.numpy()))
+        if clock.finished(resumed):
             return TrainResult(resumed, resumed, history[-1] if history else {}, history,
-                               self.manager.latest_checkpoint, 0.0, 0.0)
-        iterator = iter(self.distribute(data))
+                               self.manager.latest_checkpoint, 0.0, 0.0, clock.spent_before)
+        iterator = self._input(data, resumed)
         train_step = self.step_function()
         s = self.settings
         start = time.perf_counter()
         window_start, window_steps, last, sums = start, 0, {}, {}
+        last_eval = clock.spent()
         step = resumed
-        while step < steps:
-            loss_t, metrics_t = train_step(iterator)
+        while True:
+            began = time.perf_counter()
+            try:
+                loss_t, metrics_t, used = train_step(iterator, tf.constant(clock.progress(step), tf.float32))
+            except tf.errors.DataLossError as err:
+                reason = data_error(err) if data_error else f"training data is corrupt ({_first_line(err)})"
+                raise ContractError(f"{reason}; training stopped at step {step}, the last checkpoint "
+                                    f"({self.manager.latest_checkpoint or 'none yet'}) is kept") from None
             step += 1
             window_steps += 1
             loss = float(loss_t)
+            clock.step_took(time.perf_counter() - began)
+            final = step >= steps if steps is not None else float(used) >= 1.0
             sums["loss"] = sums.get("loss", 0.0) + loss
             for k, v in metrics_t.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -234,21 +321,31 @@ class Trainer:
                     f"training loss became {loss} at step {step}: stopped; the last good checkpoint "
                     f"({kept or 'none yet'}) is kept. Lower the learning rate or check the input data"
                 )
-            if step % s.log_every == 0 or step == steps:
+            if step % s.log_every == 0 or final:
                 now = time.perf_counter()
                 # Means over the steps since the last line, not one noisy step.
                 last = {k: v / window_steps for k, v in sums.items()}
                 last.update(sequences_per_second=window_steps * rows_per_step / max(now - window_start, 1e-9),
                             learning_rate=current_lr(self.optimizer), step=step)
+                if budget_seconds is not None:
+                    last["train_seconds"] = clock.spent()
                 window_start, window_steps, sums = now, 0, {}
                 self._log(step, last, history)
-            if eval_fn is not None and eval_every and step % eval_every == 0:
-                self._log(step, {f"eval_{k}": v for k, v in eval_fn().items()}, None)
-            if step % s.checkpoint_every == 0 or step == steps:
+            due = (eval_every and step % eval_every == 0) or (
+                eval_every_seconds and clock.spent() - last_eval >= eval_every_seconds)
+            if eval_fn is not None and due:
+                last_eval, paused = clock.spent(), clock.eval_seconds
+                with clock.paused():
+                    scores = {f"eval_{k}": v for k, v in eval_fn().items()}
+                window_start += clock.eval_seconds - paused  # seq/s counts training time only
+                self._log(step, {**scores, "train_seconds": last_eval, "eval_seconds": clock.eval_seconds}, None)
+            if step % s.checkpoint_every == 0 or final:
                 self.save()
+            if final:
+                break
         seconds = time.perf_counter() - start
         return TrainResult(step, resumed, last, history, self.manager.latest_checkpoint, seconds,
-                           (step - resumed) * rows_per_step / max(seconds, 1e-9))
+                           (step - resumed) * rows_per_step / max(seconds - clock.eval_seconds, 1e-9), clock.spent())
 
     def _log(self, step: int, metrics: dict, history: list | None) -> None:
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
@@ -310,5 +407,8 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
-        if not self.chief:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
+
+
+def _first_line(err: Exception) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__

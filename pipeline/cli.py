@@ -42,7 +42,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="override one config key, e.g. --set pretrain.steps=200 (repeatable; value parsed as YAML)",
     )
     parser.add_argument("--work-dir", metavar="DIR", help="shorthand for --set run.work_dir=DIR")
-    parser.add_argument("--force", action="store_true", help="rerun stages even when inputs and config are unchanged")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun the command's own stages from scratch, deleting their previous output and checkpoints "
+        "(the only option that deletes training; stages before them still run only if missing or stale)",
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and library logs")
 
@@ -66,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="JSONL", help="one JSON object a line with the text fields")
     predict.add_argument("--output", required=True, metavar="JSONL", help="where to write one prediction a line")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--strict", action="store_true",
+                         help="stop at the first line that is not a JSON object with the model's text fields "
+                         "(default: set such lines aside in OUTPUT-invalid.jsonl, count them and go on)")
     predict.add_argument("--debug", action="store_true", help="show full tracebacks")
     score = sub.add_parser(
         "score",
@@ -128,7 +136,7 @@ def _import_tensorflow_quietly() -> None:
 def _run_pipeline(args: argparse.Namespace) -> int:
     from pipeline.contract.config import ConfigNote, load_config, to_dict
     from pipeline.runner import run_stages
-    from pipeline.stages import build_stages
+    from pipeline.stages import build_stages, stage_command
     from pipeline.tracking import Tracker, resolve_tracking_uri
 
     overrides = list(args.overrides) + ([f"run.work_dir={args.work_dir}"] if args.work_dir else [])
@@ -150,14 +158,17 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from pipeline.contract.atomic import ensure_writable_dir
 
     ensure_writable_dir(work_dir)
+    # --force applies to the stages the command names (all of them for `run`), never to the
+    # upstream stages a stage command runs only when they are missing or stale.
+    force = args.force and (True if until is None else {s.name for s in stages if stage_command(s.name) == until})
     if args.no_mlflow:
-        results = run_stages(stages, work_dir, tracker=None, force=args.force)
+        results = run_stages(stages, work_dir, tracker=None, force=force)
         uri = None
     else:
         uri = resolve_tracking_uri(cfg.run.tracking_uri, work_dir)
         tracker = Tracker(uri, cfg.run.experiment, work_dir)
         with tracker.pipeline_run(f"bertpipe {args.command}", to_dict(cfg)):
-            results = run_stages(stages, work_dir, tracker=tracker, force=args.force)
+            results = run_stages(stages, work_dir, tracker=tracker, force=force)
         if tracker.summary():
             logging.getLogger("bertpipe").warning(tracker.summary())
     _print_summary(results, work_dir, uri)
@@ -177,9 +188,13 @@ def _print_summary(results, work_dir: str, uri: str | None) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from bert_keras.predict import predict_jsonl
-
-    return predict_jsonl(args.model, args.input, args.output, args.batch_size)
+    try:
+        from bert_keras.predict import predict_jsonl
+    except ModuleNotFoundError as err:
+        if err.name != "bert_keras.predict":
+            raise
+        raise UserError("bertpipe predict is not yet available in this version (tracked in issue 6)") from None
+    return predict_jsonl(args.model, args.input, args.output, args.batch_size, strict=args.strict)
 
 
 def _score(args: argparse.Namespace) -> int:

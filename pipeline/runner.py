@@ -1,17 +1,27 @@
-"""The stage runner: run what changed, skip what did not, never trust half an output.
+"""The stage runner: run what changed, skip what did not, never trust half an output,
+never lose training.
 
 Each stage writes into `<work_dir>/<stage>/` and, as its very last act, an
-atomic `stage.json`: the stage's fingerprint (a hash of its config section,
-the content of its input files and the fingerprints of the stages it reads),
-the inputs' hashes, its outputs and the MLflow run that made it. A stage is
-complete only if `stage.json` exists and its fingerprint equals the one the
+atomic `stage.json`: the stage's fingerprint (a hash of its config section less
+the keys that only steer a run, the content of its input files and the
+fingerprints of the stages it reads), the whole section, the inputs' hashes,
+its outputs and the MLflow run that made it. A stage is complete only if
+`stage.json` exists and both its fingerprint and its section equal what the
 current config and inputs give; otherwise it runs again, and since every
-downstream fingerprint includes this one, so does everything after it.
-`--force` reruns regardless.
+downstream fingerprint includes this one, so does everything after it (a
+steering change, which leaves the fingerprint alone, reruns only the stage).
 
-Stages that can resume (pretraining, fine-tuning) keep their checkpoints in the
-stage directory across an interrupted run with the same fingerprint; a changed
-fingerprint clears the directory first, so a resume never mixes two configs.
+A stage that trains (`resumable`) keeps its checkpoints; what a change does is
+decided by `pipeline.contract.keys` from the old and the new section (README,
+"Interrupted work"):
+- only steering keys changed: the run resumes from its last checkpoint;
+- a length (steps, budget, epochs) raised: the run continues from its last
+  checkpoint, and the stage's schedule is recomputed over the new length;
+- anything else (a result-defining key, an input, an upstream result): the old
+  output is moved aside to `<stage>.previous-N/` and the stage starts again. When
+  the config later matches a kept output again, that one is moved back and resumed.
+Only `--force` deletes. Stages that do not train (vocab, prepare, export) are
+rebuilt from their inputs when stale: their outputs are replaced atomically.
 """
 
 from __future__ import annotations
@@ -39,11 +49,13 @@ from pipeline.contract.atomic import (
     remove_tree,
 )
 from pipeline.contract.errors import UserError
+from pipeline.contract.keys import Change, compare, result_part
 
 log = logging.getLogger("bertpipe")
 
 STAGE_FILE = "stage.json"
 INPROGRESS_FILE = ".inprogress.json"
+PREVIOUS = ".previous-"  # <stage dir>.previous-N: an earlier output kept aside
 
 
 @dataclasses.dataclass
@@ -68,13 +80,15 @@ class Stage:
 
 
 def hash_inputs(patterns: list[str]) -> dict[str, str]:
-    """sha256 of every local file matched by `patterns`; remote paths are hashed by name only."""
+    """sha256 of every local file matched by `patterns`; remote files (gs://, s3://, ...) by
+    the metadata their Beam FileSystem reports (size, last update, checksum where it has
+    one), since reading a remote corpus whole to hash it would cost as much as the job."""
     from pipeline.contract.schema import file_sha256
 
     hashes: dict[str, str] = {}
     for pattern in patterns:
-        if "://" in pattern:
-            hashes[pattern] = "remote:" + hashlib.sha256(pattern.encode()).hexdigest()
+        if is_remote(pattern):
+            hashes.update(_remote_fingerprints(pattern))
             continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         for path in matches:
@@ -88,9 +102,28 @@ def hash_inputs(patterns: list[str]) -> dict[str, str]:
     return hashes
 
 
+def _remote_fingerprints(pattern: str) -> dict[str, str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception as err:  # Beam wraps a listing failure in its BeamIOError
+        raise UserError(f"cannot list input {pattern}: {str(err).splitlines()[0][:200]}") from None
+    out = {}
+    for meta in sorted(found, key=lambda m: m.path):
+        try:
+            checksum = FileSystems.checksum(meta.path)
+        except Exception:  # not every filesystem reports one; size and time still do
+            checksum = None
+        out[meta.path] = f"remote:size={meta.size_in_bytes},updated={meta.last_updated_in_seconds},checksum={checksum}"
+    return out
+
+
 def fingerprint(stage: Stage, input_hashes: dict[str, str], upstream_prints: dict[str, str]) -> str:
+    """What the stage's output depends on: its section less the steering keys, its inputs and upstream."""
     blob = json.dumps(
-        {"stage": stage.name, "section": stage.section, "inputs": input_hashes, "upstream": upstream_prints},
+        {"stage": stage.name, "section": result_part(stage.section), "inputs": input_hashes,
+         "upstream": upstream_prints},
         sort_keys=True,
         default=str,
     )
@@ -124,8 +157,10 @@ class StageResult:
     seconds: float
 
 
-def run_stages(stages: list[Stage], work_dir: str, tracker: Any = None, force: bool = False) -> list[StageResult]:
-    """Run `stages` in order (each after its upstream), skipping up-to-date ones."""
+def run_stages(stages: list[Stage], work_dir: str, tracker: Any = None,
+               force: bool | set[str] = False) -> list[StageResult]:
+    """Run `stages` in order (each after its upstream), skipping up-to-date ones.
+    `force`: True, or the names of the stages to rerun from scratch (their old output deleted)."""
     ensure_writable_dir(work_dir)
     records: dict[str, dict[str, Any]] = {}
     results: list[StageResult] = []
@@ -136,37 +171,134 @@ def run_stages(stages: list[Stage], work_dir: str, tracker: Any = None, force: b
                 if rec is None:
                     raise UserError(f"stage {stage.name} needs the output of {up}: run `bertpipe {up.split(':')[0]}` first")
                 records[up] = rec
-        input_hashes = hash_inputs(stage.inputs)
-        print_ = fingerprint(stage, input_hashes, {up: records[up]["fingerprint"] for up in stage.upstream})
+        forced = force is True or stage.name in (force or ())
+        state = {"fingerprint": "", "config": stage.section, "inputs": hash_inputs(stage.inputs),
+                 "upstream_fingerprints": {up: records[up]["fingerprint"] for up in stage.upstream}}
+        state["fingerprint"] = fingerprint(stage, state["inputs"], state["upstream_fingerprints"])
         out_dir = join(work_dir, _dirname(stage.name))
         previous = read_stage_record(work_dir, stage.name)
-        if previous and previous.get("fingerprint") == print_ and not force:
+        if (previous and previous.get("fingerprint") == state["fingerprint"] and _same(previous.get("config"),
+                                                                                     stage.section) and not forced):
             log.info("[%s] up to date (inputs and config unchanged), skipping", stage.name)
             records[stage.name] = previous
             results.append(StageResult(stage.name, "cached", previous, 0.0))
             continue
-        results.append(_run_one(stage, out_dir, print_, input_hashes, records, tracker, force))
+        results.append(_run_one(stage, out_dir, state, records, tracker, forced))
         records[stage.name] = results[-1].record
     return results
 
 
-def _prepare_dir(stage: Stage, out_dir: str, print_: str, force: bool) -> None:
-    """Clear a stale output; keep a resumable stage's partial output of the same fingerprint."""
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]):
+    """The config changes between a stage's recorded state and its current one, with a
+    change of input content or of an upstream stage's result counted as result-defining."""
+    changes = compare(old.get("config") or {}, new["config"])
+    if "upstream_fingerprints" not in old:  # recorded by an older bertpipe: nothing to compare
+        changes.result.append(Change("(an output recorded by an older bertpipe)", "?", "?"))
+        return changes
+    for name in sorted(set(old.get("inputs", {})) | set(new["inputs"])):
+        if old.get("inputs", {}).get(name) != new["inputs"].get(name):
+            changes.result.append(Change(f"input {name}", "changed", ""))
+    for up, print_ in sorted(new["upstream_fingerprints"].items()):
+        if old["upstream_fingerprints"].get(up) != print_:
+            changes.result.append(Change(f"the result of stage {up}", "changed", ""))
+    return changes
+
+
+def _describe(changes: list[Change]) -> str:
+    return ", ".join(c.key if c.old == "changed" or c.old == "?" else str(c) for c in changes)
+
+
+def _recorded_state(directory: str) -> dict[str, Any] | None:
+    """What made the output in `directory`: its in-progress marker, else its stage record."""
+    for name in (INPROGRESS_FILE, STAGE_FILE):
+        path = join(directory, name)
+        if exists(path):
+            try:
+                return _read_json(path)
+            except (OSError, ValueError):
+                return {}
+    return None
+
+
+def _kept_outputs(out_dir: str) -> list[str]:
+    parent, base = os.path.split(out_dir.rstrip(os.sep))
+    if not os.path.isdir(parent):
+        return []
+    found = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(base + PREVIOUS)]
+    return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit() else 0)
+
+
+def _keep_aside(out_dir: str) -> str:
+    taken = {p.rsplit("-", 1)[1] for p in _kept_outputs(out_dir)}
+    n = 1
+    while str(n) in taken:
+        n += 1
+    kept = f"{out_dir.rstrip(os.sep)}{PREVIOUS}{n}"
+    os.replace(out_dir, kept)  # one rename, on the same filesystem: nothing is copied or lost
+    return kept
+
+
+def _prepare_dir(stage: Stage, out_dir: str, state: dict[str, Any], force: bool) -> None:
+    """Make `out_dir` ready: resume, continue, or keep the old output aside and start again."""
     marker = join(out_dir, INPROGRESS_FILE)
-    keep = False
-    if stage.resumable and not force and exists(marker):
-        try:
-            keep = _read_json(marker).get("fingerprint") == print_
-        except (OSError, ValueError):
-            keep = False
-    if is_remote(out_dir) and not keep:
-        remove_tree(out_dir)  # object stores: a "directory" never exists, its objects do
-    elif os.path.exists(out_dir) and not keep:
-        shutil.rmtree(out_dir)
+    if stage.resumable and is_remote(out_dir):
+        raise UserError(f"stage {stage.name} trains, and keeps its checkpoints on local files: point run.work_dir "
+                        f"at a local path (or a mounted bucket) instead of {out_dir}")
+    if not stage.resumable or force:
+        if force and stage.resumable and os.path.exists(out_dir):
+            log.info("[%s] --force: deleting the previous output in %s", stage.name, out_dir)
+        if is_remote(out_dir):
+            remove_tree(out_dir)  # object stores: a "directory" never exists, its objects do
+        elif os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+    elif os.path.exists(out_dir) and os.listdir(out_dir):
+        recorded = _recorded_state(out_dir)
+        changes = differences(recorded or {}, state) if recorded is not None else None
+        if changes is not None and changes.resumable:
+            _say_resume(stage.name, out_dir, changes)
+        else:
+            _start_again(stage.name, out_dir, state, changes)
+    else:
+        _bring_back(stage.name, out_dir, state)
     ensure_writable_dir(out_dir)
-    if keep:
-        log.info("[%s] resuming the interrupted run in %s", stage.name, out_dir)
-    atomic_write_text(marker, json.dumps({"fingerprint": print_}))
+    remove_file(join(out_dir, STAGE_FILE))  # running again: complete only once it finishes
+    atomic_write_text(marker, json.dumps(state, sort_keys=True, default=str))
+
+
+def _say_resume(name: str, out_dir: str, changes) -> None:
+    if changes.extended:
+        log.info("[%s] %s raised: continuing from the last checkpoint in %s, with the learning-rate schedule "
+                 "recomputed over the new length", name, _describe(changes.extended), out_dir)
+    if changes.steering:
+        log.info("[%s] only run-steering keys changed (%s): resuming from the last checkpoint in %s",
+                 name, _describe(changes.steering), out_dir)
+    if not changes.extended and not changes.steering:
+        log.info("[%s] resuming the interrupted run in %s", name, out_dir)
+
+
+def _start_again(name: str, out_dir: str, state: dict[str, Any], changes) -> None:
+    why = _describe(changes.result) if changes is not None else "no record of what made it"
+    kept = _keep_aside(out_dir)
+    log.info("[%s] result-defining changes since %s was written: %s; it is kept in %s and the stage starts "
+             "again (--force deletes instead)", name, out_dir, why, kept)
+    _bring_back(name, out_dir, state)
+
+
+def _bring_back(name: str, out_dir: str, state: dict[str, Any]) -> None:
+    """A kept output that the current config would resume replaces the empty directory."""
+    for kept in reversed(_kept_outputs(out_dir)):
+        recorded = _recorded_state(kept)
+        if recorded and differences(recorded, state).resumable:
+            if os.path.exists(out_dir):
+                os.rmdir(out_dir)  # empty: _prepare_dir brings back only in place of nothing
+            os.replace(kept, out_dir)
+            log.info("[%s] the config matches the output kept in %s again: moved back to %s and resumed",
+                     name, kept, out_dir)
+            return
 
 
 # Storage failures surface from deep inside Beam workers or TensorFlow wrapped in their
@@ -190,9 +322,9 @@ def _storage_error(err: BaseException) -> str | None:
     return None
 
 
-def _run_one(stage, out_dir, print_, input_hashes, records, tracker, force) -> StageResult:
+def _run_one(stage, out_dir, state, records, tracker, force) -> StageResult:
     try:
-        return _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, force)
+        return _run_one_unguarded(stage, out_dir, state, records, tracker, force)
     except UserError:
         raise
     except Exception as err:
@@ -205,15 +337,15 @@ def _run_one(stage, out_dir, print_, input_hashes, records, tracker, force) -> S
         ) from None
 
 
-def _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, force) -> StageResult:
-    _prepare_dir(stage, out_dir, print_, force)
+def _run_one_unguarded(stage, out_dir, state, records, tracker, force) -> StageResult:
+    _prepare_dir(stage, out_dir, state, force)
     log.info("[%s] running -> %s", stage.name, out_dir)
     start = time.time()
     upstream = {up: records[up] for up in stage.upstream}
     if tracker is not None:
         with tracker.stage_run(stage.name, stage.section) as run_id:
             outputs = stage.run(StageContext(stage.name, out_dir, upstream, tracker))
-            record = _record(stage, print_, input_hashes, outputs, start, run_id)
+            record = _record(stage, state, outputs, start, run_id)
             _write_record(out_dir, record)
             tracker.metrics({"stage_seconds": record["seconds"]})
             tracker.artifact(join(out_dir, STAGE_FILE))
@@ -221,19 +353,20 @@ def _run_one_unguarded(stage, out_dir, print_, input_hashes, records, tracker, f
                 tracker.artifact(path)
     else:
         outputs = stage.run(StageContext(stage.name, out_dir, upstream, None))
-        record = _record(stage, print_, input_hashes, outputs, start, None)
+        record = _record(stage, state, outputs, start, None)
         _write_record(out_dir, record)
     log.info("[%s] done in %.1f s", stage.name, record["seconds"])
     return StageResult(stage.name, "ran", record, record["seconds"])
 
 
-def _record(stage, print_, input_hashes, outputs, start, run_id) -> dict[str, Any]:
+def _record(stage, state, outputs, start, run_id) -> dict[str, Any]:
     return {
         "stage": stage.name,
-        "fingerprint": print_,
+        "fingerprint": state["fingerprint"],
         "config": stage.section,
-        "inputs": input_hashes,
+        "inputs": state["inputs"],
         "upstream": stage.upstream,
+        "upstream_fingerprints": state["upstream_fingerprints"],
         "outputs": outputs,
         "mlflow_run_id": run_id,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -41,6 +41,7 @@ class PretrainOutputs(Record):
     """What later stages read of the pretrain stage's record (it holds more: `run_pretraining`'s figures)."""
 
     encoder_weights: str | None
+    checkpoint: str | None  # the full training state a later phase continues from
     encoder: dict[str, Any]  # the encoder's architecture (bert_keras.starting_weights.encoder_spec)
     seq_length: int  # the pretraining data's sequence length
     summary: str
@@ -86,13 +87,31 @@ def _vocab(cfg: Config):
     return Stage("vocab", run, section, inputs=inputs, artifacts=lambda out: [out["vocab_file"]])
 
 
-def _prepare(cfg: Config):
+def phase_stage(stage: str, phase: int) -> str:
+    """Stage name of a pretraining phase's data or training: "pretrain", "pretrain-phase2", ..."""
+    return stage if phase == 1 else f"{stage}-phase{phase}"
+
+
+def stage_command(name: str) -> str:
+    """The command a stage belongs to: "pretrain-phase2" -> pretrain, "finetune:sentiment" -> finetune."""
+    return name.split(":", 1)[0].split("-phase", 1)[0]
+
+
+def last_pretrain_stage(cfg: Config) -> str:
+    return phase_stage("pretrain", len(cfg.pretraining_phases()))
+
+
+def _prepare(cfg: Config) -> list[Stage]:
+    return [_prepare_phase(cfg, prepare, phase) for phase, (prepare, _) in enumerate(cfg.pretraining_phases(), 1)]
+
+
+def _prepare_phase(cfg: Config, prepare, phase: int) -> Stage:
     def run(ctx: StageContext) -> dict[str, Any]:
         from beam_jobs.prepare import prepare_pretraining_data
 
         vocab_file = _outputs(ctx, "vocab", VocabOutputs).vocab_file
         data_dir = os.path.join(ctx.out_dir, "data")
-        manifest = prepare_pretraining_data(cfg.data, cfg.prepare, vocab_file, data_dir, cfg.run.seed)
+        manifest = prepare_pretraining_data(cfg.data, prepare, vocab_file, data_dir, cfg.run.seed)
         if ctx.tracker is not None:
             ctx.tracker.metrics({f"data.{k}": v for k, v in manifest.counts.items()})
             ctx.tracker.metrics({f"skipped.{k}": v for k, v in manifest.skipped.items()})
@@ -103,10 +122,10 @@ def _prepare(cfg: Config):
         )
         return PrepareOutputs(data_dir, dataclasses.asdict(manifest) | {"config": None}, summary).to_record()
 
-    inputs = list(cfg.data.corpus) + ([cfg.prepare.lexicon] if cfg.prepare.lexicon else [])
-    section = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "seed": cfg.run.seed}
+    inputs = list(cfg.data.corpus) + ([prepare.lexicon] if prepare.lexicon else [])
+    section = {"data": to_dict(cfg.data), "prepare": to_dict(prepare), "seed": cfg.run.seed}
     return Stage(
-        "prepare",
+        phase_stage("prepare", phase),
         run,
         section,
         inputs=inputs,
@@ -115,7 +134,14 @@ def _prepare(cfg: Config):
     )
 
 
-def _pretrain(cfg: Config):
+def _pretrain(cfg: Config) -> list[Stage]:
+    return [_pretrain_phase(cfg, train, phase) for phase, (_, train) in enumerate(cfg.pretraining_phases(), 1)]
+
+
+def _pretrain_phase(cfg: Config, train, phase: int) -> Stage:
+    data_stage = phase_stage("prepare", phase)
+    previous = phase_stage("pretrain", phase - 1) if phase > 1 else None
+
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.pretrain import run_pretraining
 
@@ -125,12 +151,14 @@ def _pretrain(cfg: Config):
             on_log = lambda step, metrics: ctx.tracker.metrics(metrics, step=step)  # noqa: E731
         result = run_pretraining(
             cfg.model,
-            cfg.pretrain,
-            _outputs(ctx, "prepare", PrepareOutputs).data_dir,
+            train,
+            _outputs(ctx, data_stage, PrepareOutputs).data_dir,
             ctx.out_dir,
             vocab_size,
             cfg.run.seed,
             on_log=on_log,
+            vocab_file=_outputs(ctx, "vocab", VocabOutputs).vocab_file,
+            init_state=_outputs(ctx, previous, PretrainOutputs).checkpoint if previous else None,
         )
         acc = result.get("eval_mlm_accuracy", result.get("mlm_accuracy"))
         speed = result.get("train_sequences_per_second")
@@ -145,15 +173,16 @@ def _pretrain(cfg: Config):
         )
         return result
 
-    section = {"model": to_dict(cfg.model), "pretrain": to_dict(cfg.pretrain), "seed": cfg.run.seed}
+    # User-facing key names: a change is reported as e.g. "pretrain.steps (600 -> 1200)".
+    section = {"model": to_dict(cfg.model), "pretrain": to_dict(train), "run.seed": cfg.run.seed}
     # The starting checkpoint's contents, hashed like any input (a directory: every file in it).
     inputs = [CheckpointSpec.parse(cfg.model.init_from).path] if cfg.model.init_from else []
     return Stage(
-        "pretrain",
+        phase_stage("pretrain", phase),
         run,
         section,
-        inputs=inputs,
-        upstream=["vocab", "prepare"],
+        inputs=inputs if phase == 1 else [],
+        upstream=["vocab", data_stage] + ([previous] if previous else []),
         resumable=True,
         artifacts=lambda out: [p for p in (out.get("loss_curves"), out.get("encoder_weights")) if p],
     )
@@ -174,6 +203,7 @@ def _weights_path(init: str) -> str | None:
 
 def _finetune(cfg: Config, name: str, with_pretrain: bool):
     task = cfg.finetune[name]
+    pretrain = last_pretrain_stage(cfg)
     checkpoint = _checkpoint_dir(task.init)
     if task.init == "pretrained" and not with_pretrain:
         raise UserError(
@@ -190,7 +220,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         data_dir = os.path.join(ctx.out_dir, "data")
         manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
         if task.init == "pretrained":
-            init = _outputs(ctx, "pretrain", PretrainOutputs).encoder_weights
+            init = _outputs(ctx, pretrain, PretrainOutputs).encoder_weights
         else:
             init = None if task.init == "random" else task.init  # a checkpoint spec
         result = run_finetune(
@@ -207,13 +237,13 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         )
         return result.to_record()
 
-    upstream = ([] if checkpoint else ["vocab"]) + (["pretrain"] if task.init == "pretrained" else [])
+    upstream = ([] if checkpoint else ["vocab"]) + ([pretrain] if task.init == "pretrained" else [])
     inputs = [p for p in (task.train_file, task.test_file, _weights_path(task.init)) if p]
-    section = {
-        "task": to_dict(task),
+    section = {  # user-facing key names: a change is reported as e.g. "finetune.sentiment.epochs (2 -> 3)"
+        f"finetune.{name}": to_dict(task),
         "model": to_dict(cfg.model),
-        "lowercase": cfg.data.lowercase,
-        "seed": cfg.run.seed,
+        "data.lowercase": cfg.data.lowercase,
+        "run.seed": cfg.run.seed,
     }
     return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
 
@@ -242,6 +272,8 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
     """Build every task's raw-text SavedModel from what its finetune stage recorded, and the
     pretrained encoder's embedding SavedModel from what pretraining recorded."""
 
+    pretrain = last_pretrain_stage(cfg)
+
     def run(ctx: StageContext) -> dict[str, Any]:
         from bert_keras.task_results import FinetuneResult
 
@@ -253,14 +285,14 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
         if cfg.export.embedding and with_pretrain:
             from bert_keras.export_finetuned import export_embedding
 
-            vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, "pretrain", PretrainOutputs)
+            vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, pretrain, PretrainOutputs)
             models["embedding"] = export_embedding(pretrained.encoder, pretrained.encoder_weights, vocab.vocab_file,
                                                    cfg.data.lowercase, pretrained.seq_length,
                                                    os.path.join(ctx.out_dir, "embedding"))
         return ExportOutputs(models, registered, f"{len(models)} SavedModel(s): {', '.join(models)}").to_record()
 
-    upstream = (["vocab", "pretrain"] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
-    section = {"export": to_dict(cfg.export), "tasks": tasks, "lowercase": cfg.data.lowercase}
+    upstream = (["vocab", pretrain] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
+    section = {"export": to_dict(cfg.export), "tasks": tasks, "data.lowercase": cfg.data.lowercase}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
 
@@ -274,7 +306,8 @@ def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
     stages: list[Stage] = []
     for name in wanted:
         if name in builders:
-            stages.append(builders[name](cfg))
+            built = builders[name](cfg)
+            stages += built if isinstance(built, list) else [built]
         elif name == "finetune":
             stages += [_finetune(cfg, task, with_pretrain) for task in cfg.finetune]
         elif name == "export":

@@ -1,6 +1,7 @@
 """Storage faults are one clear line, and a stage that hit one is never marked complete."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,3 +99,41 @@ def test_killed_beam_job_leaves_nothing_complete_and_the_rerun_equals_a_clean_ru
     killed_records = _records(str(prepare_dir / "data"))
     assert len(killed_records) > 1000
     assert killed_records == _records(str(clean_work / "prepare" / "data"))
+
+
+def test_a_disk_filling_up_during_a_checkpoint_write_keeps_the_previous_checkpoint_loadable(tmp_path):
+    from bert_keras.pretrain import run_pretraining
+    from pipeline.contract.config import PretrainConfig
+    from tests.test_data import VOCAB, write_records
+    from tests.test_trainer import TINY, make_trainer
+
+    data_dir = str(tmp_path / "data")
+    write_records(data_dir, num_records=48, max_tokens=24)
+    cfg = PretrainConfig(batch_size=8, steps=6, log_every=1, checkpoint_every=2, keep_checkpoints=1, eval_steps=0,
+                         precision="float32", learning_rate=1e-3)
+
+    def stage(ctx):
+        return run_pretraining(TINY, cfg, data_dir, ctx.out_dir, vocab_size=30522, seed=0, log_fn=lambda s: None,
+                               vocab_file=VOCAB)
+
+    # One checkpoint's size, measured: the disk below holds one and a half of them.
+    sizing = run_stages([Stage("pretrain", stage, {"k": 1}, resumable=True)], str(tmp_path / "sizing"))
+    ckpt_dir = os.path.join(os.path.dirname(sizing[0].record["outputs"]["checkpoint"]))
+    one = sum(os.path.getsize(os.path.join(ckpt_dir, f)) for f in os.listdir(ckpt_dir) if f.startswith("ckpt-6"))
+    with tmpfs(str(tmp_path / "disk"), size=f"{int(one * 1.5) // 1024}k") as disk:
+        with pytest.raises(UserError) as err:
+            run_stages([Stage("pretrain", stage, {"k": 1}, resumable=True)], disk)
+        message = str(err.value)
+        assert "\n" not in message and "No space left on device" in message
+        assert "stage pretrain could not write" in message and "was not marked complete" in message
+        assert not os.path.exists(os.path.join(disk, "pretrain", STAGE_FILE))
+        kept = os.path.join(disk, "pretrain", "checkpoints")
+        import tensorflow as tf
+
+        latest = tf.train.latest_checkpoint(kept)
+        assert latest.endswith("ckpt-2")  # the state file still names the last complete checkpoint
+        # Space freed (here: the checkpoints moved to a disk with room), it loads: model, optimizer, step.
+        shutil.copytree(kept, tmp_path / "freed" / "checkpoints")
+    trainer = make_trainer(tmp_path / "freed", cfg)
+    assert trainer.restore() == 2
+    assert int(trainer.optimizer.iterations.numpy()) == 2

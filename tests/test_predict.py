@@ -68,11 +68,12 @@ def test_predict_pair_reads_the_training_files_fields(models, tmp_path):
         (['["a list"]'], "line 1 of .* is a JSON list"),
     ],
 )
-def test_bad_lines_are_one_line_errors_and_leave_no_output(models, tmp_path, capsys, lines, message):
+def test_strict_stops_at_a_bad_line_with_one_line_and_leaves_no_output(models, tmp_path, capsys, lines, message):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out.write_text("previous\n")
-    assert main(["predict", "--model", str(models / "cls"), "--input", str(src), "--output", str(out)]) == 1
+    assert main(["predict", "--model", str(models / "cls"), "--input", str(src), "--output", str(out),
+                 "--strict"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]  # after the progress bar
@@ -89,3 +90,31 @@ def test_missing_model_or_input_is_a_user_error(models, tmp_path, capsys):
     assert main(["predict", "--model", str(models / "cls"), "--input", str(tmp_path / "nope.jsonl"),
                  "--output", str(tmp_path / "o")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_bad_fourth_line_is_set_aside_and_counted_and_the_three_good_predictions_are_kept(models, tmp_path, capsys):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out" / "pred.jsonl"
+    good = [{"id": i, "text": t} for i, t in enumerate(["a moving film", "dull and long", "fine acting"])]
+    src.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"id": 3, "text": "cut off\n')
+    assert main(["predict", "--model", str(models / "cls"), "--input", str(src), "--output", str(out)]) == 0
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == [0, 1, 2] and [r["line"] for r in rows] == [1, 2, 3]
+    side = read_jsonl(tmp_path / "out" / "pred-invalid.jsonl")
+    assert len(side) == 1 and side[0]["line"] == 4 and "is not JSON" in side[0]["error"]
+    assert side[0]["text"].startswith('{"id": 3')
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.endswith(f"wrote 3 predictions to {out}; 1 invalid line(s) set aside in {tmp_path / 'out' / 'pred-invalid.jsonl'}")
+    # A clean rerun of the same output leaves no stale side file behind.
+    src.write_text("".join(json.dumps(r) + "\n" for r in good))
+    assert main(["predict", "--model", str(models / "cls"), "--input", str(src), "--output", str(out)]) == 0
+    assert len(read_jsonl(out)) == 3 and not (tmp_path / "out" / "pred-invalid.jsonl").exists()
+
+
+def test_lines_without_the_models_fields_are_set_aside_with_their_reason(models, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"text": "fine"}\n{"id": 7}\n{"text": 5}\n["a list"]\n{"text": "x"}\n')
+    assert main(["predict", "--model", str(models / "cls"), "--input", str(src), "--output", str(out)]) == 0
+    assert [r["line"] for r in read_jsonl(out)] == [1, 5]
+    reasons = {r["line"]: r["error"] for r in read_jsonl(tmp_path / "out-invalid.jsonl")}
+    assert set(reasons) == {2, 3, 4}
+    assert "lacks field 'text'" in reasons[2] and "must be a JSON string" in reasons[3] and "JSON list" in reasons[4]

@@ -61,6 +61,20 @@ def open_read(path: str) -> BinaryIO:
     return _fs().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+def file_size(path: str) -> int | None:
+    """Size in bytes of a local or remote file; None when there is no such file."""
+    if not is_remote(path):
+        try:
+            return os.stat(path).st_size if os.path.isfile(path) else None
+        except OSError:
+            return None
+    try:
+        found = _fs().match([path])[0].metadata_list
+    except Exception:  # Beam raises its BeamIOError for a pattern that matches nothing
+        return None
+    return next((m.size_in_bytes for m in found if m.path == path), None)
+
+
 def list_files(directory: str) -> list[str]:
     """Every file under a remote `directory` (recursively), sorted."""
     FileSystems = _fs()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 
 from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.lengths import Budget, parse_budget, parse_duration
 from pipeline.contract.model_config import FAMILY_CONFIGS, BertConfig, ModelSection
 from pipeline.contract.model_config import ModelConfig as ModelConfig  # the model sections live there; re-exported
 from pipeline.contract.task_config import (  # noqa: F401  (re-exported: the config types, in one import)
@@ -34,7 +35,7 @@ from pipeline.contract.task_config import (  # noqa: F401  (re-exported: the con
     QATaskConfig,
     TaskConfig,
 )
-from pipeline.contract.train_config import TrainConfig, _Section  # noqa: F401
+from pipeline.contract.train_config import SCHEDULES, TrainConfig, _Section  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # An editable install (the README's) finds the demo next to the package; an installed
@@ -118,9 +119,33 @@ class PrepareConfig(_Section):
         return self
 
 
+class PhaseConfig(_Section):
+    """A further pretraining phase: it continues from the previous phase's full state
+    (encoder, heads, optimizer) on its own data and with its own schedule. Each side
+    holds overrides of the `prepare` / `pretrain` keys (e.g. max_seq_length: 512)."""
+
+    prepare: dict[str, Any] = Field(default_factory=dict, description=(
+        "overrides of `prepare` keys for this phase's own data job (`prepare-phase2/`), e.g. "
+        "`{max_seq_length: 512, max_predictions_per_seq: 80}`"))
+    pretrain: dict[str, Any] = Field(default_factory=dict, description=(
+        "overrides of `pretrain` keys for this phase's own schedule (`pretrain-phase2/`), e.g. `{steps: 100000}`"))
+
+
 class PretrainConfig(TrainConfig):
-    steps: int = Field(1000, ge=1, description="training steps")
-    eval_steps: int = Field(20, ge=0, description="held-out batches for the final MLM accuracy")
+    steps: int = Field(1000, ge=1, description="training steps (unused when `budget` is set)")
+    budget: str | None = Field(None, description=(
+        "the run's length as time or tokens: `20min`, `2h`, `90s`, `500M tokens` (k, M, B). The schedule runs over "
+        "the share of the budget spent and training stops at the budget with a checkpoint, the learning rate at the "
+        "schedule's end on the last step. Time counts training (steps and checkpoints), not evaluation nor the first "
+        "step's tracing of each process, and a resumed run counts what it spent before; tokens count sequence slots "
+        "(rows x sequence length, padding included), so a token budget is a step count fixed before training "
+        "starts. With a time budget, `warmup_steps` still counts steps"))
+    eval_steps: int = Field(20, ge=0, description=(
+        "held-out batches of each held-out evaluation (`eval_every`, and the final one)"))
+    eval_every: int | str | None = Field(None, description=(
+        "held-out MLM loss and accuracy every N steps or every duration of training time (`10min`), against step "
+        "and training seconds in `pretrain/heldout.jsonl`, TensorBoard and MLflow; the evaluation's time is kept "
+        "out of the training time (and of a budget)"))
     dropout: float | None = Field(None, ge=0, lt=1, description=(
         "hidden dropout while pretraining only (Cramming and ModernBERT use 0); unset: `model.dropout`. "
         "Fine-tuning always uses the `model.*` rates"))
@@ -129,6 +154,35 @@ class PretrainConfig(TrainConfig):
     nsp: bool | None = Field(None, description=(
         "next-sentence prediction; unset: when the data has NSP pairs (the manifest's `nsp`); `false`: MLM only on "
         "NSP data. Without NSP the model has no NSP head and the loss is the MLM loss"))
+    phases: list[PhaseConfig] = Field(default_factory=list, description=(
+        "further pretraining phases, each continuing from the previous one's full state (encoder, heads, "
+        "optimizer) on its own data and schedule; see README \"Two-phase pretraining\""))
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_budget(value)  # ValueError names the spelling
+        return value
+
+    @field_validator("eval_every")
+    @classmethod
+    def _cadence(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, str) and parse_duration(value) is None:
+            raise ValueError(f"{value!r} is neither a step count nor a duration: write e.g. 500 or 10min")
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 step")
+        return value
+
+    def length(self) -> Budget:
+        """The run's length: the budget, else `steps` (unit "steps")."""
+        return parse_budget(self.budget) if self.budget else Budget("steps", float(self.steps))
+
+    def eval_cadence(self) -> tuple[int | None, float | None]:
+        """(every N steps, every S seconds of training): one of them, or neither."""
+        if isinstance(self.eval_every, str):
+            return None, parse_duration(self.eval_every)
+        return self.eval_every, None
 
 
 TASK_INIT_WORDS = ("pretrained", "random")  # a task's init: one of these, or a checkpoint spec
@@ -170,7 +224,34 @@ class Config(_Section):
                 raise ValueError(
                     f"finetune.{name}.max_seq_length ({task.max_seq_length}) exceeds model.max_position_embeddings"
                 )
+        self.pretraining_phases()  # each phase's merged sections validate
         return self
+
+    def pretraining_phases(self) -> list[tuple[PrepareConfig, PretrainConfig]]:
+        """(prepare, pretrain) of every phase: the sections themselves for phase 1, then each
+        `pretrain.phases` entry's overrides on them. `phases` itself is left out of each."""
+        base = self.pretrain.model_copy(update={"phases": []})
+        out = [(self.prepare, base)]
+        for i, phase in enumerate(self.pretrain.phases):
+            where = f"pretrain.phases.{i}"
+            if "phases" in phase.pretrain:
+                raise ValueError(f"{where}.pretrain.phases: a phase cannot hold phases of its own")
+            sections = []
+            for name, cls, section in (("prepare", PrepareConfig, self.prepare), ("pretrain", PretrainConfig, base)):
+                merged = {**to_dict(section), **getattr(phase, name)}
+                try:
+                    sections.append(cls.model_validate(merged))
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    loc = ".".join(str(p) for p in first["loc"])
+                    key = f"{where}.{name}.{loc}" if loc else f"{where}.{name}"
+                    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+                    raise ValueError(f"{key}: {message.removeprefix('Value error, ')}") from None
+            if sections[0].max_seq_length > self.model.max_position_embeddings:
+                raise ValueError(f"{where}.prepare.max_seq_length ({sections[0].max_seq_length}) exceeds "
+                                 f"model.max_position_embeddings ({self.model.max_position_embeddings})")
+            out.append((sections[0], sections[1]))
+        return out
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -206,6 +287,10 @@ def _resolve_paths(raw: dict[str, Any], base: str) -> None:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("init_from"), str):
         model["init_from"] = _resolve_checkpoint(model["init_from"], base)
+    for phase in (raw.get("pretrain") or {}).get("phases") or []:
+        lexicon = (phase.get("prepare") or {}).get("lexicon") if isinstance(phase, dict) else None
+        if isinstance(lexicon, str):
+            phase["prepare"]["lexicon"] = _resolve(lexicon, base)
     for task in (raw.get("finetune") or {}).values():
         if not isinstance(task, dict):
             continue

@@ -166,8 +166,10 @@ class DataManifest:
     """What a data job wrote, written next to its shards as `manifest.json`.
 
     `shards` maps each shard file name (relative to the manifest) to its record
-    count; `counts` holds totals such as instances, tokens and masked tokens;
-    `skipped` counts every input the job did not turn into records, by reason.
+    count and `shard_bytes` to its size (filled in by `write_manifest`), so a reader
+    notices a shard deleted, truncated or replaced since; `counts` holds totals such
+    as instances, tokens and masked tokens; `skipped` counts every input the job did
+    not turn into records, by reason.
     """
 
     kind: str
@@ -186,6 +188,7 @@ class DataManifest:
     labels: list[str] = dataclasses.field(default_factory=list)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    shard_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def num_records(self) -> int:
@@ -194,8 +197,10 @@ class DataManifest:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return shapes(self.kind, self.seq_length, self.max_predictions, self.max_chunks)
 
-    def check(self, *, vocab_size: int | None = None, seq_length: int | None = None, kinds: Iterable[str] = ()) -> None:
-        """Refuse data that does not fit the model with one line naming the mismatch."""
+    def check(self, *, vocab_size: int | None = None, seq_length: int | None = None, kinds: Iterable[str] = (),
+              vocab: tuple[str, str] | None = None) -> None:
+        """Refuse data that does not fit the model with one line naming the mismatch.
+        `vocab`: (path, sha256) of the vocab the model reads."""
         where = f"data manifest ({self.kind}, vocab {self.vocab_file})"
         if self.schema_version != SCHEMA_VERSION:
             raise ContractError(
@@ -213,13 +218,41 @@ class DataManifest:
             raise ContractError(
                 f"{where} has sequences of {self.seq_length} tokens but the model takes at most {seq_length}"
             )
+        if vocab is not None and vocab[1] != self.vocab_sha256:
+            raise ContractError(
+                f"{where} was written with a vocab whose sha256 is {self.vocab_sha256[:12]}..., but the vocab in use, "
+                f"{vocab[0]}, has {vocab[1][:12]}...: the same ids would mean other tokens. Rebuild the data with this "
+                "vocab (bertpipe prepare --force) or use the vocab the data was written with"
+            )
+
+    def check_shards(self, directory: str) -> None:
+        """Every shard the manifest names is there, at the size it was written (when the
+        manifest recorded sizes), before any training step reads them."""
+        from pipeline.contract.atomic import file_size, join
+
+        for name in sorted(self.shards):
+            path = join(directory, name)
+            size = file_size(path)
+            if size is None:
+                raise ContractError(
+                    f"shard {path} named in {join(directory, MANIFEST_NAME)} is missing: the data directory is "
+                    "incomplete; rebuild it (bertpipe prepare --force)"
+                )
+            if name in self.shard_bytes and size != self.shard_bytes[name]:
+                raise ContractError(
+                    f"shard {path} is {size} bytes but the data job wrote {self.shard_bytes[name]}: it was truncated "
+                    "or replaced since; rebuild the data (bertpipe prepare --force)"
+                )
 
 
 def write_manifest(directory: str, manifest: DataManifest) -> str:
     """Write `manifest.json` atomically (temp file then rename) and return its path."""
-    from pipeline.contract.atomic import atomic_write_text, join
+    from pipeline.contract.atomic import atomic_write_text, file_size, join
 
     path = join(directory, MANIFEST_NAME)  # local, or any Beam filesystem (gs://, s3://, ...)
+    if not manifest.shard_bytes:  # the shards are written before their manifest
+        sizes = {name: file_size(join(directory, name)) for name in manifest.shards}
+        manifest.shard_bytes = {name: size for name, size in sorted(sizes.items()) if size is not None}
     atomic_write_text(path, json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n")
     return path
 

@@ -12,6 +12,10 @@ from pydantic import Field
 
 from pipeline.contract.section import Section as _Section
 
+# Learning-rate shapes (bert_keras/optimization.py draws them): warmup then a linear or
+# polynomial decay, or constant; Cramming's budget triangle; warmup-stable-decay.
+SCHEDULES = ("linear", "polynomial", "constant", "triangle", "wsd")
+
 
 class TrainConfig(_Section):
     """Options shared by pretraining and every fine-tuning task."""
@@ -22,7 +26,13 @@ class TrainConfig(_Section):
     learning_rate: float = Field(1e-4, gt=0, description="peak learning rate")
     warmup_steps: int | None = Field(None, ge=0, description="linear warmup in steps; unset: `warmup_ratio`")
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="linear warmup as a share of all steps")
-    schedule: Literal["linear", "polynomial", "constant"] = Field("linear", description="decay after warmup")
+    schedule: Literal[SCHEDULES] = Field("linear", description=(
+        "the learning rate's shape: warmup then `linear` or `polynomial` decay to 0, or `constant`; `wsd` "
+        "(warmup-stable-decay, ModernBERT: the peak until the last `decay_ratio` of the run, then linear to 0); "
+        "`triangle` (Cramming's budget triangle: from a quarter of the peak up to the peak, then linear to 0 over "
+        "the last `decay_ratio`; no separate warmup)"))
+    decay_ratio: float = Field(0.2, gt=0, le=1, description=(
+        "`wsd`, `triangle`: share of the run spent decaying (Cramming's triangle: 0.25)"))
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="optimizer")
     weight_decay: float = Field(0.01, ge=0, description="never applied to LayerNorm and biases")
     clip_norm: float | None = Field(1.0, gt=0, description="global-norm gradient clipping; unset: none")
