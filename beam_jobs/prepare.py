@@ -36,8 +36,8 @@ COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for 
 DONOR_POOL_SIZE = 20_000  # runs of sentences in the corpus-wide random-B sample (~10 MB of ids)
 
 
-def split_document(text: str) -> tuple[bytes, list[str]]:
-    return corpus.document_key(text), sentences.split_sentences(text)
+def split_document(text: str, line_breaks: str) -> tuple[bytes, list[str]]:
+    return corpus.document_key(text), sentences.split_sentences(text, line_breaks)
 
 
 def read_lexicon(path: str) -> list[str]:
@@ -216,7 +216,7 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
     donors = (
         pipeline
         | "ReadForDonors" >> corpus.ReadDocuments(files, data, count=False)
-        | "SplitForDonors" >> beam.Map(split_document)
+        | "SplitForDonors" >> beam.Map(split_document, data.line_breaks)
         | "DonorCandidates" >> beam.FlatMap(lambda kv: instances.donor_candidates(kv[0], kv[1], max_chars))
         | "DonorSample" >> beam.combiners.Top.Of(DONOR_POOL_SIZE, key=lambda c: c[0], reverse=True)
         | "TokenizeDonors" >> beam.ParDo(_DonorsFn(vocab_file, data.lowercase))
@@ -224,7 +224,7 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
     return (
         pipeline
         | "Read" >> corpus.ReadDocuments(files, data)
-        | "SplitSentences" >> beam.Map(split_document)
+        | "SplitSentences" >> beam.Map(split_document, data.line_breaks)
         | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
         | "InstancesToRecords"
         >> beam.ParDo(_RecordsFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors),

