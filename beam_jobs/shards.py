@@ -69,8 +69,8 @@ class _WritePartsFn(beam.DoFn):
 
 
 class _ConcatShardFn(beam.DoFn):
-    def __init__(self, out_dir: str, num_shards: int, compression: str):
-        self._dir, self._n, self._compression = out_dir, num_shards, compression
+    def __init__(self, out_dir: str, num_shards: int, compression: str, namespace: str):
+        self._dir, self._n, self._compression, self._namespace = out_dir, num_shards, compression, namespace
 
     def process(self, item):
         shard, parts = item
@@ -92,16 +92,17 @@ class _ConcatShardFn(beam.DoFn):
         out.close()
         if parts:
             FileSystems.delete([path for path, _ in parts])
-        Metrics.counter(SHARDS, name).inc(count)
+        Metrics.counter(self._namespace, name).inc(count)
         yield name, count
 
 
 class WriteShards(beam.PTransform):
-    """PCollection[(content hash, serialized record)] -> `num_shards` TFRecord files in `out_dir`."""
+    """PCollection[(content hash, serialized record)] -> `num_shards` TFRecord files in `out_dir`;
+    records per shard go to the counters of `namespace` (one per output directory)."""
 
-    def __init__(self, out_dir: str, num_shards: int, compression: str = "none"):
+    def __init__(self, out_dir: str, num_shards: int, compression: str = "none", namespace: str = SHARDS):
         super().__init__()
-        self._dir, self._n, self._compression = out_dir, num_shards, compression
+        self._dir, self._n, self._compression, self._namespace = out_dir, num_shards, compression, namespace
 
     def expand(self, records):
         parts_dir = FileSystems.join(self._dir, ".parts")
@@ -112,7 +113,7 @@ class WriteShards(beam.PTransform):
             (parts, every)
             | "AllParts" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "ConcatShards" >> beam.ParDo(_ConcatShardFn(self._dir, self._n, self._compression))
+            | "ConcatShards" >> beam.ParDo(_ConcatShardFn(self._dir, self._n, self._compression, self._namespace))
         )
 
 

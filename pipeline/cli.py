@@ -21,7 +21,7 @@ from pipeline.contract.errors import UserError
 
 STAGE_HELP = {
     "vocab": "learn a WordPiece vocab from the corpus with a Beam job (or take vocab.vocab_file)",
-    "prepare": "Beam job: documents -> sentences -> NSP pairs -> masked, sharded TFRecords + manifest",
+    "prepare": "Beam job: documents -> sentences -> NSP pairs (or MLM-only segments) -> masked, sharded TFRecords + manifest",
     "pretrain": "pretrain the Keras BERT (MLM + NSP) on the prepared TFRecords; resumes after a kill",
     "finetune": "train every task head of the finetune section, logged and registered in MLflow",
     "export": "write SavedModels that take raw strings (tokenizer inside the graph)",
