@@ -177,14 +177,12 @@ class DataManifest:
     max_chunks: int = 0
     masking: str = "none"
     compression: str = "none"  # "none" or "gzip"
+    nsp: bool = True  # pretraining records hold NSP pairs and labels; False: MLM-only data
     counts: dict[str, float] = dataclasses.field(default_factory=dict)
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     labels: list[str] = dataclasses.field(default_factory=list)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-    # Pretraining data: whether `nsp_label` is real (sentence pairs, half with a random B) or
-    # absent in meaning (single segments for MLM-only training, written as 0: prepare.objective mlm).
-    nsp: bool = True
     # Pretraining data: the held-out split's directory, relative to this manifest's, with its own
     # manifest (documents never in training, masked statically at 15%, whole words); None: none.
     holdout: str | None = None
@@ -196,15 +194,9 @@ class DataManifest:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return shapes(self.kind, self.seq_length, self.max_predictions, self.max_chunks)
 
-    def check(self, *, vocab_size: int | None = None, seq_length: int | None = None, kinds: Iterable[str] = (),
-              nsp: bool | None = None) -> None:
+    def check(self, *, vocab_size: int | None = None, seq_length: int | None = None, kinds: Iterable[str] = ()) -> None:
         """Refuse data that does not fit the model with one line naming the mismatch."""
         where = f"data manifest ({self.kind}, vocab {self.vocab_file})"
-        if nsp and not self.nsp:
-            raise ContractError(
-                f"{where} holds single segments without NSP labels (prepare.objective: mlm) but the model "
-                "trains next-sentence prediction: pretrain MLM-only, or rerun prepare with objective mlm_nsp"
-            )
         if self.schema_version != SCHEMA_VERSION:
             raise ContractError(
                 f"{where} has schema version {self.schema_version}, this bertpipe reads {SCHEMA_VERSION}: rerun the data job"
