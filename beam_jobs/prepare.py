@@ -284,14 +284,14 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         cfg, namespace = (prepare, COUNTS) if split == TRAIN else (holdout_config(prepare), HOLDOUT_COUNTS)
         out = out_dir if split == TRAIN else join(out_dir, HOLDOUT_DIR)
         shards = prepare.num_shards if split == TRAIN else 1
-        written[split] = (
-            (planned[split], random_next[split])
-            | f"{split.title()}Instances" >> beam.Flatten()
-            | f"Encode{split.title()}Records"
+        # Encoded and written where they are made (no Flatten of instances: see WriteShards).
+        records = tuple(
+            instances_ | f"Encode{split.title()}{source}"
             >> beam.ParDo(_RecordsFn(vocab_file, cfg, namespace), lexicon=beam.pvalue.AsSingleton(lexicon_ids))
-            | f"Write{split.title()}Shards"
-            >> WriteShards(out, shards, prepare.compression, SHARDS if split == TRAIN else HOLDOUT_SHARDS)
+            for source, instances_ in (("Ready", planned[split]), ("RandomNext", random_next[split]))
         )  # fmt: skip
+        written[split] = records | f"Write{split.title()}Shards" >> WriteShards(
+            out, shards, prepare.compression, SHARDS if split == TRAIN else HOLDOUT_SHARDS)
     return written
 
 

@@ -98,3 +98,31 @@ def test_boundaries_agree_with_pysbd_on_real_speeches_raw_and_wrapped():
     for name, (both, ours, ref) in hits.items():
         assert ref > 1000
         assert 2 * both / (ours + ref) >= 0.98, name
+
+
+@pytest.mark.slow
+def test_bertpipe_prepare_on_a_wrapped_corpus_gives_sentence_level_instances(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    originals = SPEECHES[:3]
+    for path in originals:
+        text = open(path, encoding="utf-8").read()
+        (wrapped / os.path.basename(path)).write_text(_wrap(text, 72), encoding="utf-8")
+    vocab = os.path.join(DATA, "vocab/bert-base-uncased-vocab.txt")
+    sets = [f"data.corpus=[{wrapped}/*.txt]", "data.documents=file", f"vocab.vocab_file={vocab}",
+            "prepare.masking=whole_word", "prepare.holdout_fraction=0", "prepare.num_shards=1"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline.cli", "prepare", "--no-mlflow", "--work-dir", str(tmp_path / "run")]
+    for s in sets:
+        cmd += ["--set", s]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "run/prepare/data/manifest.json", encoding="utf-8") as fh:
+        counts = json.load(fh)["counts"]
+    expected = sum(len(split_sentences(open(p, encoding="utf-8").read())) for p in originals)
+    fragments = sum(len(split_sentences((wrapped / os.path.basename(p)).read_text(), "paragraph")) for p in originals)
+    # The job built its pairs from the speeches' sentences, not from the 2.5x as many line fragments.
+    assert counts["sentences"] == expected and fragments > 2 * expected and counts["instances"] > 500
