@@ -68,10 +68,11 @@ def unpack(payload: bytes) -> tuple[int, int, int, Request | Sentences]:
     kind, wide, key, doc, n = _HEAD.unpack_from(payload)
     body = memoryview(payload)[_HEAD.size :]
     dtype = np.int32 if wide else np.uint16
+    # Views into the payload, not copies: a bucket is held whole while it is matched.
     if kind == _REQUEST:
-        return kind, key, doc, Request(np.frombuffer(body, dtype).astype(np.int32), n)
+        return kind, key, doc, Request(np.frombuffer(body, dtype), n)
     lengths = np.frombuffer(body[: 4 * n], np.uint32)
-    ids = np.frombuffer(body[4 * n :], dtype).astype(np.int32)
+    ids = np.frombuffer(body[4 * n :], dtype)
     return kind, key, doc, np.split(ids, np.cumsum(lengths)[:-1]) if n else []
 
 
@@ -110,9 +111,10 @@ class MatchDonorsFn(beam.DoFn):
             kind, key, doc, body = unpack(payload)
             (requests if kind == _REQUEST else runs).append((key, doc, body))
         # A GroupByKey's values arrive in any order: sort by seed (a random order, and
-        # the same on every runner). Equal seeds come from identical documents.
-        requests.sort(key=lambda r: (r[0], r[1], r[2].target_b, r[2].tokens_a.tobytes()))
-        runs.sort(key=lambda r: (r[0], r[1], b"".join(s.tobytes() for s in r[2])))
+        # the same on every runner). Equal seeds come from identical documents, so the
+        # items that tie are equal and their order does not matter.
+        requests.sort(key=lambda r: (r[0], r[1]))
+        runs.sort(key=lambda r: (r[0], r[1]))
         picks = match([doc for _, doc, _ in requests], [doc for _, doc, _ in runs])
         uses = np.zeros(len(runs), np.int64)
         batch, unmatched = [], 0
