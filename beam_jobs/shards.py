@@ -67,8 +67,8 @@ class _WritePartsFn(beam.DoFn):
 
 
 class _ConcatShardFn(beam.DoFn):
-    def __init__(self, out_dir: str, num_shards: int, compression: str):
-        self._dir, self._n, self._compression = out_dir, num_shards, compression
+    def __init__(self, out_dir: str, num_shards: int, compression: str, namespace: str):
+        self._dir, self._n, self._compression, self._namespace = out_dir, num_shards, compression, namespace
 
     def process(self, item):
         shard, parts = item
@@ -90,27 +90,35 @@ class _ConcatShardFn(beam.DoFn):
         out.close()
         if parts:
             FileSystems.delete([path for path, _ in parts])
-        Metrics.counter(SHARDS, name).inc(count)
+        Metrics.counter(self._namespace, name).inc(count)
         yield name, count
 
 
 class WriteShards(beam.PTransform):
-    """PCollection[(content hash, serialized record)] -> `num_shards` TFRecord files in `out_dir`."""
+    """PCollection[(content hash, serialized record)], or a tuple of them, -> `num_shards` TFRecord
+    files in `out_dir`; records per shard go to the counters of `namespace` (one per output directory).
 
-    def __init__(self, out_dir: str, num_shards: int, compression: str = "none"):
+    Each input gets its own part writer, fused with the step that makes its records:
+    flattening the records first would make the DirectRunner hold every record of
+    the job between the steps (a Flatten of two stages' outputs is materialized).
+    """
+
+    def __init__(self, out_dir: str, num_shards: int, compression: str = "none", namespace: str = SHARDS):
         super().__init__()
-        self._dir, self._n, self._compression = out_dir, num_shards, compression
+        self._dir, self._n, self._compression, self._namespace = out_dir, num_shards, compression, namespace
 
     def expand(self, records):
+        inputs = records if isinstance(records, tuple) else (records,)
         parts_dir = FileSystems.join(self._dir, ".parts")
-        parts = records | "WriteParts" >> beam.ParDo(_WritePartsFn(parts_dir, self._n))
+        parts = [pc | f"WriteParts{i or ''}" >> beam.ParDo(_WritePartsFn(parts_dir, self._n))
+                 for i, pc in enumerate(inputs)]  # fmt: skip
         # Every shard gets a file, even one that no record hashed to.
-        every = records.pipeline | "EveryShard" >> beam.Create([(i, "") for i in range(self._n)])
+        every = inputs[0].pipeline | "EveryShard" >> beam.Create([(i, "") for i in range(self._n)])
         return (
-            (parts, every)
+            (*parts, every)
             | "AllParts" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "ConcatShards" >> beam.ParDo(_ConcatShardFn(self._dir, self._n, self._compression))
+            | "ConcatShards" >> beam.ParDo(_ConcatShardFn(self._dir, self._n, self._compression, self._namespace))
         )
 
 

@@ -1,11 +1,19 @@
 """`bertpipe vocab`: count words with Beam, learn a BERT WordPiece vocab with tf-text.
 
-    Read -> Words -> CountWords -> FormatCounts -> WriteCounts   (Beam, parallel)
-    counts -> wordpiece_tokenizer_learner_lib.learn -> vocab.txt  (one process)
+    Read -> Words -> CountWords -> Prune(cut-off) -> FormatCounts -> WriteCounts   (Beam, parallel)
+    CountWords -> CountOfCounts -> CutOff  (the side input of Prune)
+    counts -> wordpiece_tokenizer_learner_lib.learn -> vocab.txt                  (one process)
 
-Word counting is the part that grows with the corpus, so it runs in Beam; the
-learner only sees (word, count) pairs, whose number grows with the vocabulary
-of the language, not with the corpus. The vocab file is laid out for BERT:
+Word counting is the part that grows with the corpus, so it runs in Beam. The
+number of distinct words grows with the corpus too (typos, numbers, names: tens
+of millions on web text), so they are pruned in Beam before anything reaches
+this process: words seen fewer than `vocab.min_count` times, and all but the
+`vocab.max_words` most frequent. The cut-off is one count, found from the
+histogram of counts (how many words were seen n times, a list as short as the
+distinct counts), so words tied at the cut are kept or dropped together and the
+kept set never depends on how words sort; the launcher reads at most
+`max_words` pairs. Where the cut-off does not bite, the learner sees exactly
+the counts it saw before. The vocab file is laid out for BERT:
 [PAD]=0, [UNK], [CLS], [SEP], [MASK], [unused0..N-1], then the learned pieces
 (`##` marks a continuation piece), and is written atomically.
 
@@ -16,6 +24,7 @@ job runs on any Beam runner; the directory is removed afterwards.
 
 from __future__ import annotations
 
+import collections
 import re
 import tempfile
 import unicodedata
@@ -23,7 +32,10 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import corpus
 from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
@@ -35,6 +47,8 @@ from pipeline.contract.errors import UserError
 # character; \w without "_" approximates that in one C-speed regex (BERT counts
 # "_" as punctuation, hence it is a token of its own here too).
 _WORDS = re.compile(r"[^\W_]+|[^\w\s]|_")
+VOCAB = "bertpipe.vocab"  # metrics namespace: distinct words and the count cut-off
+_FLUSH = 200_000  # distinct keys a bundle counts before it emits them
 
 
 def normalize(text: str, lowercase: bool, strip_accents: bool) -> str:
@@ -92,6 +106,54 @@ def _counts_dir(out_path: str, options: PipelineOptions) -> str:
     return tempfile.mkdtemp(prefix="bertpipe-wordcounts-")
 
 
+def count_cutoff(histogram: list[tuple[int, int]], min_count: int, max_words: int) -> int:
+    """The lowest count a kept word has: at least `min_count`, and high enough that at
+    most `max_words` words reach it. `histogram` is [(count, words seen that often), ...]."""
+    kept, cutoff = 0, None
+    for count, n in sorted(histogram, reverse=True):
+        if count < min_count or kept + n > max_words:
+            break
+        kept, cutoff = kept + n, count
+    return cutoff if cutoff is not None else max(min_count, max((c for c, _ in histogram), default=0) + 1)
+
+
+class _BundleCountsFn(beam.DoFn):
+    """element -> (key, count) of the keys `keys_of(element)` yields, summed over a bundle.
+
+    Beam's combiner lifting does the same per key, but pays Beam's per-element
+    cost for every word first; a Counter per bundle (flushed at `_FLUSH` keys, so
+    memory stays bounded) halves the job on a 2 M distinct-word corpus.
+    """
+
+    def __init__(self, keys_of):
+        self._keys_of = keys_of
+
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def process(self, element):
+        self._counts.update(self._keys_of(element))
+        if len(self._counts) >= _FLUSH:
+            yield from self._counts.items()
+            self._counts = collections.Counter()
+
+    def finish_bundle(self):
+        for item in self._counts.items():
+            yield WindowedValue(item, 0, [GlobalWindow()])
+        self._counts = collections.Counter()
+
+
+class _CutOffFn(beam.DoFn):
+    def __init__(self, vocab: VocabConfig):
+        self._min, self._max = vocab.min_count, vocab.max_words
+
+    def process(self, histogram):
+        cutoff = count_cutoff(histogram, self._min, self._max)
+        Metrics.counter(VOCAB, "distinct_words").inc(sum(n for _, n in histogram))
+        Metrics.counter(VOCAB, "count_cutoff").inc(cutoff)
+        yield cutoff
+
+
 def _read_counts(counts_dir: str) -> list[tuple[str, int]]:
     counts: list[tuple[str, int]] = []
     for meta in sorted(FileSystems.match([join(counts_dir, "counts*")])[0].metadata_list, key=lambda m: m.path):
@@ -107,26 +169,43 @@ def _read_counts(counts_dir: str) -> list[tuple[str, int]]:
 def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: list[str]) -> dict:
     """Learn a vocab from the corpus and write it to `out_path` (a local path or any
     Beam filesystem path); returns stats for tracking."""
-    files = corpus.expand_corpus(data.corpus)
+    files = corpus.match_corpus(data.corpus)
     options = PipelineOptions(list(beam_args))
     counts_dir = _counts_dir(out_path, options)
     try:
         pipeline = beam.Pipeline(options=options)
-        _ = (
+        counts = (
             pipeline
             | "Read" >> corpus.ReadDocuments(files, data)
-            | "Words" >> beam.FlatMap(words, data.lowercase, data.strip_accents)
-            | "CountWords" >> beam.combiners.Count.PerElement()
-            | "FormatCounts" >> beam.MapTuple(lambda word, n: f"{n}\t{word}")
+            | "Words" >> beam.ParDo(_BundleCountsFn(lambda text: words(text, data.lowercase, data.strip_accents)))
+            | "CountWords" >> beam.CombinePerKey(sum)
+        )
+        cutoff = (
+            counts
+            | "CountOfCounts" >> beam.ParDo(_BundleCountsFn(lambda wc: (wc[1],)))
+            | "WordsPerCount" >> beam.CombinePerKey(sum)
+            | "Histogram" >> beam.combiners.ToList()
+            | "CutOff" >> beam.ParDo(_CutOffFn(vocab))
+        )
+        _ = (
+            counts
+            | "PruneAndFormat" >> beam.FlatMap(lambda wc, least: [f"{wc[1]}\t{wc[0]}"] if wc[1] >= least else [],
+                                               least=beam.pvalue.AsSingleton(cutoff))  # fmt: skip
             | "WriteCounts" >> beam.io.WriteToText(join(counts_dir, "counts"))
         )
         result = pipeline.run()
         result.wait_until_finish()
         skipped = corpus.query_counters(result, corpus.SKIPPED)
         noted = corpus.query_counters(result, corpus.NOTED)
+        pruning = corpus.query_counters(result, VOCAB)
         counts = _read_counts(counts_dir)
     finally:
         remove_tree(counts_dir)
+    if not counts and pruning.get("distinct_words"):
+        raise UserError(
+            f"vocab.min_count ({vocab.min_count}) / vocab.max_words ({vocab.max_words}) keep none of the "
+            f"{pruning['distinct_words']} distinct words: lower min_count or raise max_words"
+        )
     if not counts:
         raise UserError(
             f"no words found in data.corpus ({', '.join(data.corpus)}): every document was skipped {skipped}"
@@ -136,7 +215,9 @@ def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: 
     atomic_write_text(out_path, "\n".join(tokens) + "\n")
     return {
         "vocab_size": len(tokens),
-        "distinct_words": len(counts),
+        "distinct_words": pruning.get("distinct_words", len(counts)),
+        "words_kept": len(counts),  # what reached this process: at most vocab.max_words
+        "count_cutoff": pruning.get("count_cutoff", 1),
         "words": sum(n for _, n in counts),
         "documents": noted.get("documents_read", 0),
         "skipped": dict(sorted(skipped.items())),

@@ -22,7 +22,7 @@ from pipeline.contract.errors import UserError
 
 STAGE_HELP = {
     "vocab": "learn a WordPiece vocab from the corpus with a Beam job (or take vocab.vocab_file)",
-    "prepare": "Beam job: documents -> sentences -> NSP pairs -> masked, sharded TFRecords + manifest",
+    "prepare": "Beam job: documents -> sentences -> NSP pairs (or MLM-only segments) -> masked, sharded TFRecords + manifest",
     "pretrain": "pretrain the Keras BERT (MLM + NSP) on the prepared TFRecords; resumes after a kill",
     "finetune": "fine-tune every task of the finetune section (dev chooses, test reports once), logged to MLflow",
     "export": "build SavedModels that take raw strings (tokenizer inside the graph) and register them in MLflow",

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from beam_jobs.corpus import expand_corpus, read_documents
+from beam_jobs.corpus import expand_corpus, read_documents, read_range
 from beam_jobs.sentences import split_sentences
 from pipeline.contract.config import DataConfig
 from pipeline.contract.errors import UserError
@@ -101,3 +101,80 @@ def test_sentence_splitter_on_abbreviations():
         "New line.",
         "Rate 3.5 percent.",
     ]
+
+
+def _ranges(path, data, cuts):
+    """Documents and skips of reading `path` as the byte ranges between `cuts`, each
+    range owning the documents whose claim offset falls inside it (as Beam's tracker)."""
+    skipped, noted = _Counts(), _Counts()
+    docs = []
+    bounds = [0, *cuts, os.path.getsize(path)]
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        last = [-1]
+
+        def claim(offset, stop=stop, last=last):
+            assert offset > last[0] or offset == last[0]
+            last[0] = offset
+            return offset < stop
+
+        docs += list(read_range(str(path), data, skipped, noted, start, claim))
+    return docs, skipped, noted
+
+
+def _messy_blank_line_file(tmp_path):
+    f = tmp_path / "many.txt"
+    parts = ["\ufeffFirst doc. It has two sentences.\r\n"]
+    for i in range(60):
+        lines = [f"Doc {i} line {j} {'x' * (i * 7 % 50)}." for j in range(1 + i % 4)]
+        parts.append("\n" * (1 + i % 3) + (" \t\n" if i % 5 == 0 else "") + "\n".join(lines) + "\n")
+    parts.append("\n" + "y" * 3000 + "\n\nbad \xff bytes\n\nLast doc, no newline at the end.")
+    f.write_bytes("".join(parts).encode("utf-8", "surrogateescape").replace(b"\xc3\xbf", b"\xff"))
+    return f
+
+
+def test_any_split_points_give_every_document_exactly_once(tmp_path):
+    f = _messy_blank_line_file(tmp_path)
+    data = DataConfig(corpus=[str(f)], max_document_chars=1000)
+    whole = read(f, max_document_chars=1000)
+    assert len(whole[0]) == 62 and whole[1] == {"document_too_long": 1, "non_utf8": 1}
+    size = os.path.getsize(f)
+    for step in (1, 2, 3, 5, 11, 64, 257):
+        for first in range(1, min(step, 12) + 1):
+            cuts = list(range(first, size, step)) if step > 1 else list(range(1, size))
+            assert _ranges(f, data, cuts) == whole, (step, first)
+
+
+def test_jsonl_split_points_keep_records_whole(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(f'{{"text": "Record {i}. {"z" * (i % 13)}"}}\n' for i in range(40)) + "not json\n")
+    data = DataConfig(corpus=[str(f)])
+    whole = read(f)
+    assert len(whole[0]) == 40
+    for step in (1, 7, 30, 100):
+        assert _ranges(f, data, list(range(step, os.path.getsize(f), step))) == whole
+
+
+def test_beam_split_reads_equal_whole_file_reads(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_jobs.corpus import SKIPPED, ReadDocuments, match_corpus, query_counters
+
+    f = _messy_blank_line_file(tmp_path)
+    g = tmp_path / "whole.txt"  # documents: file is never split: one document however small the ranges
+    g.write_text("One file.\n\nStill the same document.\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    data = DataConfig(corpus=[str(tmp_path / "*.txt")], max_document_chars=1000)
+    expected = read(f, max_document_chars=1000)[0]
+    pipeline = beam.Pipeline()
+    docs = pipeline | ReadDocuments(match_corpus(data.corpus), data, split_bytes=97)
+    assert_that(docs, equal_to(expected + ["One file.", "Still the same document."]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert query_counters(result, SKIPPED) == {"document_too_long": 1, "non_utf8": 1, "empty_file": 1}
+
+    whole = DataConfig(corpus=[str(g)], documents="file")
+    pipeline = beam.Pipeline()
+    docs = pipeline | ReadDocuments(match_corpus(whole.corpus), whole, split_bytes=7)
+    assert_that(docs, equal_to(["One file.\n\nStill the same document."]))
+    pipeline.run().wait_until_finish()

@@ -50,7 +50,7 @@ def static_run(tmp_path_factory):
 def test_manifest_counts_equal_records(static_run):
     out, m = static_run
     raw, paths = _records(out, m)
-    assert sorted(os.listdir(out)) == sorted([*m.shards, schema.MANIFEST_NAME])  # no part files left
+    assert sorted(os.listdir(out)) == sorted([*m.shards, schema.MANIFEST_NAME, m.holdout])  # no part files left
     assert all(p.endswith(".tfrecord.gz") for p in paths) and len(paths) == 3
     with gzip.open(paths[0]) as fh:
         fh.read(16)  # really GZIP
@@ -139,6 +139,7 @@ def test_bad_inputs_are_counted_in_the_manifest(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     shutil.copy(SPEECHES[0], corpus / "good.txt")
+    shutil.copy(SPEECHES[2], corpus / "good2.txt")  # a second document to draw random next segments from
     (corpus / "latin1.txt").write_bytes("Caf\xe9 au lait. Second sentence.".encode("latin-1"))
     (corpus / "nul.txt").write_bytes(b"Binary \x00 junk. More.")
     (corpus / "empty.txt").write_bytes(b"")

@@ -127,10 +127,13 @@ def test_prepare_to_object_store_equals_a_local_run(store, tmp_path):
     m = prepare_pretraining_data(data, PrepareConfig(num_shards=2, beam_args=MULTI), VOCAB, remote, 1)
     local = str(tmp_path / "local")
     local_m = prepare_pretraining_data(data, PrepareConfig(num_shards=2), VOCAB, local, 1)
-    assert objects(store) == [f"bucket/run/prepare/data/{n}" for n in sorted([*m.shards, schema.MANIFEST_NAME])]
+    held = schema.read_manifest(f"{remote}/{m.holdout}")
+    names = [*m.shards, schema.MANIFEST_NAME] + [f"{m.holdout}/{n}" for n in [*held.shards, schema.MANIFEST_NAME]]
+    assert objects(store) == [f"bucket/run/prepare/data/{n}" for n in sorted(names)]
     assert schema.read_manifest(remote) == m
     assert m.shards == local_m.shards and m.counts == local_m.counts and m.num_records > 100
     assert _records(remote) == _records(local)
+    assert _records(f"{remote}/{m.holdout}") == _records(f"{local}/{m.holdout}")
 
 
 def test_prepare_failing_mid_way_leaves_no_output_and_no_temp(store, monkeypatch):

