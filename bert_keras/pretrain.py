@@ -8,6 +8,7 @@ loop (`trainer.py`). Rerunning the same call resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -19,22 +20,14 @@ from bert_keras import data, distribute, dynamic_masking, packing
 from bert_keras.optimization import build_optimizer
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 from bert_keras.starting_weights import apply_init, build_encoder_for
-from bert_keras.tokenizer import MASK, load_vocab
+from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_write_text
 from pipeline.contract.config import ModelConfig, PretrainConfig
-from pipeline.contract.errors import ContractError
 
 ENCODER_WEIGHTS = "encoder.weights.h5"
 LOSS_CURVES = "loss_curves.png"
-
-
-def _mask_id(manifest: schema.DataManifest) -> int:
-    vocab = load_vocab(manifest.vocab_file)
-    if MASK not in vocab:
-        raise ContractError(f"vocab {manifest.vocab_file} has no {MASK} token: dynamic masking needs one")
-    return vocab.index(MASK)
 
 
 def _input_fns(manifest, data_dir, cfg: PretrainConfig, seed: int, rows_per_replica: int):
@@ -42,7 +35,7 @@ def _input_fns(manifest, data_dir, cfg: PretrainConfig, seed: int, rows_per_repl
     mask = None
     pred = manifest.max_predictions
     if manifest.kind == schema.PRETRAIN_DYNAMIC:
-        spec = dynamic_masking.spec_from_manifest(manifest, _mask_id(manifest))
+        spec = dynamic_masking.spec_from_manifest(manifest)
         pred = spec.max_predictions
     pack = None
     if cfg.packing:
@@ -52,8 +45,8 @@ def _input_fns(manifest, data_dir, cfg: PretrainConfig, seed: int, rows_per_repl
             return packing.pack_dataset(rows, seq_length=manifest.seq_length, max_instances=cfg.pack_max_instances,
                                         max_predictions=pred, seed=seed)
     if manifest.kind == schema.PRETRAIN_DYNAMIC:
-        spec = dynamic_masking.MaskingSpec(spec.mode, spec.rate, pred, spec.vocab_size, spec.mask_id, spec.max_ngram)
-        mask = dynamic_masking.masker(spec)
+        vocab = dynamic_masking.masking_vocab(load_vocab(manifest.vocab_file), f"vocab {manifest.vocab_file}")
+        mask = dynamic_masking.masker(dataclasses.replace(spec, max_predictions=pred), vocab)
     return pack, mask
 
 

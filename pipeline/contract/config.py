@@ -20,7 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.contract import masking
 from pipeline.contract.errors import ConfigError
+from pipeline.contract.normalization import Normalization
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # An editable install (the README's) finds the demo next to the package; an installed
@@ -31,9 +33,7 @@ DEFAULT_CONFIG = next(
 )
 
 
-# The masking modes, named once: the config accepts them, the Beam job and the
-# trainer's dynamic masking implement them.
-MASKING_MODES = ("token", "whole_word", "span", "entity")
+MASKING_MODES = masking.MODES  # named once, in pipeline/contract/masking.py
 
 
 class _Section(BaseModel):
@@ -56,8 +56,13 @@ class DataConfig(_Section):
     text_field: str = "text"  # JSONL field holding a document's text
     documents: Literal["file", "blank_line"] = "blank_line"  # what one text document is
     lowercase: bool = True
-    strip_accents: bool = True
+    strip_accents: bool | None = None  # None: the same as lowercase (BERT's rule)
     max_document_chars: int = Field(5_000_000, gt=0)  # longer documents are skipped and counted
+
+    @property
+    def normalization(self) -> Normalization:
+        """What every tokenizer and the vocab job do to the text (pipeline/contract/normalization.py)."""
+        return Normalization.of(self.lowercase, self.strip_accents)
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -76,7 +81,8 @@ class VocabConfig(_Section):
 
 class PrepareConfig(_Section):
     max_seq_length: int = Field(128, ge=8)
-    max_predictions_per_seq: int = Field(20, ge=1)
+    # None: what masked_lm_prob needs (masking.default_max_predictions, 20 for 128 x 0.15), filled in on load
+    max_predictions_per_seq: int | None = Field(None, ge=1)
     masked_lm_prob: float = Field(0.15, gt=0, lt=1)
     short_seq_prob: float = Field(0.1, ge=0, le=1)
     dupe_factor: int = Field(1, ge=1)  # copies of each instance, each with a different mask
@@ -88,14 +94,26 @@ class PrepareConfig(_Section):
     compression: Literal["none", "gzip"] = "none"
     beam_args: list[str] = Field(default_factory=list)  # standard Beam options, e.g. --runner=DataflowRunner
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_predictions(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("max_predictions_per_seq") is None:
+            fields = cls.model_fields
+            seq = raw.get("max_seq_length", fields["max_seq_length"].default)
+            rate = raw.get("masked_lm_prob", fields["masked_lm_prob"].default)
+            try:
+                raw = {**raw, "max_predictions_per_seq": masking.default_max_predictions(int(seq), float(rate))}
+            except (TypeError, ValueError):
+                pass  # the field checks name the bad value
+        return raw
+
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
         if self.max_predictions_per_seq >= self.max_seq_length:
             raise ValueError(
                 f"max_predictions_per_seq ({self.max_predictions_per_seq}) must be below max_seq_length ({self.max_seq_length})"
             )
-        if self.masking == "entity" and not self.lexicon:
-            raise ValueError("masking: entity needs a lexicon file (prepare.lexicon)")
+        masking.check_lexicon(self.masking, self.lexicon)
         return self
 
 
