@@ -21,10 +21,12 @@ C (`str.split`), looks each chunk up in a bounded cache, and runs `tokenizers` o
 has not seen (in one batch); ids are gathered with numpy: 1.2-1.7 M wordpieces per CPU-second.
 Tokenizing chunk by chunk is exact: every normalization step acts on one character (final sigma
 on one word), and BERT splits words at whitespace, which `str.split` splits at too, except
-U+2028/U+2029 (not whitespace to BERT), so text holding those goes to `tokenizers` whole.
+U+2028/U+2029 (not whitespace to BERT), so text holding those is split by an explicit class.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -34,10 +36,12 @@ from pipeline.contract.normalization import ACCENT, CONTROL, Normalization
 # tokenizers' is_chinese_char has 0x2B920 where BERT's table has 0x2B820.
 _CJK_GAP = r"\x{2B820}-\x{2B91F}"
 _NOT_BERT_WHITESPACE = ("\u2028", "\u2029")  # str.split splits here, BERT does not
-_SEP = "\x00"  # joins a batch's texts (a NUL is a space to BERT, so it cannot change any text's ids)
-_WHOLE_TEXT = (*_NOT_BERT_WHITESPACE, _SEP)  # texts holding these go to `tokenizers` whole
+# str.split's whitespace but those two (the others are Zs, or Cc that step 1 makes spaces).
+_BERT_WHITESPACE = re.compile("[" + "".join(chr(c) for c in range(0x3001) if chr(c).isspace() and c not in (0x2028, 0x2029))
+                              + "]+")  # fmt: skip
+_SEP = "\x00"  # joins a batch's texts when none holds a NUL
 CACHE_CHUNKS = 200_000  # distinct chunks kept (~40 MB); the cache is emptied when full
-MAX_CHARS_PER_WORD = 100  # longer words are [UNK], as FastBertTokenizer's max_bytes_per_word=100 on ASCII
+MAX_BYTES_PER_WORD = 100  # longer words are [UNK] (FastBertTokenizer's max_bytes_per_word)
 
 
 def normalizer(norm: Normalization):
@@ -70,7 +74,7 @@ def build(vocab: list[str], norm: Normalization):
     from tokenizers import Tokenizer, models
 
     model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token=UNK,
-                             max_input_chars_per_word=MAX_CHARS_PER_WORD)  # fmt: skip
+                             max_input_chars_per_word=MAX_BYTES_PER_WORD)  # fmt: skip
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizer(norm)
     tokenizer.pre_tokenizer = pre_tokenizer()
@@ -134,6 +138,7 @@ class RustWordPiece:
     def _setup(self):
         self._tokenizer = build(self.vocab, self.normalization)
         self._norm, self._pre = self._tokenizer.normalizer, self._tokenizer.pre_tokenizer
+        self._unk = self.vocab.index(UNK)
         self._reset_cache()
 
     def _reset_cache(self):
@@ -142,15 +147,39 @@ class RustWordPiece:
         self._starts = [0, 0]  # row i is _ids[_starts[i]:_starts[i + 1]]
         self._starts_np = np.zeros(2, np.int64)
 
-    def _add(self, chunks: list[str]) -> None:
-        if len(self._index) + len(chunks) > CACHE_CHUNKS:
-            self._reset_cache()
+    def _encode_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all chunks back to back, pieces per chunk)."""
         # All new chunks as the words of one pre-tokenized sequence: one Encoding, not one per
         # chunk (that cost 4x more); `word_ids` tells which chunk each piece came from.
         encoded = self._tokenizer.encode(chunks, is_pretokenized=True, add_special_tokens=False)
         ids = np.asarray(encoded.ids, np.int32)
         counts = np.bincount(np.asarray(encoded.word_ids, np.int64), minlength=len(chunks)) if ids.size else \
             np.zeros(len(chunks), np.int64)  # fmt: skip
+        long = [i for i, c in enumerate(chunks) if len(c) > MAX_BYTES_PER_WORD // 4 and not c.isascii()
+                and len(c.encode()) > MAX_BYTES_PER_WORD]  # fmt: skip
+        if long:  # rare: rebuild with those chunks' ids replaced
+            per_chunk = np.split(ids, np.cumsum(counts)[:-1])
+            for i in long:
+                per_chunk[i] = np.asarray(self._long_chunk(chunks[i]), np.int32)
+            ids = np.concatenate(per_chunk).astype(np.int32)
+            counts = np.asarray([len(x) for x in per_chunk], np.int64)
+        return ids, counts
+
+    def _long_chunk(self, chunk: str) -> list[int]:
+        """FastBertTokenizer's limit is in bytes of the normalized word, tokenizers' in characters:
+        a word of more than 100 bytes (of multi-byte characters) is one [UNK], as in serving."""
+        out: list[int] = []
+        for word, _ in self._pre.pre_tokenize_str(self._norm.normalize_str(chunk)):
+            if len(word.encode()) > MAX_BYTES_PER_WORD:
+                out.append(self._unk)
+            else:
+                out += [t.id for t in self._tokenizer.model.tokenize(word)]
+        return out
+
+    def _add(self, chunks: list[str]) -> None:
+        if len(self._index) + len(chunks) > CACHE_CHUNKS:
+            self._reset_cache()
+        ids, counts = self._encode_chunks(chunks)
         first = self._starts[-1]
         end = first + ids.size
         if end > self._ids.size:
@@ -161,6 +190,15 @@ class RustWordPiece:
         self._starts.extend((first + np.cumsum(counts)).tolist())
         self._starts_np = np.asarray(self._starts, np.int64)
 
+    def _rows(self, chunks: list[str]) -> np.ndarray:
+        missing = set(chunks).difference(self._index)
+        if missing:
+            self._add(list(missing))
+            missing = set(chunks).difference(self._index)  # the cache was emptied while adding
+            if missing:
+                self._add(list(missing))
+        return np.fromiter(map(self._index.__getitem__, chunks), np.int64, len(chunks))  # (chunks,)
+
     def tokenize(self, texts: list[str]) -> list[np.ndarray]:
         """One int32 array of wordpiece ids per text (no [CLS]/[SEP])."""
         if self._tokenizer is None:
@@ -168,25 +206,24 @@ class RustWordPiece:
         if not texts:
             return []
         joined = _SEP.join(texts)
-        if joined.count(_SEP) != len(texts) - 1 or any(c in joined for c in _NOT_BERT_WHITESPACE):  # rare
-            return [np.asarray(e.ids, np.int32) if any(c in t for c in _WHOLE_TEXT) else self.tokenize([t])[0]
-                    for t, e in zip(texts, self._tokenizer.encode_batch_fast(texts, add_special_tokens=False),
-                                    strict=True)]  # fmt: skip
-        # One str.split over the batch; the separator, split off as a chunk of its own (row 0,
-        # no pieces), marks where each text ends.
-        chunks = f" {_SEP} ".join(texts).split()
-        missing = set(chunks).difference(self._index)
-        if missing:
-            self._add(list(missing))
-            missing = set(chunks).difference(self._index)  # the cache was emptied while adding
-            if missing:
-                self._add(list(missing))
-        rows = np.fromiter(map(self._index.__getitem__, chunks), np.int64, len(chunks))  # (chunks,)
+        if joined.count(_SEP) == len(texts) - 1 and not any(c in joined for c in _NOT_BERT_WHITESPACE):
+            # One str.split over the batch; the separator, split off as a chunk of its own
+            # (row 0, no pieces), marks where each text ends.
+            rows = self._rows(f" {_SEP} ".join(texts).split())
+            per_text = None
+        else:  # a text holds a NUL or U+2028/U+2029: split each text alone
+            split = [t.split() if not any(c in t for c in _NOT_BERT_WHITESPACE) else _BERT_WHITESPACE.split(t)
+                     for t in texts]  # fmt: skip
+            rows = self._rows([c for cs in split for c in cs if c])
+            per_text = np.fromiter((sum(1 for c in cs if c) for cs in split), np.int64, len(split))
         starts = self._starts_np[rows]
         lengths = self._starts_np[rows + 1] - starts  # pieces per chunk
         ends = np.cumsum(lengths)
         total = int(ends[-1]) if ends.size else 0
         # Ragged gather: output piece j of chunk c is _ids[starts[c] + j].
         pieces = self._ids[np.repeat(starts - (ends - lengths), lengths) + np.arange(total)]
-        bounds = [0, *ends[rows == 0].tolist(), total]  # piece offset at each separator
+        if per_text is None:
+            bounds = [0, *ends[rows == 0].tolist(), total]  # piece offset at each separator
+        else:
+            bounds = [0, *np.concatenate(([0], ends))[np.cumsum(per_text)].tolist()]
         return [pieces[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
