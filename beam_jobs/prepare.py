@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import corpus, instances, masking, sentences
+from beam_jobs import corpus, instances, masking, records, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import BATCH_SENTENCES, TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import load_vocab, make_rust_tokenizer, special_ids
@@ -32,7 +32,7 @@ from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.config import DataConfig, PrepareConfig, to_dict
 from pipeline.contract.errors import UserError
-from pipeline.contract.masking import KINDS, MaskingSpec, needs_lexicon
+from pipeline.contract.masking import needs_lexicon
 from pipeline.contract.normalization import Normalization
 
 COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for the manifest
@@ -109,12 +109,10 @@ class _RecordsFn(beam.DoFn):
     """(doc key, tokenized sentences) -> batches of (content hashes, serialized records) for WriteShards.
 
     Instances are built one document copy at a time (sequential over sentences, as BERT), then
-    gathered across documents and masked (static) or given word ids (dynamic) and serialized
-    `BATCH_INSTANCES` at a time in numpy (`masking.mask_batch`, `schema.serialize_batch`):
-    per-instance Python in masking was the job's largest cost (13 of 26 s under a profiler), and
-    one Beam element per batch instead of per record saves Beam's per-element overhead. Each
-    instance's masks come from its own seed, so batching does not change any record.
-    Totals for the manifest are summed per bundle and flushed as counters.
+    gathered across documents and encoded `BATCH_INSTANCES` at a time (`records.encode_instances`):
+    per-instance Python in masking was the job's largest cost, and one Beam element per batch
+    instead of per record saves Beam's per-element overhead. Totals for the manifest are summed
+    per bundle and flushed as counters.
     """
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int):
@@ -122,16 +120,13 @@ class _RecordsFn(beam.DoFn):
         self._lexicon = None
 
     def setup(self):
-        p = self._prepare
         self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
-        self._spec = MaskingSpec.from_config(to_dict(p))
-        self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
-        self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
+        self._spec = records.record_spec(self._prepare)
 
     def start_bundle(self):
         self._totals = collections.Counter()
         self._pending: list[instances.Instance] = []
-        self._seeds: list[np.ndarray] = []
+        self._seeds: list[int] = []
 
     def process(self, item, donors, lexicon):
         if self._lexicon is None:  # side inputs are not available in setup
@@ -150,55 +145,22 @@ class _RecordsFn(beam.DoFn):
             )  # fmt: skip
             if dropped:
                 Metrics.counter(corpus.SKIPPED, "no_other_document_for_random_next").inc(dropped)
-            if made:
-                self._pending += made
-                # One key per instance: the seed of its masks and its shard.
-                self._seeds.append(masking.mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ np.arange(len(made), dtype=np.uint64)))
+            self._pending += made
+            self._seeds += [instances.stable_int(seed, j) for j in range(len(made))]  # masks' key and shard
         if len(self._pending) >= BATCH_INSTANCES:
-            yield self._encode()
+            yield self._flush()
 
     def finish_bundle(self):
         if self._pending:
-            yield WindowedValue(self._encode(), 0, [GlobalWindow()])
+            yield WindowedValue(self._flush(), 0, [GlobalWindow()])
         for name, value in self._totals.items():
             Metrics.counter(COUNTS, name).inc(value)
 
-    def _encode(self) -> tuple[np.ndarray, list[bytes]]:
-        """The pending instances as (content hashes (n,), serialized records), built as (n, seq) / (n, pred) arrays."""
-        made, seeds = self._pending, np.concatenate(self._seeds)
+    def _flush(self) -> tuple[np.ndarray, list[bytes]]:
+        seeds = np.asarray(self._seeds, np.uint64)
+        encoded = records.encode_instances(self._pending, seeds, self._spec, self._vocab, self._lexicon, self._totals)
         self._pending, self._seeds = [], []
-        p, seq, n = self._prepare, self._prepare.max_seq_length, len(made)
-        lengths = np.fromiter((len(x.tokens) for x in made), np.int64, n)
-        len_a = np.fromiter((x.len_a for x in made), np.int64, n)
-        tokens = np.zeros((n, seq), np.int64)
-        for r, inst in enumerate(made):
-            tokens[r, : lengths[r]] = inst.tokens
-        col = np.arange(seq)[None, :]
-        real = col < lengths[:, None]
-        # Every token but [CLS] and the two [SEP]s can be masked.
-        maskable = real & (col != 0) & (col != len_a[:, None] + 1) & (col != lengths[:, None] - 1)
-        units = masking.unit_ids(tokens, maskable, self._spec, self._vocab.is_suffix, self._lexicon)
-        values = {schema.TOKEN_IDS: tokens, schema.PADDING_MASK: real.astype(np.int64),
-                  schema.SEGMENT_IDS: (real & (col >= len_a[:, None] + 2)).astype(np.int64),
-                  schema.NSP_LABEL: np.fromiter((x.is_random_next for x in made), np.int64, n)[:, None]}  # fmt: skip
-        t = self._totals
-        t["instances"] += n
-        t["tokens"] += int(lengths.sum())
-        t["maskable_tokens"] += int(maskable.sum())
-        t["nsp_random"] += int(values[schema.NSP_LABEL].sum())
-        if p.dynamic:
-            values[schema.WORD_IDS] = units
-            t["masking_units"] += int((units.max(axis=1) + 1).sum())
-        else:
-            m = masking.mask_batch(tokens, units, self._spec, seeds, self._vocab.mask, self._vocab.replace_ids)
-            values[schema.TOKEN_IDS] = m.tokens
-            values[schema.MASK_POSITIONS] = m.positions
-            values[schema.MASK_IDS] = m.labels
-            values[schema.MASK_WEIGHTS] = (np.arange(p.max_predictions_per_seq)[None, :] < m.count[:, None]).astype(np.float32)
-            t["masked_tokens"] += int(m.count.sum())
-            for name, c in zip(KINDS, np.bincount(m.kinds[m.kinds >= 0], minlength=3).tolist(), strict=True):
-                t[name] += c
-        return seeds, schema.serialize_batch(self._kind, values, self._shape)
+        return seeds, encoded
 
 
 def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir):

@@ -144,8 +144,8 @@ class RustWordPiece:
     def _reset_cache(self):
         self._index: dict[str, int] = {_SEP: 0}  # chunk -> row in the ragged table below; row 0: no pieces
         self._ids = np.zeros(1 << 16, np.int32)  # the chunks' ids back to back (grown by doubling)
-        self._starts = [0, 0]  # row i is _ids[_starts[i]:_starts[i + 1]]
-        self._starts_np = np.zeros(2, np.int64)
+        self._starts = np.zeros(1 << 14, np.int64)  # row i is _ids[_starts[i]:_starts[i + 1]] (grown by doubling)
+        self._rows_used = 1
 
     def _encode_chunks(self, chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(ids of all chunks back to back, pieces per chunk)."""
@@ -176,27 +176,29 @@ class RustWordPiece:
                 out += [t.id for t in self._tokenizer.model.tokenize(word)]
         return out
 
-    def _add(self, chunks: list[str]) -> None:
-        if len(self._index) + len(chunks) > CACHE_CHUNKS:
+    def _add(self, chunks: list[str]) -> bool:
+        """Tokenize `chunks` into the cache; True if the cache was emptied first (it was full)."""
+        reset = len(self._index) + len(chunks) > CACHE_CHUNKS
+        if reset:
             self._reset_cache()
         ids, counts = self._encode_chunks(chunks)
-        first = self._starts[-1]
-        end = first + ids.size
+        row = self._rows_used
+        first = int(self._starts[row])
+        end, rows_end = first + ids.size, row + len(chunks)
         if end > self._ids.size:
             self._ids = np.resize(self._ids, max(end, 2 * self._ids.size))
+        if rows_end + 1 > self._starts.size:
+            self._starts = np.resize(self._starts, max(rows_end + 1, 2 * self._starts.size))
         self._ids[first:end] = ids
-        row = len(self._starts) - 1
-        self._index.update(zip(chunks, range(row, row + len(chunks)), strict=True))
-        self._starts.extend((first + np.cumsum(counts)).tolist())
-        self._starts_np = np.asarray(self._starts, np.int64)
+        self._starts[row + 1 : rows_end + 1] = first + np.cumsum(counts)
+        self._rows_used = rows_end
+        self._index.update(zip(chunks, range(row, rows_end), strict=True))
+        return reset
 
     def _rows(self, chunks: list[str]) -> np.ndarray:
         missing = set(chunks).difference(self._index)
-        if missing:
-            self._add(list(missing))
-            missing = set(chunks).difference(self._index)  # the cache was emptied while adding
-            if missing:
-                self._add(list(missing))
+        if missing and self._add(list(missing)):
+            self._add(list(set(chunks).difference(self._index)))  # the cache was emptied while adding
         return np.fromiter(map(self._index.__getitem__, chunks), np.int64, len(chunks))  # (chunks,)
 
     def tokenize(self, texts: list[str]) -> list[np.ndarray]:
@@ -216,8 +218,8 @@ class RustWordPiece:
                      for t in texts]  # fmt: skip
             rows = self._rows([c for cs in split for c in cs if c])
             per_text = np.fromiter((sum(1 for c in cs if c) for cs in split), np.int64, len(split))
-        starts = self._starts_np[rows]
-        lengths = self._starts_np[rows + 1] - starts  # pieces per chunk
+        starts = self._starts[rows]
+        lengths = self._starts[rows + 1] - starts  # pieces per chunk
         ends = np.cumsum(lengths)
         total = int(ends[-1]) if ends.size else 0
         # Ragged gather: output piece j of chunk c is _ids[starts[c] + j].
