@@ -25,7 +25,7 @@ from pipeline.contract.masking import MASK_PROB, MODES, RANDOM_PROB, MaskingSpec
 __all__ = ["MODES", "MaskingSpec", "Masked", "unit_ids", "mask_batch", "uniform", "mix64"]
 
 # Streams of `uniform`, one per kind of draw.
-_PRIORITY, _KIND, _REPLACE, _SPAN = 1, 2, 3, 4
+_PRIORITY, _KIND, _SPAN = 1, 2, 4
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -118,20 +118,28 @@ def mask_batch(tokens: np.ndarray, units: np.ndarray, spec: MaskingSpec, seeds: 
     """Mask `spec.masked_lm_prob` of each row's tokens (`tokens`, `units` (n, seq) from `unit_ids`),
     whole units at a time, and apply 80/10/10; `seeds` (n,) key each row's draws."""
     n, seq = tokens.shape
+    seeds = np.asarray(seeds, np.uint64)
     if spec.mode == "span":
         units = span_units(units, spec.max_ngram, uniform(seeds, _SPAN, seq))
     k = budget((units >= 0).sum(axis=1), spec.masked_lm_prob, spec.max_predictions)
     chosen = select_units(units, k, uniform(seeds, _PRIORITY, seq))
-    r = uniform(seeds, _KIND, seq)
-    kinds = np.where(chosen, np.where(r < MASK_PROB, 0, np.where(r < MASK_PROB + RANDOM_PROB, 1, 2)), -1).astype(np.int8)
-    random_ids = replace_ids[(uniform(seeds, _REPLACE, seq) * len(replace_ids)).astype(np.int64)]
-    out = np.where(kinds == 0, mask_id, np.where(kinds == 1, random_ids, tokens))
-    pred = spec.max_predictions
-    cols = np.argsort(np.where(chosen, 0, 1), axis=1, kind="stable")[:, :pred]  # chosen columns first, ascending
+    rows, cols = np.nonzero(chosen)  # row-major: each row's positions ascending
+    # One hash per chosen token: its high 32 bits pick the kind, its low 32 bits the replacement.
+    with np.errstate(over="ignore"):
+        h = mix64(mix64(seeds ^ np.uint64(_KIND))[rows] + cols.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    r = (h >> np.uint64(32)).astype(np.float64) * (1.0 / (1 << 32))
+    kind = np.where(r < MASK_PROB, 0, np.where(r < MASK_PROB + RANDOM_PROB, 1, 2)).astype(np.int8)
+    pick = ((h & np.uint64(0xFFFFFFFF)) * np.uint64(len(replace_ids))) >> np.uint64(32)
+    kinds = np.full((n, seq), -1, np.int8)
+    kinds[rows, cols] = kind
+    out = tokens.copy()
+    out[rows, cols] = np.where(kind == 0, mask_id, np.where(kind == 1, replace_ids[pick.astype(np.int64)], tokens[rows, cols]))
     count = chosen.sum(axis=1)
-    valid = np.arange(pred)[None, :] < count[:, None]
-    positions = np.where(valid, cols, 0)
-    labels = np.where(valid, np.take_along_axis(tokens, cols, axis=1), 0)
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(count) - count, count)  # rank of each position in its row
+    positions = np.zeros((n, spec.max_predictions), np.int64)
+    labels = np.zeros((n, spec.max_predictions), np.int64)
+    positions[rows, slot] = cols
+    labels[rows, slot] = tokens[rows, cols]
     return Masked(out, positions, labels, count, kinds)
 
 

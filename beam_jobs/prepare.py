@@ -5,11 +5,13 @@ The pipeline, as labelled steps:
     Read -> SplitSentences -> Tokenize -> InstancesToRecords(donors, lexicon) -> WriteShards
     ReadForDonors -> SplitForDonors -> DonorCandidates -> DonorSample -> TokenizeDonors  (side input)
 
-Logic lives in pure modules (`sentences`, `instances`, `masking`); the DoFns
-here only wire them. Randomness is seeded per (seed, document content, copy),
-so the same inputs give the same set of records on any number of workers. No
-step holds more than one document and one tokenizer batch per worker (plus
-the fixed-size donor pool), so memory does not grow with the corpus.
+Logic lives in pure modules (`sentences`, `instances`, `masking`, `records`);
+the DoFns here only wire them. Randomness is seeded per (seed, document content,
+copy), and each instance's masks by its own seed, so the same inputs give the
+same set of records on any number of workers. No step holds more than one
+document, one tokenizer batch and one batch of instances per worker (plus the
+fixed-size donor pool), so memory does not grow with the corpus. The workers
+tokenize with Hugging Face `tokenizers` and never load TensorFlow.
 """
 
 from __future__ import annotations

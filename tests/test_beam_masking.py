@@ -197,3 +197,32 @@ def test_same_seed_same_instances_different_seed_differs(real):
     c, _ = instances.create_instances(doc, 0, real["donors"], 128, 0.1, info.cls, info.sep, random.Random(8))
     assert [x.tokens.tolist() for x in a] == [x.tokens.tolist() for x in b]
     assert [x.tokens.tolist() for x in a] != [x.tokens.tolist() for x in c]
+
+
+def _truncate_one_token_at_a_time(len_a, len_b, max_tokens, rng):
+    """google-research/bert's truncate_seq_pair, on lengths: the reference for the closed form."""
+    a_lo, a_hi, b_lo, b_hi = 0, len_a, 0, len_b
+    while (a_hi - a_lo) + (b_hi - b_lo) > max_tokens:
+        if a_hi - a_lo > b_hi - b_lo:
+            if rng.random() < 0.5:
+                a_lo += 1
+            else:
+                a_hi -= 1
+        elif rng.random() < 0.5:
+            b_lo += 1
+        else:
+            b_hi -= 1
+    return a_lo, a_hi, b_lo, b_hi
+
+
+@pytest.mark.parametrize("len_a,len_b", [(60, 90), (100, 40), (70, 70), (5, 200), (80, 81), (200, 200), (3, 3)])
+def test_truncation_keeps_berts_lengths_and_trims_either_end_evenly(len_a, len_b):
+    rng, n = random.Random(3), 4000
+    ref = [_truncate_one_token_at_a_time(len_a, len_b, 125, rng) for _ in range(n)]
+    ours = [instances.truncate_pair(len_a, len_b, 125, rng) for _ in range(n)]
+    assert {(a_hi - a_lo, b_hi - b_lo) for a_lo, a_hi, b_lo, b_hi in ref + ours} == {
+        (ref[0][1] - ref[0][0], ref[0][3] - ref[0][2])}  # the same kept lengths, always
+    for side in (0, 2):  # front cuts: Binomial(cuts, 1/2) in both; means within 4.5 standard errors
+        cuts = (len_a, len_b)[side // 2] - (ref[0][side + 1] - ref[0][side])
+        se = np.sqrt(cuts / 4 * 2 / n)
+        assert abs(np.mean([r[side] for r in ref]) - np.mean([o[side] for o in ours])) <= 4.5 * se + 1e-9

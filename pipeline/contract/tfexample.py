@@ -46,17 +46,20 @@ def _packed_varints(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
         width = matrix.size // records
         return np.ascontiguousarray(matrix, np.uint8).tobytes(), np.arange(records + 1, dtype=np.int64) * width
     u = np.ascontiguousarray(matrix, dtype=np.int64).view(np.uint64).reshape(-1)
-    lengths = np.ones(u.shape, dtype=np.int64)
-    for k in range(1, 10):  # a uint64 needs up to 10 groups of 7 bits
-        lengths += u >= np.uint64(1 << (7 * k))
-    width = int(lengths.max()) if lengths.size else 0
+    if u.size and int(u.max()) < 1 << 32:  # ids and positions: 32-bit arithmetic, half the memory traffic
+        u = u.astype(np.uint32)
+    top = int(u.max()) if u.size else 0
+    width = max(1, (top.bit_length() + 6) // 7)  # bytes of the largest value (a uint64 needs up to 10)
+    lengths = np.ones(u.shape, dtype=np.int8)
+    for k in range(1, width):
+        lengths += u >= u.dtype.type(1 << (7 * k))
     # (values, width) bytes, continuation bit set on all but each value's last; a boolean mask
     # keeps each value's first `length` bytes in row-major order (a scatter cost 3x more).
     groups = np.empty((u.size, width), np.uint8)
     for k in range(width):
-        groups[:, k] = ((u >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | ((lengths > k + 1).astype(np.uint8) << 7)
+        groups[:, k] = ((u >> u.dtype.type(7 * k)) & u.dtype.type(0x7F)).astype(np.uint8) | ((lengths > k + 1).astype(np.uint8) << 7)
     out = groups[np.arange(width)[None, :] < lengths[:, None]]
-    per_row = lengths.reshape(records, -1).sum(axis=1)
+    per_row = lengths.reshape(records, -1).sum(axis=1, dtype=np.int64)
     return out.tobytes(), np.concatenate(([0], np.cumsum(per_row)))
 
 
