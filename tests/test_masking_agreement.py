@@ -17,7 +17,8 @@ from beam_jobs.tokenize import tokenize_texts, vocab_info
 from bert_keras import dynamic_masking
 from bert_keras.tokenizer import load_vocab, make_rust_tokenizer
 from pipeline.contract import schema
-from pipeline.contract.masking import default_max_predictions
+from pipeline.contract.config import PrepareConfig, load_config
+from pipeline.contract.masking import budget, default_max_predictions
 from pipeline.contract.normalization import Normalization
 from tests.conftest import DATA
 
@@ -140,3 +141,18 @@ def test_the_test_notices_a_different_distribution(rows):
     s, d = _draw(rows, "whole_word", 0.15, dynamic_spec=masking.MaskingSpec("whole_word", 0.17, 22))
     n = len(s["rate"])
     assert abs(s["rate"].mean() - d["rate"].mean()) > Z * np.sqrt(s["rate"].var() / n + d["rate"].var() / n)
+
+
+def test_the_prediction_budget_follows_the_rate_unless_set(tmp_path):
+    assert PrepareConfig().max_predictions_per_seq == 20  # BERT's 20 at 128 x 0.15
+    assert PrepareConfig(masked_lm_prob=0.4).max_predictions_per_seq == 52
+    assert PrepareConfig(max_seq_length=512, masked_lm_prob=0.3).max_predictions_per_seq == 154
+    assert PrepareConfig(masked_lm_prob=0.4, max_predictions_per_seq=30).max_predictions_per_seq == 30
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("prepare:\n  masked_lm_prob: 0.25\n")
+    assert load_config(str(cfg)).prepare.max_predictions_per_seq == 32
+    assert load_config(str(cfg), ["prepare.max_seq_length=64"]).prepare.max_predictions_per_seq == 16
+    # Enough for the largest row budget at every rate: the rate is never capped by the slots.
+    for rate in (0.05, 0.15, 0.2, 0.3, 0.4, 0.55):
+        for seq in (16, 64, 128, 512):
+            assert budget(seq - 3, rate, 10**6) <= PrepareConfig(max_seq_length=seq, masked_lm_prob=rate).max_predictions_per_seq
