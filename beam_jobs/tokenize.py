@@ -1,9 +1,9 @@
-"""Batched wordpiece tokenization inside Beam workers.
+"""Batched wordpiece tokenization inside Beam workers, without TensorFlow.
 
-One FastBertTokenizer call per few thousand sentences (not per sentence or per
-document): the tf-text op is fast (~3 M pieces/s) but each eager call costs
-fixed overhead, so batching across documents is what keeps the job near the
-tokenizer's own ceiling. The tokenizer is built once per worker in `setup`.
+The data jobs' tokenizer is `bert_keras.wordpiece_rust.RustWordPiece` (Hugging Face
+`tokenizers` behind a chunk cache; ids equal the serving FastBertTokenizer's). One call per
+few thousand sentences, batched across documents, so the per-call cost vanishes. The tokenizer
+is built once per worker in `setup`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+from bert_keras.tokenizer import load_vocab, make_rust_tokenizer, special_ids
+from pipeline.contract.masking import replacement_ids
+from pipeline.contract.normalization import Normalization
 
 BATCH_SENTENCES = 4096  # sentences per tokenizer call
 
@@ -34,18 +36,17 @@ class VocabInfo:
 def vocab_info(vocab: list[str], source: str) -> VocabInfo:
     ids = special_ids(vocab, source)
     is_suffix = np.array([t.startswith("##") for t in vocab], dtype=bool)
-    # Never replace a token with [PAD]/[CLS]/[SEP]/[MASK]/[UNK]/[unusedN] (BERT's
-    # random word can be any vocab entry; a special token there is pure noise).
-    ordinary = [i for i, t in enumerate(vocab) if not (t.startswith("[") and t.endswith("]"))]
-    return VocabInfo(len(vocab), ids.cls, ids.sep, ids.pad, ids.mask, is_suffix, np.asarray(ordinary, dtype=np.int32))
+    return VocabInfo(len(vocab), ids.cls, ids.sep, ids.pad, ids.mask, is_suffix, replacement_ids(vocab))
 
 
 def tokenize_texts(tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """One int32 id array per text, from a single tokenizer call."""
+    """One int32 id array per text, from a single call of either tokenizer (`bert_keras.tokenizer`)."""
     if not texts:
         return []
-    ragged = tokenizer.tokenize(texts)  # (batch, pieces) ragged
-    flat = ragged.flat_values.numpy().astype(np.int32)
+    ragged = tokenizer.tokenize(texts)
+    if isinstance(ragged, list):  # RustWordPiece: already one array per text
+        return ragged
+    flat = ragged.flat_values.numpy().astype(np.int32)  # tf.RaggedTensor (batch, pieces)
     splits = ragged.row_splits.numpy()
     return [flat[splits[i] : splits[i + 1]] for i in range(len(texts))]
 
@@ -56,11 +57,11 @@ class TokenizeDocumentsFn(beam.DoFn):
     Documents are buffered until a batch is full, then tokenized together.
     """
 
-    def __init__(self, vocab_file: str, lowercase: bool):
-        self._vocab_file, self._lowercase = vocab_file, lowercase
+    def __init__(self, vocab_file: str, normalization: Normalization):
+        self._vocab_file, self._normalization = vocab_file, normalization
 
     def setup(self):
-        self._tokenizer = make_tokenizer(load_vocab(self._vocab_file), lowercase=self._lowercase)
+        self._tokenizer = make_rust_tokenizer(load_vocab(self._vocab_file), self._normalization)
 
     def start_bundle(self):
         self._docs, self._count = [], 0

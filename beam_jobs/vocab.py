@@ -1,4 +1,4 @@
-"""`bertpipe vocab`: count words with Beam, learn a BERT WordPiece vocab with tf-text.
+"""`bertpipe vocab`: count words with Beam, learn a BERT WordPiece vocab with tf-text's learner.
 
     Read -> Words -> CountWords -> Prune(cut-off) -> FormatCounts -> WriteCounts   (Beam, parallel)
     CountWords -> CountOfCounts -> CutOff  (the side input of Prune)
@@ -25,9 +25,9 @@ job runs on any Beam runner; the directory is removed afterwards.
 from __future__ import annotations
 
 import collections
-import re
+import functools
+import importlib.util
 import tempfile
-import unicodedata
 import uuid
 
 import apache_beam as beam
@@ -42,26 +42,44 @@ from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
 from pipeline.contract.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
 from pipeline.contract.config import DataConfig, VocabConfig
 from pipeline.contract.errors import UserError
+from pipeline.contract.normalization import Normalization
 
-# BERT's BasicTokenizer splits on whitespace and around every punctuation
-# character; \w without "_" approximates that in one C-speed regex (BERT counts
-# "_" as punctuation, hence it is a token of its own here too).
-_WORDS = re.compile(r"[^\W_]+|[^\w\s]|_")
 VOCAB = "bertpipe.vocab"  # metrics namespace: distinct words and the count cut-off
 _FLUSH = 200_000  # distinct keys a bundle counts before it emits them
 
 
-def normalize(text: str, lowercase: bool, strip_accents: bool) -> str:
-    """The tokenizer's normalization (lower case, NFD, drop combining marks)."""
-    if lowercase:
-        text = text.lower()
-    if strip_accents:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-    return text
+@functools.lru_cache(maxsize=4)
+def _splitter(normalization: Normalization):
+    from bert_keras.wordpiece_rust import WordSplitter
+
+    return WordSplitter(normalization)
 
 
-def words(text: str, lowercase: bool = True, strip_accents: bool = True) -> list[str]:
-    return _WORDS.findall(normalize(text, lowercase, strip_accents))
+def words(text: str, normalization: Normalization | None = None) -> list[str]:
+    """The words WordPiece will see: the project's normalization and BERT's pre-tokenization,
+    by the data jobs' tokenizer itself (`bert_keras.wordpiece_rust`), so every learned piece
+    is one that tokenization can produce."""
+    return _splitter(normalization or Normalization()).words(text)
+
+
+def _learner():
+    """tf-text's WordPiece learner, loaded from its file.
+
+    It is pure Python (numpy and the standard library), but importing it as
+    `tensorflow_text.tools...` runs `tensorflow_text/__init__`, which loads TensorFlow
+    (3 s and ~900 MB). Loading the one file keeps the vocab job TensorFlow-free and the
+    learned vocab unchanged. Hugging Face `tokenizers`' WordPieceTrainer was measured as the
+    alternative (bench/bench_vocab_learner.py): it trains from text, not from counts, so the
+    launcher would have to replay every word occurrence, and it gave more pieces per held-out word.
+    """
+    spec = importlib.util.find_spec("tensorflow_text")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("tensorflow-text is not installed: it provides the WordPiece vocab learner")
+    path = f"{spec.submodule_search_locations[0]}/tools/wordpiece_vocab/wordpiece_tokenizer_learner_lib.py"
+    module_spec = importlib.util.spec_from_file_location("bertpipe_wordpiece_learner", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 def reserved_tokens(num_unused: int) -> list[str]:
@@ -70,10 +88,8 @@ def reserved_tokens(num_unused: int) -> list[str]:
 
 def learn_from_counts(counts: list[tuple[str, int]], vocab: VocabConfig) -> list[str]:
     """tf-text's WordPiece learner on (word, count) pairs; returns the full vocab list."""
-    from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib as learner
-
     reserved = reserved_tokens(vocab.num_unused)
-    learned = learner.learn(
+    learned = _learner().learn(
         counts,
         vocab_size=vocab.size,
         reserved_tokens=reserved,
@@ -174,10 +190,11 @@ def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: 
     counts_dir = _counts_dir(out_path, options)
     try:
         pipeline = beam.Pipeline(options=options)
+        normalization = data.normalization
         counts = (
             pipeline
             | "Read" >> corpus.ReadDocuments(files, data)
-            | "Words" >> beam.ParDo(_BundleCountsFn(lambda text: words(text, data.lowercase, data.strip_accents)))
+            | "Words" >> beam.ParDo(_BundleCountsFn(lambda text: words(text, normalization)))
             | "CountWords" >> beam.CombinePerKey(sum)
         )
         cutoff = (

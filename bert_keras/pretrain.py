@@ -10,6 +10,7 @@ later phase starts from the previous phase's checkpoint (`init_state`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from bert_keras import data, distribute, dynamic_masking, families, packing
 from bert_keras.optimization import build_optimizer, current_lr, make_schedule
 from bert_keras.pretraining_model import pretraining_loss
 from bert_keras.starting_weights import apply_init, build_encoder_for, encoder_spec
-from bert_keras.tokenizer import MASK, load_vocab
+from bert_keras.tokenizer import load_vocab
 from bert_keras.trainer import LoopSettings, Trainer
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_write_text
@@ -33,20 +34,13 @@ LOSS_CURVES = "loss_curves.png"
 HELDOUT = "heldout.jsonl"  # held-out MLM loss and accuracy against step and training seconds (eval_every)
 
 
-def _mask_id(manifest: schema.DataManifest) -> int:
-    vocab = load_vocab(manifest.vocab_file)
-    if MASK not in vocab:
-        raise ContractError(f"vocab {manifest.vocab_file} has no {MASK} token: dynamic masking needs one")
-    return vocab.index(MASK)
-
-
 def input_fns(manifest, cfg: PretrainConfig, seed: int):
     """(packer or None, masker or None): the functions `data.make_dataset` applies to the rows,
     packing (`cfg.packing`) and, for dynamic-masking data, the per-step masking."""
     mask = None
     pred = manifest.max_predictions
     if manifest.kind == schema.PRETRAIN_DYNAMIC:
-        spec = dynamic_masking.spec_from_manifest(manifest, _mask_id(manifest))
+        spec = dynamic_masking.spec_from_manifest(manifest)
         pred = spec.max_predictions
     pack = None
     if cfg.packing:
@@ -56,8 +50,8 @@ def input_fns(manifest, cfg: PretrainConfig, seed: int):
             return packing.pack_dataset(rows, seq_length=manifest.seq_length, max_instances=cfg.pack_max_instances,
                                         max_predictions=pred, seed=seed)
     if manifest.kind == schema.PRETRAIN_DYNAMIC:
-        spec = dynamic_masking.MaskingSpec(spec.mode, spec.rate, pred, spec.vocab_size, spec.mask_id, spec.max_ngram)
-        mask = dynamic_masking.masker(spec)
+        vocab = dynamic_masking.masking_vocab(load_vocab(manifest.vocab_file), f"vocab {manifest.vocab_file}")
+        mask = dynamic_masking.masker(dataclasses.replace(spec, max_predictions=pred), vocab)
     return pack, mask
 
 

