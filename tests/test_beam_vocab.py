@@ -62,7 +62,7 @@ def _python_counts(files, data):
     counts = Counter()
     for f in files:
         for doc in read_documents(f, data, lambda reason: None):
-            counts.update(words(doc, data.lowercase, data.strip_accents))
+            counts.update(words(doc, data.normalization))
     return sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
 
 
