@@ -16,12 +16,12 @@ matrix is as small, and `attend` uses it.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
-from bert_keras.layers import attention_bias, large_negative, same_instance
+from bert_keras.layers import large_negative
+from bert_keras.modernbert import fused
+from bert_keras.modernbert.masks import LocalWindow, allowed
 
 GLOBAL, LOCAL = "full_attention", "sliding_attention"  # Hugging Face's `layer_types` names
 LAYER_TYPES = (GLOBAL, LOCAL)
@@ -70,120 +70,40 @@ def apply_rotary(x, cos, sin):
     return x * cos + tf.concat([-x2, x1], axis=-1) * sin
 
 
-# ---- masks, computed once per batch and shared by the layers of one type ---------------------
+def masked_softmax(scores, mask, training):
+    """Softmax over the last axis of scores where `mask` (global_mask / local_mask) allows.
 
-
-class LocalWindow:
-    """The sliding window's geometry: `half_window` tokens each side, queries in blocks of `block`.
-
-    `halo` is the half window rounded up to whole blocks, so each query block's keys are
-    (1 + 2 * halo / block) whole blocks: slices of one reshape, no gather.
+    Training runs it as fused kernels (`bert_keras.modernbert.fused.masked_softmax`), which build
+    the mask from the ids inside; inference as plain ops. A row with nothing allowed (padding
+    queries) comes out uniform, as with classic BERT's additive mask, and is never read.
     """
-
-    def __init__(self, half_window: int, block: int | None = None):
-        self.half_window = half_window
-        self.block = block or max(half_window, 1)
-        self.halo = math.ceil(half_window / self.block) * self.block
-        self.keys = self.block + 2 * self.halo  # keys scored per query
-
-    def banded(self, seq) -> bool:
-        """Whether blocks do less work than the full matrix; an unknown length (export) takes blocks."""
-        return seq is None or seq > self.keys
-
-    def num_blocks(self, seq):
-        return (seq + self.block - 1) // self.block
-
-    def windows(self, x, fill=0):
-        """(batch, [heads,] seq, ...) -> (batch, [heads,] blocks, keys, ...): each query block's key span.
-
-        `axis` is the sequence axis (1 for ids, 2 for heads-first tensors); the sequence is padded
-        with `fill` by `halo` in front and to whole blocks plus `halo` behind.
-        """
-        axis = 1 if x.shape.rank == 2 else 2
-        seq = tf.shape(x)[axis]
-        n = self.num_blocks(seq)
-        pad = [[0, 0]] * x.shape.rank
-        pad[axis] = [self.halo, n * self.block - seq + self.halo]
-        padded = tf.pad(x, pad, constant_values=fill)
-        shape = tf.shape(padded)
-        blocks = tf.reshape(padded, tf.concat([shape[:axis], [n + 2 * self.halo // self.block, self.block],
-                                               shape[axis + 1:]], 0))  # (..., n + 2 m, block, ...)
-        span = 1 + 2 * self.halo // self.block
-        # concat of shifted slices: its gradient is slices and pads, no scatter.
-        return tf.concat([_take(blocks, axis, i, n) for i in range(span)], axis=axis + 1)
-
-    def query_blocks(self, x, fill=0):
-        """(batch, [heads,] seq, ...) -> (batch, [heads,] blocks, block, ...), padded to whole blocks."""
-        axis = 1 if x.shape.rank == 2 else 2
-        seq = tf.shape(x)[axis]
-        n = self.num_blocks(seq)
-        pad = [[0, 0]] * x.shape.rank
-        pad[axis] = [0, n * self.block - seq]
-        shape = tf.shape(x)
-        return tf.reshape(tf.pad(x, pad, constant_values=fill),
-                          tf.concat([shape[:axis], [n, self.block], shape[axis + 1:]], 0))
-
-    def band(self):
-        """(block, keys) bool, static: query offset a may see key slot t, |t - halo - a| <= half_window."""
-        a = np.arange(self.block)[:, None]
-        t = np.arange(self.keys)[None, :]
-        return np.abs(t - self.halo - a) <= self.half_window
-
-
-def _take(x, axis, start, n):
-    begin = [0] * x.shape.rank
-    size = [-1] * x.shape.rank
-    begin[axis], size[axis] = start, n
-    return tf.slice(x, begin, size)
-
-
-def global_mask(padding_mask, dtype):
-    """Additive (batch, 1, seq, seq) bias: same instance, non-padding keys."""
-    return attention_bias(same_instance(padding_mask), dtype)
-
-
-def local_mask(padding_mask, window: LocalWindow, dtype):
-    """Additive bias for the local layers: same instance and within the window.
-
-    Banded: (batch, 1, blocks, block, keys), the layout of `banded_attention`'s scores;
-    otherwise the full (batch, 1, seq, seq) one.
-    """
-    neg = tf.constant(large_negative(dtype), dtype)
-    ids = tf.cast(padding_mask, tf.int32)
-    if not window.banded(padding_mask.shape[1]):
-        seq = tf.shape(ids)[1]
-        i = tf.range(seq)
-        near = tf.abs(i[:, None] - i[None, :]) <= window.half_window  # (seq, seq)
-        allowed = tf.logical_and(same_instance(ids), near[None])
-        return tf.where(allowed[:, None], tf.zeros([], dtype), neg)
-    q = window.query_blocks(ids)  # (batch, blocks, block)
-    k = window.windows(ids)  # (batch, blocks, keys); 0 outside the row, so never allowed
-    allowed = tf.logical_and(tf.equal(q[..., :, None], k[..., None, :]), tf.not_equal(k, 0)[..., None, :])
-    allowed = tf.logical_and(allowed, window.band()[None, None])  # (batch, blocks, block, keys)
-    return tf.where(allowed[:, None], tf.zeros([], dtype), neg)
+    if isinstance(training, bool) and training:
+        return fused.masked_softmax(scores, *mask)
+    neg = tf.constant(large_negative(scores.dtype), scores.dtype)
+    return tf.nn.softmax(tf.where(allowed(*mask), scores, neg), axis=-1)
 
 
 # ---- the attention itself ---------------------------------------------------------------------
 
 
-def full_attention(q, k, v, bias, dropout, training):
-    """q, k, v (batch, heads, seq, head_dim), q already scaled; bias broadcast to (batch, heads, seq, seq)."""
-    scores = tf.matmul(q, k, transpose_b=True) + tf.cast(bias, q.dtype)  # (batch, heads, seq, seq)
-    probs = dropout(tf.nn.softmax(scores, axis=-1), training=training)
+def full_attention(q, k, v, mask, dropout, training):
+    """q, k, v (batch, heads, seq, head_dim), q already scaled; mask from global_mask / local_mask."""
+    scores = tf.matmul(q, k, transpose_b=True)  # (batch, heads, seq, seq)
+    probs = dropout(masked_softmax(scores, mask, training), training=training)
     return tf.matmul(probs, v)  # (batch, heads, seq, head_dim)
 
 
-def banded_attention(q, k, v, bias, window: LocalWindow, dropout, training):
+def banded_attention(q, k, v, mask, window: LocalWindow, dropout, training):
     """Sliding-window attention in blocks: q, k, v (batch, heads, seq, head_dim) -> the same shape.
 
-    bias: (batch, 1, blocks, block, keys) from `local_mask`. Scores are (batch, heads, blocks,
-    block, keys): O(seq * keys) instead of O(seq^2).
+    mask: the banded `local_mask`. Scores are (batch, heads, blocks, block, keys): O(seq * keys)
+    instead of O(seq^2).
     """
     seq = tf.shape(q)[2]
     qb = window.query_blocks(q)  # (batch, heads, blocks, block, head_dim)
     kb, vb = window.windows(k), window.windows(v)  # (batch, heads, blocks, keys, head_dim)
-    scores = tf.matmul(qb, kb, transpose_b=True) + tf.cast(bias, q.dtype)  # (batch, heads, blocks, block, keys)
-    probs = dropout(tf.nn.softmax(scores, axis=-1), training=training)
+    scores = tf.matmul(qb, kb, transpose_b=True)  # (batch, heads, blocks, block, keys)
+    probs = dropout(masked_softmax(scores, mask, training), training=training)
     out = tf.matmul(probs, vb)  # (batch, heads, blocks, block, head_dim)
     shape = tf.shape(out)
     out = tf.reshape(out, [shape[0], shape[1], shape[2] * shape[3], shape[4]])  # (batch, heads, blocks*block, head_dim)

@@ -25,14 +25,12 @@ from bert_keras.modernbert.attention import (
     GLOBAL,
     LAYER_TYPES,
     LOCAL,
-    LocalWindow,
-    global_mask,
     instance_positions,
     layer_types_every,
-    local_mask,
     rotary_tables,
 )
 from bert_keras.modernbert.layers import ModernBertBlock, norm, truncated_normal
+from bert_keras.modernbert.masks import LocalWindow, global_mask, local_mask
 from pipeline.contract.schema import CLS_POSITIONS, PADDING_MASK, TOKEN_IDS
 
 
@@ -138,16 +136,16 @@ class ModernBertEncoder(keras.Model):
             token_vectors = self.tok_embeddings(token_ids)
         x = self.embedding_drop(self.embedding_norm(token_vectors), training=training)  # (batch, seq, hidden)
 
-        # Per batch, shared by every layer of a type: rotary tables and additive masks.
+        # Per batch, shared by every layer of a type: rotary tables and masks (O(seq) ids).
         positions = instance_positions(padding_mask)  # (batch, seq)
         theta = {GLOBAL: self.global_rope_theta, LOCAL: self.local_rope_theta}
         kinds = set(self.layer_types)
         rotary = {kind: rotary_tables(positions, self.head_dim, theta[kind], x.dtype) for kind in kinds}
         masks = {}
         if GLOBAL in kinds:
-            masks[GLOBAL] = global_mask(padding_mask, x.dtype)  # (batch, 1, seq, seq)
+            masks[GLOBAL] = global_mask(padding_mask)
         if LOCAL in kinds:
-            masks[LOCAL] = local_mask(padding_mask, self.window, x.dtype)  # banded or (batch, 1, seq, seq)
+            masks[LOCAL] = local_mask(padding_mask, self.window)  # banded, or full for short rows
         for block in self.blocks:
             kind = block.attention_type
             x = block(x, rotary[kind], masks[kind], training=training)

@@ -16,14 +16,8 @@ import keras
 import tensorflow as tf
 
 from bert_keras.layers import Dense, FastDropout, gelu
-from bert_keras.modernbert.attention import (
-    GLOBAL,
-    LAYER_TYPES,
-    LocalWindow,
-    apply_rotary,
-    banded_attention,
-    full_attention,
-)
+from bert_keras.modernbert.attention import GLOBAL, LAYER_TYPES, apply_rotary, banded_attention, full_attention
+from bert_keras.modernbert.masks import LocalWindow
 
 
 def truncated_normal(stddev: float):
@@ -106,8 +100,8 @@ class ModernBertBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, rotary, mask, training=None):
-        """x: (batch, seq, hidden); rotary: (cos, sin) of this layer type; mask: its additive bias
-        (`attention.global_mask` / `local_mask`)."""
+        """x: (batch, seq, hidden); rotary: (cos, sin) of this layer type; mask: its
+        (query ids, key ids, band) from `masks.global_mask` / `local_mask`."""
         h = x if self.attn_norm is None else self.attn_norm(x)
         x = x + self.attn_out_dropout(self.attn_out(self._attention(h, rotary, mask, training)), training=training)
         return x + self._mlp(self.mlp_norm(x), training)
@@ -119,7 +113,7 @@ class ModernBertBlock(keras.layers.Layer):
         cos, sin = rotary
         q = apply_rotary(q, cos, sin) * tf.cast(self.head_dim**-0.5, q.dtype)
         k = apply_rotary(k, cos, sin)
-        if mask.shape.rank == 5:  # the local layers' banded layout (attention.local_mask)
+        if mask[0].shape.rank == 3:  # blocked query ids: the local layers' banded layout (masks.local_mask)
             context = banded_attention(q, k, v, mask, self.window, self.probs_dropout, training)
         else:
             context = full_attention(q, k, v, mask, self.probs_dropout, training)
