@@ -11,7 +11,8 @@ bertpipe's two run through the trainer's real step. Precision: the CPU's fast pa
 (`bert_keras.distribute.resolve_precision("auto")`: mixed bf16 where the CPU has bf16 matrix
 instructions, else float32), or --precision. Contenders alternate in short windows (median).
 
-Also checks HF parity (a random transformers ModernBertForMaskedLM loaded into bertpipe, max
+Each line also shows BERT's training FLOPs over ModernBERT's (`train_flops`): the ratio a
+step bound by its matmuls would reach. Also checks HF parity (a random transformers ModernBertForMaskedLM loaded into bertpipe, max
 |logit difference| on padded rows longer than the window) and writes bench/results/modernbert.json.
 
     KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_modernbert.py [--steps 3 --rounds 3 --seqs 128 1024]
@@ -49,6 +50,24 @@ def synthetic_batch(rng, seq: int):
             schema.PADDING_MASK: np.ones((batch, seq), np.int32), schema.MASK_POSITIONS: pos,
             schema.MASK_IDS: np.take_along_axis(tokens, pos, 1), schema.MASK_WEIGHTS: np.ones(pos.shape, np.float32),
             schema.NSP_LABEL: rng.integers(0, 2, size=(batch, 1)).astype(np.int32)}
+
+
+def train_flops(seq: int, family: str) -> float:
+    """Matmul FLOPs of one training sequence (forward x 3 for forward + backward), to set the
+    measured ratio beside the ratio of work: projections, feed-forward, attention scores and
+    values (ModernBERT's local layers score 192 keys a query, its blocked window), the MLM head."""
+    preds = round(0.15 * seq)
+    mlm = preds * 2 * (H * H + H * V)
+    if family == "bert":
+        per_layer = [2 * (4 * H * H + 2 * H * FF) + 2 * 2 * seq * H] * L
+    else:
+        from bert_keras.modernbert.attention import layer_types_every
+        from bert_keras.modernbert.masks import LocalWindow
+
+        window = LocalWindow(64)
+        keys = {"full_attention": seq, "sliding_attention": window.keys if window.banded(seq) else seq}
+        per_layer = [2 * (4 * H * H + 3 * H * MB_FF) + 2 * 2 * keys[kind] * H for kind in layer_types_every(L, 3)]
+    return 3 * (seq * sum(per_layer) + mlm)
 
 
 def trainer_runner(model, loss_fn, batch):
@@ -166,10 +185,12 @@ def main() -> None:
         rates = side_by_side([builders[n](batch, seq) for n in names], args.steps, args.rounds)
         for name, rate in zip(names, rates, strict=True):
             rows.append({"contender": name, "seq": seq, "batch": len(batch[schema.TOKEN_IDS]), "precision": policy,
-                         "seq_per_s": round(rate, 2), "tokens_per_s": round(rate * seq, 1)})
+                         "seq_per_s": round(rate, 3), "tokens_per_s": round(rate * seq, 1)})
         ratios[seq] = rates[0] / rates[1]
+        work = train_flops(seq, "bert") / train_flops(seq, "modernbert")  # BERT's FLOPs / ModernBERT's
+        rows.append({"seq": seq, "bert_flops_over_modernbert_flops": round(work, 3)})
         print(f"{seq:>6}{len(batch[schema.TOKEN_IDS]):>7}" + "".join(f"{r:>22.2f}" for r in rates)
-              + f"{ratios[seq]:>8.2f}x", flush=True)
+              + f"{ratios[seq]:>8.2f}x   (FLOP ratio {work:.2f}x)", flush=True)
     targets = [target("hf_parity_max_abs", parity, "<= 1e-4")]
     if 1024 in ratios:
         targets.append(target("seq1024_tokens_per_s_vs_bert", round(ratios[1024], 3), ">= 2"))

@@ -10,8 +10,8 @@ Local attention is computed in blocks (`banded_attention`), not as a (seq, seq) 
 with most of it masked: queries are cut into blocks of `block` tokens, and each block scores
 only the keys from `halo` tokens before it to `halo` after it, (block + 2 * halo) keys, 192 for
 the 128-token window, against `seq` for the full matrix. That is what makes the local layers
-cost O(seq) rather than O(seq^2) in time and memory. Below that many keys the full masked
-matrix is as small, and `attend` uses it.
+cost O(seq) rather than O(seq^2) in time and memory. Rows no longer than that many keys take
+the full masked matrix, which is then as small (`masks.LocalWindow.banded` decides).
 """
 
 from __future__ import annotations

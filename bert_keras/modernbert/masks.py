@@ -87,8 +87,9 @@ def local_mask(padding_mask, window: LocalWindow):
     """The local layers' mask as (query ids, key ids, band): same instance and within the window.
 
     Banded: ids (batch, blocks, block) and (batch, blocks, keys) with the static (block, keys)
-    band, the layout of `banded_attention`'s scores; otherwise (batch, seq) ids and a (seq, seq) band.
-    O(seq) either way: `allowed` expands them per layer (or inside the fused softmax kernel).
+    band, the layout of `banded_attention`'s scores, O(seq); otherwise, for rows of at most
+    `window.keys` tokens, (batch, seq) ids and a (seq, seq) band. `allowed` expands them per
+    layer (or inside the fused softmax kernel).
     """
     ids = tf.cast(padding_mask, tf.int32)
     if not window.banded(padding_mask.shape[1]):
