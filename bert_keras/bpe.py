@@ -105,6 +105,9 @@ def _spec(path: str) -> dict:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or model.get("dropout"):
         raise UserError(f"{path}: model.type must be BPE without dropout for the in-graph tokenizer")
+    for key in ("ignore_merges", "continuing_subword_prefix", "end_of_word_suffix"):  # not GPT-2's BPE
+        if model.get(key):
+            raise UserError(f"{path}: model.{key} is set; the in-graph tokenizer implements GPT-2's byte-level BPE")
     normalizer = (spec.get("normalizer") or {}).get("type")
     if normalizer not in (None, "NFC"):
         raise UserError(f"{path}: normalizer {normalizer!r} is not supported in-graph (null or NFC)")
