@@ -32,25 +32,32 @@ class MaskedLMHead(keras.layers.Layer):
     (hidden x vocab) matmul runs on batch*pred rows, not batch*seq.
     """
 
-    def __init__(self, token_embedding, initializer_range=0.02, layer_norm_epsilon=1e-12, **kwargs):
+    def __init__(self, token_embedding, initializer_range=0.02, layer_norm_epsilon=1e-12, transform_bias=True,
+                 norm_bias=True, output_bias=True, **kwargs):
+        """transform_bias, norm_bias, output_bias: BERT has all three; ModernBERT's config turns
+        the first two off (`classifier_bias`, `norm_bias`) and keeps the last (`decoder_bias`)."""
         super().__init__(**kwargs)
         self.token_embedding = token_embedding
         self.initializer_range = initializer_range
         self.layer_norm_epsilon = layer_norm_epsilon
         hidden = token_embedding.output_dim
         self.transform = Dense(
-            hidden, activation=gelu, kernel_initializer=_init(initializer_range), name="transform"
+            hidden, activation=gelu, use_bias=transform_bias, kernel_initializer=_init(initializer_range),
+            name="transform",
         )
-        self.transform_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, name="transform_norm")
+        self.transform_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, center=norm_bias,
+                                                              name="transform_norm")
         self.transform.build((None, hidden))
         self.transform_norm.build((None, hidden))
-        self.output_bias = self.add_weight(
-            shape=(token_embedding.input_dim,), initializer="zeros", name="output_bias", autocast=False
-        )  # float32 even under mixed precision: added to float32 logits
+        self.output_bias = None
+        if output_bias:
+            self.output_bias = self.add_weight(
+                shape=(token_embedding.input_dim,), initializer="zeros", name="output_bias", autocast=False
+            )  # float32 even under mixed precision: added to float32 logits
 
     def call(self, sequence_output, mask_positions):
-        logits = self.unbiased_logits(sequence_output, mask_positions)
-        return tf.cast(logits, tf.float32) + self.output_bias
+        logits = tf.cast(self.unbiased_logits(sequence_output, mask_positions), tf.float32)
+        return logits if self.output_bias is None else logits + self.output_bias
 
     def unbiased_logits(self, sequence_output, mask_positions, table=None):
         """(batch, pred, vocab) logits before the output bias, in the compute dtype.

@@ -87,12 +87,9 @@ def pretraining_loss(batch, outputs):
     Both terms are weighted means over the batch passed in (per replica under a
     strategy); the trainer scales for the global batch.
     """
-    # Training outputs carry the logits before the bias, which the cross-entropy's kernel adds.
-    mlm_logits = outputs[MLM_LOGITS] if MLM_LOGITS in outputs else outputs[MLM_UNBIASED]
-    mlm_loss, mlm_acc = weighted_sparse_xent(batch[MASK_IDS], mlm_logits, batch[MASK_WEIGHTS],
-                                             bias=outputs.get(MLM_BIAS))
-    if NSP_LOGITS not in outputs:
-        return mlm_loss, {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc}
+    mlm_loss, mlm_acc = masked_lm_loss(batch, outputs)
+    if NSP_LOGITS not in outputs:  # MLM only (pretrain.nsp false, ModernBERT)
+        return mlm_only_loss(batch, outputs)
     nsp_logits = outputs[NSP_LOGITS]  # (batch, instances, 2)
     nsp_labels = tf.reshape(batch[NSP_LABEL], tf.shape(nsp_logits)[:2])  # (batch, 1) records -> (batch, instances)
     nsp_weights = batch.get(CLS_WEIGHTS)
@@ -101,3 +98,16 @@ def pretraining_loss(batch, outputs):
     nsp_loss, nsp_acc = weighted_sparse_xent(nsp_labels, nsp_logits, nsp_weights)
     metrics = {"mlm_loss": mlm_loss, "mlm_accuracy": mlm_acc, "nsp_loss": nsp_loss, "nsp_accuracy": nsp_acc}
     return mlm_loss + nsp_loss, metrics
+
+
+def masked_lm_loss(batch, outputs):
+    """(loss, accuracy) of the MLM predictions, weighted by MASK_WEIGHTS, from either output form."""
+    # Training outputs carry the logits before the bias, which the cross-entropy's kernel adds.
+    mlm_logits = outputs[MLM_LOGITS] if MLM_LOGITS in outputs else outputs[MLM_UNBIASED]
+    return weighted_sparse_xent(batch[MASK_IDS], mlm_logits, batch[MASK_WEIGHTS], bias=outputs.get(MLM_BIAS))
+
+
+def mlm_only_loss(batch, outputs):
+    """(loss, metrics) for models trained on MLM alone (ModernBERT): metrics mlm_loss, mlm_accuracy."""
+    loss, accuracy = masked_lm_loss(batch, outputs)
+    return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}

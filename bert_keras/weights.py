@@ -152,10 +152,13 @@ class LoadReport:
         return line
 
 
-def export_state(model) -> dict[str, np.ndarray]:
-    """Canonical name -> float32 numpy array in Hugging Face layout."""
+def export_state(model, slot_list: list[Slot] | None = None) -> dict[str, np.ndarray]:
+    """Canonical name -> float32 numpy array in Hugging Face layout.
+
+    slot_list: another family's mapping (`bert_keras.modernbert.weights`); default: BERT's `slots(model)`.
+    """
     state = {}
-    for s in slots(model):
+    for s in slot_list if slot_list is not None else slots(model):
         value = np.asarray(s.variable.numpy(), np.float32)
         if s.columns is not None:
             value = value[..., s.columns[0] : s.columns[1]]
@@ -163,16 +166,16 @@ def export_state(model) -> dict[str, np.ndarray]:
     return state
 
 
-def assign_state(model, state: dict[str, np.ndarray], source: str) -> LoadReport:
+def assign_state(model, state: dict[str, np.ndarray], source: str, slot_list: list[Slot] | None = None) -> LoadReport:
     """Copy a canonical state dict into `model`.
 
     The whole encoder must be present (a missing encoder tensor is an error);
     a head whose tensors are all missing keeps its fresh initialization and is
-    named in the report; a partly present head is an error.
+    named in the report; a partly present head is an error. slot_list: as in `export_state`.
     """
     state = {canonical_name(k): v for k, v in state.items()}
     report = LoadReport(source)
-    all_slots = slots(model)
+    all_slots = slot_list if slot_list is not None else slots(model)
     by_group: dict[str, list[Slot]] = {}
     for s in all_slots:
         by_group.setdefault(s.group, []).append(s)
