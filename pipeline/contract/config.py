@@ -55,7 +55,8 @@ class DataConfig(_Section):
     corpus: list[str] = Field(
         default_factory=list,
         description="files or glob patterns: `.txt`, `.gz`, `.jsonl`; any Beam filesystem (`gs://`, `s3://`, ...)")
-    format: Literal["auto", "text", "jsonl"] = Field("auto", description="`auto` (by file extension), `text` or `jsonl`")
+    format: Literal["auto", "text", "jsonl"] = Field(
+        "auto", description="`auto` (by file extension), `text` or `jsonl`")
     text_field: str = Field("text", description="the JSONL field that holds a document")
     documents: Literal["file", "blank_line"] = Field(
         "blank_line", description="a text document is a whole `file` or a `blank_line`-separated block")
@@ -169,19 +170,22 @@ class TaskConfig(TrainConfig):
         "`classification`, `pair`, `qa` (SQuAD v1.1/v2.0 JSON) or `long_document`"))
     train_file: str = Field(description="CSV, TSV or JSONL (SQuAD JSON for `qa`)")
     eval_file: str | None = Field(None, description="unset: split `eval_fraction` off `train_file`")
-    eval_fraction: float = Field(0.1, gt=0, lt=1, description="share of `train_file` held out when `eval_file` is unset")
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="share of `train_file` held out when `eval_file` is unset")
     split_field: str | None = Field(None, description="rows with the same value never straddle train and eval")
     text_field: str = Field("text", description="column of the text")
     text_b_field: str = Field("text_b", description="column of the second text (`pair`)")
     label_field: str = Field("label", description="column of the label")
-    labels: list[str] | None = Field(None, description="label names in id order; unset: sorted distinct training labels")
+    labels: list[str] | None = Field(
+        None, description="label names in id order; unset: sorted distinct training labels")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="`balanced` weights classes by inverse frequency")
     max_seq_length: int = Field(128, ge=8, description="tokens per window")
     doc_stride: int = Field(64, ge=1, description="QA and long-document windows: stride")
     max_query_length: int = Field(32, ge=1, description="QA: longest question, in tokens")
     max_chunks: int = Field(8, ge=1, description="long documents: windows kept per document")
-    pooling: Literal["mean", "max", "attention"] = Field("attention", description="long documents: pooling over windows")
+    pooling: Literal["mean", "max", "attention"] = Field(
+        "attention", description="long documents: pooling over windows")
     epochs: float = Field(2, gt=0, description="epochs (may be fractional)")
     eval_every: int | None = Field(None, ge=1, description="steps between evaluations; unset: once per epoch")
     early_stopping_patience: int | None = Field(None, ge=1, description="evaluations without a gain; unset: off")
