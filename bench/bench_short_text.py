@@ -4,13 +4,16 @@ bertpipe packs the reviews (mean ~27 wordpieces with [CLS]/[SEP]) into shared
 rows; keras-hub's BertTextClassifier with its standard preprocessor pads every
 review to 128. Same encoder size (4 layers, hidden 256, 4 heads, intermediate
 1024), 32 reviews per optimizer step on both sides (bertpipe: the rows those 32
-reviews pack into), AdamW with the same warmup/decay schedule, mixed bf16,
-random init, same epochs. Prints reviews/s and held-out accuracy.
+reviews pack into), AdamW with the same warmup/decay schedule, the same precision
+(`--precision auto`: what bertpipe's `precision: auto` picks on this CPU, mixed bf16
+where it has native bf16, float32 else), random init, same epochs. Prints reviews/s and
+held-out accuracy, and writes `bench/results/short_text.json` (target
+`short_text_speed_vs_keras_hub` >= 3).
 
 Preprocessing (tokenizing, padding / packing) runs once before the clock on
 both sides, so the figures compare training steps.
 
-    KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_short_text.py [--epochs 1] [--limit 0]
+    KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_short_text.py [--epochs 1] [--limit 0] [--precision auto]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from results import describe_machine, target, write_results  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
 from pipeline.contract.config import BertConfig, TrainConfig  # noqa: E402
@@ -67,7 +71,7 @@ def schedule(steps: int):
     return make_schedule(TrainConfig(learning_rate=1e-4, warmup_ratio=0.1), steps)
 
 
-def bertpipe(train, test, epochs: int, seed: int):
+def bertpipe(train, test, epochs: int, seed: int, policy: str):
     from bert_keras.encoder import build_encoder
     from bert_keras.optimization import build_optimizer
     from bert_keras.packing import pack_window
@@ -87,7 +91,7 @@ def bertpipe(train, test, epochs: int, seed: int):
     spec = {k: tf.TensorSpec([None, *v.shape[1:]], tf.as_dtype(v.dtype)) for k, v in batches[0].items()}
     ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec).prefetch(4)
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(seed)
     model = SequenceClassifier(build_encoder(MODEL, 30522), 2)
     cfg = TrainConfig(batch_size=BATCH, learning_rate=1e-4, warmup_ratio=0.1, log_every=10**6,
@@ -104,12 +108,12 @@ def bertpipe(train, test, epochs: int, seed: int):
     return len(batches) * BATCH / seconds, acc, padding, rows / len(batches)
 
 
-def keras_hub(texts, labels, test_texts, test_labels, epochs: int, seed: int):
+def keras_hub(texts, labels, test_texts, test_labels, epochs: int, seed: int, policy: str):
     import keras_hub
 
     from bert_keras.tokenizer import load_vocab
 
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(seed)
     tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=load_vocab(VOCAB), lowercase=True)
     pre = keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=SEQ)
@@ -137,19 +141,38 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N training reviews")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     args = parser.parse_args()
+    from bert_keras.distribute import resolve_precision
+
+    policy = resolve_precision(args.precision)
+    print(f"machine: {describe_machine()}; precision {policy}")
     texts, labels = load("train.jsonl", args.limit)
     test_texts, test_labels = load("test.jsonl", 0)
     train, test = unpacked_rows(texts, labels), unpacked_rows(test_texts, test_labels)
     lengths = train[schema.PADDING_MASK].sum(1)
     print(f"{len(texts)} training reviews, {len(test_texts)} test; mean {lengths.mean():.1f} tokens per review "
-          f"incl. [CLS]/[SEP]; padding at 128: {1 - lengths.mean() / SEQ:.1%}; {args.epochs} epoch(s), mixed bf16")
-    ours, our_acc, padding, rows = bertpipe(train, test, args.epochs, args.seed)
+          f"incl. [CLS]/[SEP]; padding at 128: {1 - lengths.mean() / SEQ:.1%}; {args.epochs} epoch(s), {policy}")
+    ours, our_acc, padding, rows = bertpipe(train, test, args.epochs, args.seed, policy)
     print(f"bertpipe packed : {ours:6.1f} reviews/s, test accuracy {our_acc:.3f} "
           f"({rows:.1f} rows per 32 reviews, padding {padding:.1%})", flush=True)
-    hub, hub_acc = keras_hub(texts, labels, test_texts, test_labels, args.epochs, args.seed)
+    hub, hub_acc = keras_hub(texts, labels, test_texts, test_labels, args.epochs, args.seed, policy)
     print(f"keras-hub padded: {hub:6.1f} reviews/s, test accuracy {hub_acc:.3f}")
     print(f"ratio: {ours / hub:.2f}x reviews/s, accuracy {our_acc - hub_acc:+.3f}")
+    pad_128 = float(1 - lengths.mean() / SEQ)
+    write_results("short_text", [
+        {"side": "keras-hub", "padding": "to 128", "reviews_per_s": hub, "test_accuracy": hub_acc,
+         "padding_fraction": pad_128},
+        {"side": "bertpipe", "padding": "packed", "reviews_per_s": ours, "test_accuracy": our_acc,
+         "padding_fraction": float(padding), "rows_per_32_reviews": float(rows)},
+    ], [
+        target("short_text_speed_vs_keras_hub", round(ours / hub, 3), ">= 3",
+               what=f"short texts (movie reviews, {args.epochs} epoch, {policy}), packing vs padding to 128",
+               peer=f"keras-hub BertTextClassifier {hub:.1f} reviews/s, acc {hub_acc:.3f}",
+               bertpipe=f"{ours:.1f} reviews/s, acc {our_acc:.3f} (padding {pad_128:.0%} -> {padding:.0%})"),
+        target("short_text_accuracy_diff", round(float(our_acc - hub_acc), 4), None,
+               what="same, test accuracy bertpipe - keras-hub (one seed)"),
+    ], notes=f"{len(texts)} training reviews, {len(test_texts)} test, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,7 @@ def _number(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
+        value += 0.0  # -0.0 -> 0.0
         if 0 < abs(value) < 0.01:  # parity errors and the like: 2.4e-07, not 0.00
             return f"{value:.1e}"
         return f"{value:.2f}" if abs(value) < 10 else f"{value:,.1f}" if abs(value) < 1000 else f"{value:,.0f}"

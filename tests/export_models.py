@@ -14,6 +14,7 @@ import keras
 
 from bert_keras.encoder import BertEncoder
 from bert_keras.tasks import TASKS
+from tests.harness import tiny_encoder_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = os.path.join(REPO, "data", "vocab", "bert-base-uncased-vocab.txt")
@@ -23,16 +24,8 @@ SEQ = 32
 
 def tiny_encoder(seed: int = 0) -> BertEncoder:
     keras.utils.set_random_seed(seed)
-    return BertEncoder(
-        vocab_size=30522,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-        name="bert_encoder",
-    )
+    return BertEncoder(**tiny_encoder_kwargs(30522, max_position_embeddings=64, initializer_range=0.2),
+                       name="bert_encoder")
 
 
 def tiny_task_model(task_type: str, num_classes: int = 2, seed: int = 0):

@@ -41,7 +41,8 @@ def test_a_results_file_gives_one_row_per_target_and_a_bench_without_one_says_no
     assert doc["machine"]["matrix_isa"] in ("AMX-BF16", "AVX512-BF16", "AVX512", "AVX2", "other")
     assert [t["met"] for t in doc["targets"]] == [True, False, None]
 
-    scripts = {"pretrain": ("bench/bench_pretrain.py", "Pretraining step"), "serving": ("bench/bench_serving.py", "Serving")}
+    scripts = {"pretrain": ("bench/bench_pretrain.py", "Pretraining step"),
+               "serving": ("bench/bench_serving.py", "Serving")}
     rows = report.render(report.load_results(str(tmp_path)), scripts).splitlines()[2:]
     assert len(rows) == 4
     assert rows[0].startswith("| pretraining step, mixed bf16 (`bf16_step_vs_keras_hub`) | `")

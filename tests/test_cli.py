@@ -1,24 +1,13 @@
 """The command line as a new user meets it: help, and bad input as one line with an exit code."""
 
-import subprocess
-import sys
-
 import pytest
 
 from pipeline.cli import STAGE_HELP
-
-BERTPIPE = [sys.executable, "-m", "pipeline.cli"]
+from tests.harness import assert_one_line_error, bertpipe
 
 
 def run(*args, cwd=None):
-    return subprocess.run(BERTPIPE + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
-
-
-def assert_one_line_error(result, code, needle):
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("bertpipe:")]
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    return bertpipe(*args, cwd=cwd, timeout=300, check=False)
 
 
 @pytest.mark.parametrize("command", ["run", "config", "predict", "score", *STAGE_HELP])

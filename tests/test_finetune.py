@@ -10,23 +10,11 @@ import pytest
 from beam_jobs.finetune_data import prepare_task_data
 from bert_keras.export_finetuned import export_finetuned
 from bert_keras.finetune import run_finetune
-from pipeline.contract.config import BertConfig, task_config
+from pipeline.contract.config import task_config
+from tests.harness import read_jsonl, tiny_model_config, write_jsonl
 
-TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
-                   dropout=0.0, attention_dropout=0.0)
+TINY = tiny_model_config(dropout=0.0, attention_dropout=0.0)
 FAST = dict(precision="float32", log_every=1, checkpoint_every=1000, warmup_ratio=0.0, eval_batch_size=64)
-
-
-def jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
-
-
-def head(path, n, keep=lambda r: True):
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
-    return [r for r in rows if keep(r)][:n]
 
 
 def finetune(tmp_path, task, vocab, init=None, model=TINY, name="task"):
@@ -60,10 +48,16 @@ def test_sentiment_classification_trains_and_reports(tmp_path, data_dir):
     vocab = os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
     reviews = os.path.join(data_dir, "reviews")
     # 64 positive + 32 negative reviews for training (balanced class weights), 24 + 24 to evaluate.
-    train = jsonl(tmp_path / "train.jsonl", head(f"{reviews}/train.jsonl", 64, lambda r: r["label"] == "positive")
-                  + head(f"{reviews}/train.jsonl", 32, lambda r: r["label"] == "negative"))
-    test = jsonl(tmp_path / "test.jsonl", head(f"{reviews}/test.jsonl", 24, lambda r: r["label"] == "positive")
-                 + head(f"{reviews}/test.jsonl", 24, lambda r: r["label"] == "negative"))
+    def pos(r):
+        return r["label"] == "positive"
+
+    def neg(r):
+        return r["label"] == "negative"
+
+    train = write_jsonl(tmp_path / "train.jsonl", read_jsonl(f"{reviews}/train.jsonl", 64, pos)
+                        + read_jsonl(f"{reviews}/train.jsonl", 32, neg))
+    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(f"{reviews}/test.jsonl", 24, pos)
+                       + read_jsonl(f"{reviews}/test.jsonl", 24, neg))
     # A random-init tiny BERT plateaus for ~100 steps on these reviews before its loss falls: 240 steps.
     task = task_config(type="classification", train_file=train, test_file=test, max_seq_length=48, batch_size=16,
                       epochs=40, eval_every=60, learning_rate=1e-3, class_weights="balanced", **FAST)
@@ -144,11 +138,11 @@ def test_extractive_qa_on_squad_sample(tmp_path, data_dir):
 def test_long_document_classification_pools_chunks(tmp_path, data_dir):
     vocab = os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
     # Era of a State of the Union paragraph (before / after 1950): long paragraphs, 24 per era.
-    rows = head(os.path.join(data_dir, "sotu", "paragraphs.jsonl"), 10_000, keep=lambda r: len(r["text"]) > 600)
+    rows = read_jsonl(os.path.join(data_dir, "sotu", "paragraphs.jsonl"), 10_000, keep=lambda r: len(r["text"]) > 600)
     for r in rows:
         r["era"] = "1900-1949" if r["year"] < 1950 else "1950-"
     picked = [r for r in rows if r["era"] == "1900-1949"][:24] + [r for r in rows if r["era"] == "1950-"][:24]
-    train = jsonl(tmp_path / "docs.jsonl", picked)
+    train = write_jsonl(tmp_path / "docs.jsonl", picked)
     task = task_config(type="long_document", train_file=train, test_file=train, label_field="era",
                       max_seq_length=32, doc_stride=24, max_chunks=6, pooling="attention", batch_size=8, epochs=30,
                       eval_every=90, learning_rate=1e-3, **FAST)

@@ -16,8 +16,9 @@ from bert_keras.tasks import TASKS
 from pipeline.contract import schema
 from pipeline.contract.config import BertConfig, task_config
 from pipeline.contract.errors import ConfigError, ContractError, UserError
+from tests.harness import read_jsonl, tiny_model_config, write_jsonl
 
-TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TINY = tiny_model_config()
 FAST = dict(precision="float32", log_every=5, checkpoint_every=1000, eval_batch_size=64)
 
 
@@ -26,15 +27,8 @@ def vocab(data_dir):
     return os.path.join(data_dir, "vocab", "bert-base-uncased-vocab.txt")
 
 
-def jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-    return str(path)
-
-
 def reviews(data_dir, n):
-    with open(os.path.join(data_dir, "reviews", "test.jsonl"), encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
+    rows = read_jsonl(os.path.join(data_dir, "reviews", "test.jsonl"))
     pos = [r for r in rows if r["label"] == "positive"][: n // 2]
     return pos + [r for r in rows if r["label"] == "negative"][: n - len(pos)]
 
@@ -147,7 +141,7 @@ def test_unknown_labels_and_empty_texts_are_counted_skips(tmp_path, data_dir, vo
     rows = reviews(data_dir, 40)
     rows += [{"text": "An odd one.", "label": "neutral"}, {"text": "   ", "label": "positive"},
              {"label": "negative"}, {"text": None, "label": "negative"}]
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
+    task = task_config(type="classification", train_file=write_jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
                       labels=["negative", "positive"], max_seq_length=32, batch_size=8, epochs=1, **FAST)
     out = train_task(task, TINY, vocab, prepare(tmp_path, task, vocab), None, str(tmp_path / "run"), 0)
     total = {}
@@ -160,18 +154,18 @@ def test_unknown_labels_and_empty_texts_are_counted_skips(tmp_path, data_dir, vo
 
 def test_missing_column_and_single_class_are_one_line_errors(tmp_path, data_dir, vocab):
     rows = reviews(data_dir, 20)
-    path = jsonl(tmp_path / "rows.jsonl", rows)
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
     task = task_config(type="classification", train_file=path, label_field="sentiment", max_seq_length=32, **FAST)
     with pytest.raises(UserError) as err:
         prepare(tmp_path, task, vocab)
     assert "'sentiment'" in str(err.value) and "\n" not in str(err.value)
-    one_class = jsonl(tmp_path / "pos.jsonl", [r for r in rows if r["label"] == "positive"])
+    one_class = write_jsonl(tmp_path / "pos.jsonl", [r for r in rows if r["label"] == "positive"])
     task = task_config(type="classification", train_file=one_class, max_seq_length=32, **FAST)
     with pytest.raises(UserError, match="at least two classes"):
         prepare(tmp_path, task, vocab)
     # Every negative row is empty: the data job writes only positives; training refuses in one line.
     rows = [r for r in rows if r["label"] == "positive"] + [{"text": "", "label": "negative"}] * 3
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "r2.jsonl", rows), test_fraction=0.3,
+    task = task_config(type="classification", train_file=write_jsonl(tmp_path / "r2.jsonl", rows), test_fraction=0.3,
                       max_seq_length=32, batch_size=4, **FAST)
     with pytest.raises(UserError) as err:
         train_task(task, TINY, vocab, prepare(tmp_path / "b", task, vocab), None, str(tmp_path / "r"), 0)
@@ -196,7 +190,7 @@ def test_qa_answer_not_at_answer_start_is_skipped_and_the_rest_trains(tmp_path, 
 
 def test_packed_classification_rows_train_and_evaluate_per_instance(tmp_path, data_dir, vocab):
     rows = reviews(data_dir, 64)
-    task = task_config(type="classification", train_file=jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
+    task = task_config(type="classification", train_file=write_jsonl(tmp_path / "rows.jsonl", rows), test_fraction=0.25,
                       max_seq_length=64, batch_size=8, epochs=1, packing=True, pack_max_instances=4, **FAST)
     dirs = prepare(tmp_path, task, vocab)
     out = train_task(task, TINY, vocab, dirs, None, str(tmp_path / "run"), 0)

@@ -36,62 +36,62 @@ def pipeline(counter, src, section_a=None, fail_b=False):
     ]
 
 
-def test_second_run_skips_unchanged_stages(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("hello ")
-    c = Counter()
-    work = str(tmp_path / "work")
-    first = run_stages(pipeline(c, str(src)), work)
+class Chain:
+    """Two stages a -> b over one input file, a counter of their runs, and a work directory."""
+
+    def __init__(self, tmp_path):
+        self.src = tmp_path / "corpus.txt"
+        self.src.write_text("x")
+        self.counter = Counter()
+        self.work = str(tmp_path / "work")
+
+    def run(self, force=False, **kw):
+        return run_stages(pipeline(self.counter, str(self.src), **kw), self.work, force=force)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    return Chain(tmp_path)
+
+
+def test_second_run_skips_unchanged_stages(chain):
+    chain.src.write_text("hello ")
+    first = chain.run()
     assert [r.status for r in first] == ["ran", "ran"]
     assert open(first[1].record["outputs"]["file"]).read() == "hello ab"
-    second = run_stages(pipeline(c, str(src)), work)
+    second = chain.run()
     assert [r.status for r in second] == ["cached", "cached"]
-    assert c.calls == ["a", "b"]
+    assert chain.counter.calls == ["a", "b"]
 
 
-def test_changed_input_content_reruns_the_stage_and_everything_downstream(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("hello ")
-    c = Counter()
-    work = str(tmp_path / "work")
-    run_stages(pipeline(c, str(src)), work)
-    src.write_text("bye ")
-    results = run_stages(pipeline(c, str(src)), work)
+def test_changed_input_content_reruns_the_stage_and_everything_downstream(chain):
+    chain.src.write_text("hello ")
+    chain.run()
+    chain.src.write_text("bye ")
+    results = chain.run()
     assert [r.status for r in results] == ["ran", "ran"]
     assert open(results[1].record["outputs"]["file"]).read() == "bye ab"
 
 
-def test_changed_config_section_reruns(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("x")
-    c = Counter()
-    work = str(tmp_path / "work")
-    run_stages(pipeline(c, str(src)), work)
-    results = run_stages(pipeline(c, str(src), section_a={"k": 99}), work)
+def test_changed_config_section_reruns(chain):
+    chain.run()
+    results = chain.run(section_a={"k": 99})
     assert [r.status for r in results] == ["ran", "ran"]
 
 
-def test_force_reruns_everything(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("x")
-    c = Counter()
-    work = str(tmp_path / "work")
-    run_stages(pipeline(c, str(src)), work)
-    run_stages(pipeline(c, str(src)), work, force=True)
-    assert c.calls == ["a", "b", "a", "b"]
+def test_force_reruns_everything(chain):
+    chain.run()
+    chain.run(force=True)
+    assert chain.counter.calls == ["a", "b", "a", "b"]
 
 
-def test_a_failed_stage_never_looks_complete(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("x")
-    c = Counter()
-    work = str(tmp_path / "work")
+def test_a_failed_stage_never_looks_complete(chain):
     with pytest.raises(RuntimeError):
-        run_stages(pipeline(c, str(src), fail_b=True), work)
-    assert read_stage_record(work, "a") is not None
-    assert os.path.exists(os.path.join(work, "b", "out.txt"))  # the half output is there...
-    assert not os.path.exists(os.path.join(work, "b", STAGE_FILE))  # ...but not marked complete
-    results = run_stages(pipeline(c, str(src)), work)
+        chain.run(fail_b=True)
+    assert read_stage_record(chain.work, "a") is not None
+    assert os.path.exists(os.path.join(chain.work, "b", "out.txt"))  # the half output is there...
+    assert not os.path.exists(os.path.join(chain.work, "b", STAGE_FILE))  # ...but not marked complete
+    results = chain.run()
     assert [r.status for r in results] == ["cached", "ran"]
 
 
@@ -125,15 +125,12 @@ def test_missing_upstream_is_a_clear_error(tmp_path):
         run_stages([Stage("b", c.stage("b"), {}, upstream=["a"])], str(tmp_path))
 
 
-def test_stage_record_holds_config_inputs_and_outputs(tmp_path):
-    src = tmp_path / "corpus.txt"
-    src.write_text("x")
-    work = str(tmp_path / "work")
-    run_stages(pipeline(Counter(), str(src)), work)
-    record = json.load(open(os.path.join(work, "a", STAGE_FILE)))
+def test_stage_record_holds_config_inputs_and_outputs(chain):
+    chain.run()
+    record = json.load(open(os.path.join(chain.work, "a", STAGE_FILE)))
     assert record["config"] == {"k": 1}
-    assert list(record["inputs"]) == [str(src)]
-    assert len(record["inputs"][str(src)]) == 64
+    assert list(record["inputs"]) == [str(chain.src)]
+    assert len(record["inputs"][str(chain.src)]) == 64
     assert record["outputs"]["file"].endswith("out.txt")
 
 

@@ -15,12 +15,12 @@ from bert_keras.encoder import build_encoder
 from bert_keras.optimization import WarmupDecay, build_optimizer, no_decay
 from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 from bert_keras.trainer import LoopSettings, Trainer
-from pipeline.contract.config import BertConfig, PretrainConfig
+from pipeline.contract.config import PretrainConfig
 from pipeline.contract.errors import UserError
+from tests.harness import tiny_model_config
 from tests.test_data import write_records
 
-TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=64,
-                   dropout=0.0, attention_dropout=0.0)
+TINY = tiny_model_config(max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
 
 
 def make_trainer(out_dir, cfg: PretrainConfig, strategy=None, loss_fn=pretraining_loss, seed=0):

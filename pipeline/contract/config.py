@@ -68,7 +68,8 @@ class DataConfig(_Section):
     corpus: list[str] = Field(
         default_factory=list,
         description="files or glob patterns: `.txt`, `.gz`, `.jsonl`; any Beam filesystem (`gs://`, `s3://`, ...)")
-    format: Literal["auto", "text", "jsonl"] = Field("auto", description="`auto` (by file extension), `text` or `jsonl`")
+    format: Literal["auto", "text", "jsonl"] = Field(
+        "auto", description="`auto` (by file extension), `text` or `jsonl`")
     text_field: str = Field("text", description="the JSONL field that holds a document")
     documents: Literal["file", "blank_line"] = Field(
         "blank_line", description="a text document is a whole `file` or a `blank_line`-separated block")
