@@ -172,6 +172,7 @@ def main() -> None:
     parser.add_argument("--tasks-dir", default=os.path.join(REPO, "data", "sotu_tasks"))
     parser.add_argument("--work", default="/tmp/sotu-scout")
     parser.add_argument("--no-write", action="store_true", help="print, do not write bench/results")
+    parser.add_argument("--report", action="store_true", help="run nothing: summarize the runs already in WORK")
     args = parser.parse_args()
     print(describe_machine())
     if not os.path.exists(os.path.join(args.tasks_dir, "splits.json")):
@@ -192,7 +193,7 @@ def main() -> None:
                 seeds = [0] if start in ("majority", "tfidf") else args.seeds  # those two are deterministic
                 for seed in seeds:
                     key = f"{settings_key(args, start)}-{splits_sha}"
-                    if (task, setting, start, seed, key) in done:
+                    if args.report or (task, setting, start, seed, key) in done:
                         continue
                     print(f"{task} / {setting} / {start} / seed {seed} ...", flush=True)
                     if start == "majority":
