@@ -79,7 +79,9 @@ class DataConfig(_Section):
         "separate paragraphs) or `auto` (wrapped when a document's line lengths look wrapped)")
     lowercase: bool = Field(True, description="lower-case (uncased BERT)")
     strip_accents: bool | None = Field(None, description=(
-        "NFD and strip accents; unset: the same as `lowercase` (BERT's rule)"))
+        "NFD and strip accents; unset: the same as `data.lowercase` (BERT's rule: uncased strips, cased keeps). The "
+        "vocab job, the data jobs and every tokenizer apply the same normalization "
+        "(`pipeline/contract/normalization.py`)"))
     max_document_chars: int = Field(5_000_000, gt=0, description="longer documents are skipped and counted")
 
     @property
@@ -113,8 +115,11 @@ class VocabConfig(_Section):
 class PrepareConfig(_Section):
     max_seq_length: int = Field(128, ge=8, description="tokens per instance")
     max_predictions_per_seq: int | None = Field(None, ge=1, description=(
-        "masked positions per instance; unset: what `masked_lm_prob` needs (20 for 128 x 0.15)"))
-    masked_lm_prob: float = Field(0.15, gt=0, lt=1, description="share of tokens masked")
+        "masked positions per instance; unset: ceil(`max_seq_length` x `masked_lm_prob`), 20 for 128 x 0.15, 52 for "
+        "128 x 0.4, always enough for the rate"))
+    masked_lm_prob: float = Field(0.15, gt=0, lt=1, description=(
+        "share of a row's tokens masked (whatever the masking unit), static or dynamic alike "
+        "(`pipeline/contract/masking.py`)"))
     short_seq_prob: float = Field(0.1, ge=0, le=1, description="share of instances with a shorter random target length")
     dupe_factor: int = Field(1, ge=1, description="copies of the data, each with a different mask")
     masking: Literal[MASKING_MODES] = Field("whole_word", description=(
