@@ -74,10 +74,10 @@ def checkpoint_cost(data_dir: str, tmp: str) -> dict:
     from bert_keras.encoder import build_encoder
     from bert_keras.optimization import build_optimizer
     from bert_keras.pretraining_model import BertPretrainingModel
-    from pipeline.contract.config import ModelConfig, PretrainConfig
+    from pipeline.contract.config import BertConfig, PretrainConfig
 
     keras.mixed_precision.set_global_policy("float32")
-    model = BertPretrainingModel(build_encoder(ModelConfig(), 30522))
+    model = BertPretrainingModel(build_encoder(BertConfig(), 30522))
     cfg = PretrainConfig()
     opt = build_optimizer(cfg, cfg.steps, model.trainable_variables)
     opt.build(model.trainable_variables)

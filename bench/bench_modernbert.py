@@ -36,7 +36,7 @@ from bench_pretrain import side_by_side  # noqa: E402
 from results import describe_machine, target, write_results  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
-from pipeline.contract.config import ModelConfig, PretrainConfig  # noqa: E402
+from pipeline.contract.config import BertConfig, PretrainConfig  # noqa: E402
 
 V, L, H, A, FF, MB_FF, TOKENS = 30522, 4, 256, 4, 1024, 384, 4096
 
@@ -107,7 +107,7 @@ def bert_runner(batch, seq: int):
     from bert_keras.encoder import build_encoder
     from bert_keras.pretraining_model import BertPretrainingModel, pretraining_loss
 
-    cfg = ModelConfig(hidden_size=H, num_layers=L, num_heads=A, intermediate_size=FF, max_position_embeddings=max(seq, 512))
+    cfg = BertConfig(hidden_size=H, num_layers=L, num_heads=A, intermediate_size=FF, max_position_embeddings=max(seq, 512))
     return trainer_runner(BertPretrainingModel(build_encoder(cfg, V)), pretraining_loss, batch)
 
 

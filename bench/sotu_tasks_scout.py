@@ -93,16 +93,18 @@ def tfidf(train: list[dict], dev: list[dict], test: list[dict]) -> dict:
 
 # ---- BERT starts ---------------------------------------------------------------------------
 def prepare(task_dir: str, setting: str, max_len: int, work: str) -> dict[str, str]:
-    """Records of train_file (the setting) and test: {"train", "eval"} -> directory."""
+    """Records of train_file (the setting), no dev (fixed epochs: nothing is chosen) and test:
+    {"train", "dev", "test"} -> directory."""
     from beam_jobs.finetune_data import prepare_task_data
-    from pipeline.contract.config import TaskConfig
+    from pipeline.contract.config import task_config
 
     out = os.path.join(work, "data", f"{os.path.basename(task_dir)}-{setting}-test-{max_len}")
-    if not os.path.exists(os.path.join(out, "eval", "manifest.json")):
-        task = TaskConfig(type="classification", train_file=os.path.join(task_dir, f"{setting}.jsonl"),
-                          eval_file=os.path.join(task_dir, "test.jsonl"), max_seq_length=max_len)
+    if not os.path.exists(os.path.join(out, "test", "manifest.json")):
+        task = task_config(type="classification", train_file=os.path.join(task_dir, f"{setting}.jsonl"),
+                           test_file=os.path.join(task_dir, "test.jsonl"), dev_fraction=0, max_seq_length=max_len,
+                           baselines=[])
         prepare_task_data(task, VOCAB, lowercase=True, out_dir=out, seed=0)
-    return {"train": os.path.join(out, "train"), "eval": os.path.join(out, "eval")}
+    return {split: os.path.join(out, split) for split in ("train", "dev", "test")}
 
 
 def finetune(start: str, seed: int, dirs: dict[str, str], args, out_dir: str) -> dict:
@@ -111,20 +113,21 @@ def finetune(start: str, seed: int, dirs: dict[str, str], args, out_dir: str) ->
     import keras
 
     from bert_keras.task_training import train_task
-    from pipeline.contract.config import ModelConfig, TaskConfig
+    from pipeline.contract.config import BertConfig, task_config
 
-    # eval_every beyond the last step: train_task evaluates its eval split (test) once, after the last step.
-    task = TaskConfig(type="classification", train_file="unused", max_seq_length=args.max_seq_length,
+    # No dev split: the last step is kept, and train_task scores test once, after it.
+    task = task_config(type="classification", train_file="unused", dev_fraction=0, baselines=[],
+                       max_seq_length=args.max_seq_length,
                       epochs=args.epochs, batch_size=32, eval_batch_size=128, learning_rate=LEARNING_RATE[start],
                       warmup_ratio=0.1, weight_decay=0.01, packing=False, eval_every=10**9, checkpoint_every=10**6,
                       keep_checkpoints=1, log_every=10**6)
     init = f"hf:{minilm_dir()}" if start == "minilm" else None
     start_time = time.perf_counter()
-    run = train_task(task, ModelConfig(**RANDOM_MODEL), VOCAB, dirs, init, out_dir, seed, log_fn=lambda line: None)
-    assert len(run["evals"]) == 1 and run["evals"][0]["step"] == run["final_step"], "test must be evaluated once"
-    metrics = run["eval"].metrics
-    result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "steps": run["final_step"],
-              "train_seconds": round(run["train_seconds"], 1), "wall_seconds": round(time.perf_counter() - start_time, 1)}
+    run = train_task(task, BertConfig(**RANDOM_MODEL), VOCAB, dirs, init, out_dir, seed, log_fn=lambda line: None)
+    assert not run.evals and run.dev is None, "no dev split: nothing may be chosen"
+    metrics = run.test.metrics
+    result = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "steps": run.final_step,
+              "train_seconds": round(run.train_seconds, 1), "wall_seconds": round(time.perf_counter() - start_time, 1)}
     del run
     keras.backend.clear_session()
     gc.collect()

@@ -14,10 +14,10 @@ from beam_jobs.finetune_data import prepare_task_data
 from beam_jobs.task_splits import DEV, TEST, TRAIN, Splitter, group_key
 from bert_keras.finetune import run_finetune
 from bert_keras.tasks import TASKS
-from pipeline.contract.config import ModelConfig, task_config
+from pipeline.contract.config import BertConfig, task_config
 from tests.conftest import DATA
 
-TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
+TINY = BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=128,
                    dropout=0.0, attention_dropout=0.0)
 VOCAB = os.path.join(DATA, "vocab", "bert-base-uncased-vocab.txt")
 REPEATS = 3
