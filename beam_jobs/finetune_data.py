@@ -9,7 +9,8 @@ Plain streaming Python, not Beam: labelled sets are small next to a pretraining
 corpus (the largest here is 8,457 rows), the job reads rows one at a time and
 tokenizes them in batches of `BATCH` with the one FastBertTokenizer, so memory
 stays flat, and it starts in well under a second where a Beam pipeline needs
-several. (`beam_args` is accepted for a uniform stage interface.)
+several. So `prepare.beam_args` does not apply here: the stage says so in one line when
+it is set.
 
 Outputs, under `out_dir/<split>/`: `data-NNNNN.tfrecord` shards, `manifest.json`
 and `examples.jsonl` (schema.EXAMPLES_NAME: each example's id and source text, and
@@ -131,9 +132,12 @@ def prepare_task_data(
     lowercase: bool,
     out_dir: str,
     seed: int,
-    beam_args: list[str] | None = None,
+    *,
+    strip_accents: bool | None = None,
 ) -> dict[str, schema.DataManifest]:
-    """Write train, dev and test records for `task` under `out_dir/{train,dev,test}`; returns their manifests."""
+    """Write train, dev and test records for `task` under `out_dir/{train,dev,test}`; returns their manifests.
+
+    `lowercase` / `strip_accents`: the run's normalization (`data.*`; None follows lowercase)."""
     from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 
     kind = TASKS[task.type]
@@ -144,7 +148,7 @@ def prepare_task_data(
         check_columns(task.test_file, task)
     labels = kind.label_names(task, read_rows(task.train_file, task))
     split = splitter(task, seed)
-    tokenizer = _Pieces(make_tokenizer(vocab, lowercase=lowercase))
+    tokenizer = _Pieces(make_tokenizer(vocab, lowercase, strip_accents))
     manifests: dict[str, schema.DataManifest] = {}
     with atomic_directory(out_dir) as tmp:
         writers = {name: _SplitWriter(os.path.join(tmp, name)) for name in SPLITS}
@@ -179,7 +183,7 @@ def prepare_task_data(
                 counts={k: float(v) for k, v in sorted(w.counts.items())},
                 skipped=dict(sorted(w.skipped.items())),
                 labels=labels,
-                config={"task": to_dict(task), "lowercase": lowercase, "seed": seed, "split": split_name,
+                config={"task": to_dict(task), "lowercase": lowercase, "strip_accents": strip_accents, "seed": seed, "split": split_name,
                         "groups": split.counts[split_name] if split_name != task_splits.TEST or not task.test_file else None},
             )
             schema.write_manifest(os.path.join(tmp, split_name), manifest)

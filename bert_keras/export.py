@@ -51,6 +51,7 @@ from bert_keras.tasks import TASKS
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.errors import UserError
+from pipeline.contract.normalization import Normalization
 from pipeline.contract.schema import PADDING_MASK
 
 EXPORT_INFO = "bertpipe_export.json"  # in assets.extra/
@@ -81,11 +82,12 @@ class _Server(tf.Module):
     (`features`, `logits`, `labelled`) and the attributes (`model`, `tokenizer`,
     `special`, `max_seq_length`, `options`)."""
 
-    def __init__(self, model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets):
+    def __init__(self, model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets,
+                 strip_accents=None):
         super().__init__(name="bertpipe_server")
         self.model = model
         self.encoder = encoder
-        self.tokenizer = make_tokenizer(vocab, lowercase)
+        self.tokenizer = make_tokenizer(vocab, lowercase, strip_accents)
         self.special = special_ids(vocab)
         self.task_type = task_type
         self.max_seq_length = max_seq_length
@@ -248,6 +250,7 @@ def export_task(
     out_dir: str,
     extra_assets: dict | None = None,
     precision: str = "float32",
+    strip_accents: bool | None = None,
     **task_options,
 ) -> str:
     """Write one raw-text SavedModel for a fine-tuned task to `out_dir` (atomically); return `out_dir`.
@@ -258,6 +261,8 @@ def export_task(
     in assets.extra/ to str/bytes content, a JSON-able object, or a path (os.PathLike) to copy.
     `precision="bfloat16"` bakes bf16 compute into the graph (float32 logits and
     outputs): about 2x faster on CPUs with AVX512-BF16, probabilities within ~1e-2.
+    `lowercase` / `strip_accents` are the training data's normalization (`data.*`;
+    `strip_accents=None` follows `lowercase`).
     """
     encoder = getattr(task_model, "encoder", None)
     if encoder is None:
@@ -272,17 +277,20 @@ def export_task(
         "task_type": task_type,
         "labels": labels,
         "lowercase": bool(lowercase),
+        "strip_accents": Normalization.of(lowercase, strip_accents).strip_accents,
         "max_seq_length": int(max_seq_length),
         "vocab_size": len(vocab),
         "task_options": options,
     }
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, labels)
-        server = _Server(task_model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets)
+        server = _Server(task_model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets,
+                         strip_accents)
         return _save(server, out_dir, info, extra_assets, precision)
 
 
-def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_length: int, out_dir: str) -> str:
+def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_length: int, out_dir: str,
+                             strip_accents: bool | None = None) -> str:
     """A SavedModel whose serving_default (and embed) map text to pooled and mean-pooled vectors."""
     vocab = load_vocab(vocab_file)
     if len(vocab) != encoder.vocab_size:
@@ -293,13 +301,14 @@ def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_
         "task_type": EMBEDDING,
         "labels": [],
         "lowercase": bool(lowercase),
+        "strip_accents": Normalization.of(lowercase, strip_accents).strip_accents,
         "max_seq_length": int(max_seq_length),
         "vocab_size": len(vocab),
         "task_options": {},
     }
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, [])
-        server = _Server(encoder, encoder, EMBEDDING, vocab, lowercase, [], max_seq_length, {}, assets)
+        server = _Server(encoder, encoder, EMBEDDING, vocab, lowercase, [], max_seq_length, {}, assets, strip_accents)
         return _save(server, out_dir, info, None)
 
 

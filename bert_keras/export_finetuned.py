@@ -54,7 +54,7 @@ def export_finetuned(spec: ExportSpec, out_dir: str) -> str:
     """Rebuild, export to `out_dir` (atomically), verify; returns `out_dir`."""
     model = rebuild_task_model(spec)
     export_task(model, spec.task_type, spec.vocab_file, spec.lowercase, spec.labels, spec.max_seq_length, out_dir,
-                extra_assets={"task_config.json": spec.task}, **spec.options)
+                extra_assets={"task_config.json": spec.task}, strip_accents=spec.strip_accents, **spec.options)
     verify(out_dir, model, spec)
     return out_dir
 
@@ -81,8 +81,8 @@ def verify(saved_model: str, model, spec: ExportSpec) -> None:
 
 
 def export_embedding(encoder: dict, weights: str, vocab_file: str, lowercase: bool, seq_length: int,
-                     out_dir: str) -> str:
+                     out_dir: str, strip_accents: bool | None = None) -> str:
     """The pretrained encoder (architecture and weights as pretraining recorded them) as an embedding SavedModel."""
     model = rebuild_encoder(encoder)
     model.load_weights(weights)
-    return export_encoder_embedding(model, vocab_file, lowercase, seq_length, out_dir)
+    return export_encoder_embedding(model, vocab_file, lowercase, seq_length, out_dir, strip_accents)

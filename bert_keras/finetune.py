@@ -42,7 +42,7 @@ SHOWN = {RANDOM_INIT: "random init"}  # start -> its name in the summary line
 
 def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, lowercase: bool,
                  data_dirs: dict[str, str], init: str | None, out_dir: str, seed: int, tracker=None,
-                 log_fn: Callable[[str], None] = print) -> FinetuneResult:
+                 log_fn: Callable[[str], None] = print, strip_accents: bool | None = None) -> FinetuneResult:
     """Fine-tune task `name` by the protocol above; returns its typed result.
 
     `data_dirs`: {"train", "dev", "test"} -> directories written by `prepare_task_data`.
@@ -83,7 +83,8 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
     export = ExportSpec(
         task_type=task.type, task=to_dict(task), labels=labels, max_seq_length=task.max_seq_length,
         options=kind.export_options(task, allow_null), encoder=chosen.encoder, dropout=model_cfg.dropout,
-        weights=chosen.weights, vocab_file=vocab_file, lowercase=lowercase, register_name=task.register_name,
+        weights=chosen.weights, vocab_file=vocab_file, lowercase=lowercase, strip_accents=strip_accents,
+        register_name=task.register_name,
         input_example=kind.input_example(list(examples["test"].values())[:2]),
     )
     result = FinetuneResult(

@@ -113,6 +113,7 @@ class ExportSpec(Record):
     weights: str  # the task model's weights (.weights.h5)
     vocab_file: str
     lowercase: bool
+    strip_accents: bool | None  # the data's normalization (None: follows lowercase)
     register_name: str | None  # MLflow Model Registry name
     input_example: dict[str, list[str]]  # signature input -> two real rows (MLflow's signature, the check)
 

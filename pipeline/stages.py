@@ -218,7 +218,11 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         # An imported checkpoint brings its own vocab; otherwise the run's vocab stage made it.
         vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else _outputs(ctx, "vocab", VocabOutputs).vocab_file
         data_dir = os.path.join(ctx.out_dir, "data")
-        manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed, list(cfg.prepare.beam_args))
+        if cfg.prepare.beam_args:
+            print(f"finetune:{name}: task data is converted in this process (labelled sets are small); "
+                  "prepare.beam_args applies to the vocab and prepare jobs only", flush=True)
+        manifests = prepare_task_data(task, vocab_file, cfg.data.lowercase, data_dir, cfg.run.seed,
+                                      strip_accents=cfg.data.strip_accents)
         if task.init == "pretrained":
             init = _outputs(ctx, pretrain, PretrainOutputs).encoder_weights
         else:
@@ -234,6 +238,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
             ctx.out_dir,
             cfg.run.seed,
             tracker=ctx.tracker,
+            strip_accents=cfg.data.strip_accents,
         )
         return result.to_record()
 
@@ -243,6 +248,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         f"finetune.{name}": to_dict(task),
         "model": to_dict(cfg.model),
         "data.lowercase": cfg.data.lowercase,
+        "data.strip_accents": cfg.data.strip_accents,
         "run.seed": cfg.run.seed,
     }
     return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
@@ -288,11 +294,12 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
             vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, pretrain, PretrainOutputs)
             models["embedding"] = export_embedding(pretrained.encoder, pretrained.encoder_weights, vocab.vocab_file,
                                                    cfg.data.lowercase, pretrained.seq_length,
-                                                   os.path.join(ctx.out_dir, "embedding"))
+                                                   os.path.join(ctx.out_dir, "embedding"), cfg.data.strip_accents)
         return ExportOutputs(models, registered, f"{len(models)} SavedModel(s): {', '.join(models)}").to_record()
 
     upstream = (["vocab", pretrain] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
-    section = {"export": to_dict(cfg.export), "tasks": tasks, "data.lowercase": cfg.data.lowercase}
+    section = {"export": to_dict(cfg.export), "tasks": tasks, "data.lowercase": cfg.data.lowercase,
+               "data.strip_accents": cfg.data.strip_accents}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
 

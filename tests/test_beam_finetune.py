@@ -32,7 +32,7 @@ def test_classification_from_jsonl_with_a_test_file_and_dev_carved_from_train(tm
         test_file=os.path.join(DATA, "reviews/test.jsonl"), max_seq_length=32,
     )  # fmt: skip
     out = tmp_path / "sent"
-    manifests = prepare_task_data(task, VOCAB, True, str(out), 0, [])
+    manifests = prepare_task_data(task, VOCAB, True, str(out), 0)
     assert set(manifests) == {"train", "dev", "test"}
     m, f = _read(str(out / "train"))
     (md, fd), (mt, ft) = _read(str(out / "dev")), _read(str(out / "test"))
@@ -59,7 +59,7 @@ def test_classification_from_jsonl_with_a_test_file_and_dev_carved_from_train(tm
 
 def test_pair_and_split_field_keeps_groups_together(tmp_path):
     task = task_config(type="pair", train_file=os.path.join(DATA, "snli/snli_sample.jsonl"), test_fraction=0.5)
-    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "snli"), 0, [])
+    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "snli"), 0)
     # 3 rows: one to test, one to dev, one left to train (each carved split keeps at least one).
     assert [manifests[s].num_records for s in ("train", "dev", "test")] == [1, 1, 1]
     m, f = _read(str(tmp_path / "snli" / manifests["train"].config["split"]))
@@ -70,7 +70,7 @@ def test_pair_and_split_field_keeps_groups_together(tmp_path):
         type="long_document", train_file=os.path.join(DATA, "sotu/paragraphs.jsonl"), label_field="party",
         split_field="speech", max_seq_length=32, doc_stride=16, max_chunks=3, test_fraction=0.3,
     )  # fmt: skip
-    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "long"), 0, [])
+    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "long"), 0)
     rows = [json.loads(line) for line in open(os.path.join(DATA, "sotu/paragraphs.jsonl"))]
     (mt, ft), (_, fd), (_, fe) = (_read(str(tmp_path / "long" / s)) for s in ("train", "dev", "test"))
     speeches = lambda f: {rows[i]["speech"] for i in f[schema.EXAMPLE_ID][:, 0]}  # noqa: E731
@@ -88,7 +88,7 @@ def test_pair_and_split_field_keeps_groups_together(tmp_path):
 def test_a_split_field_missing_from_the_file_is_a_one_line_error(tmp_path):
     task = task_config(type="classification", train_file=os.path.join(DATA, "reviews/test.jsonl"), split_field="speaker")
     with pytest.raises(UserError, match="no column 'speaker'") as err:
-        prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])
+        prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0)
     assert "\n" not in str(err.value)
 
 
@@ -97,7 +97,7 @@ def test_qa_offsets_map_back_to_answer_text(tmp_path):
         type="qa", train_file=os.path.join(DATA, "squad/squad_sample.json"), test_file=os.path.join(DATA, "squad/squad_sample.json"),
         max_seq_length=64, doc_stride=24, max_query_length=16,
     )  # fmt: skip
-    prepare_task_data(task, VOCAB, True, str(tmp_path / "qa"), 0, [])
+    prepare_task_data(task, VOCAB, True, str(tmp_path / "qa"), 0)
     m, f = _read(str(tmp_path / "qa/test"))  # the whole file (train and dev share it out)
     examples = {e["example_id"]: e for e in map(json.loads, open(tmp_path / "qa/test" / schema.EXAMPLES_NAME))}
     assert len(examples) == 5 and m.num_records > 5  # long contexts need several windows
@@ -127,20 +127,20 @@ def test_bad_rows_are_counted_or_one_line_errors(tmp_path):
         '{"text": "odd", "label": "maybe"}\n{"text": "bad movie", "label": "neg"}\n'
     )
     task = task_config(type="classification", train_file=str(f), test_file=str(f), labels=["neg", "pos"])
-    m = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])["test"]
+    m = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0)["test"]
     assert m.skipped == {"empty_or_missing_text": 1, "label_not_in_label_set": 1} and m.num_records == 2
     with pytest.raises(UserError, match="no column 'sentence'"):
-        prepare_task_data(task.model_copy(update={"text_field": "sentence"}), VOCAB, True, str(tmp_path / "o2"), 0, [])
+        prepare_task_data(task.model_copy(update={"text_field": "sentence"}), VOCAB, True, str(tmp_path / "o2"), 0)
     one = tmp_path / "one.jsonl"
     one.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "pos"}\n')
     with pytest.raises(UserError, match="at least two classes"):
-        prepare_task_data(task.model_copy(update={"train_file": str(one)}), VOCAB, True, str(tmp_path / "o3"), 0, [])
+        prepare_task_data(task.model_copy(update={"train_file": str(one)}), VOCAB, True, str(tmp_path / "o3"), 0)
     squad = json.load(open(os.path.join(DATA, "squad/squad_sample.json")))
     squad["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] += 3
     bad = tmp_path / "squad.json"
     bad.write_text(json.dumps(squad))
     qa = task_config(type="qa", train_file=str(bad), test_file=str(bad), max_seq_length=64, doc_stride=24, max_query_length=16)
-    assert prepare_task_data(qa, VOCAB, True, str(tmp_path / "q"), 0, [])["test"].skipped == {"answer_text_not_at_answer_start": 1}
+    assert prepare_task_data(qa, VOCAB, True, str(tmp_path / "q"), 0)["test"].skipped == {"answer_text_not_at_answer_start": 1}
 
 
 def test_pair_truncation_trims_b_on_ties_like_bert_and_the_serving_graph(tmp_path):
@@ -149,7 +149,7 @@ def test_pair_truncation_trims_b_on_ties_like_bert_and_the_serving_graph(tmp_pat
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
     task = task_config(type="pair", train_file=str(path), test_file=str(path), max_seq_length=10)
-    prepare_task_data(task, VOCAB, True, str(tmp_path / "out"), 0, [])
+    prepare_task_data(task, VOCAB, True, str(tmp_path / "out"), 0)
     _, rec = _read(str(tmp_path / "out" / "test"))
     first = np.flatnonzero(rec[schema.PADDING_MASK].sum(axis=1) == 10)[0]
     segments = rec[schema.SEGMENT_IDS][first]

@@ -326,3 +326,18 @@ def test_large_batches_run_in_length_buckets_with_the_same_answers(exported):
     emb = loaded.signatures["embed"](text=tf.constant(texts))
     np.testing.assert_allclose(emb["pooled"].numpy(), pooled, atol=1e-5)
     np.testing.assert_allclose(emb["mean_pooled"].numpy(), mean, atol=1e-5)
+
+
+def test_the_export_tokenizes_with_the_datas_normalization(exported, tmp_path):
+    """data.strip_accents: false with lowercase: the exported tokenizer keeps the accents the
+    fine-tuning data kept (the vocab holds "café"-style pieces only then), and says so in its info."""
+    model = exported[1]["classification"]
+    export_task(model, "classification", VOCAB, True, LABELS, SEQ, str(tmp_path / "keep"), strip_accents=False)
+    info = json.loads((tmp_path / "keep" / "assets.extra" / EXPORT_INFO).read_text())
+    assert info["lowercase"] is True and info["strip_accents"] is False
+    text = tf.constant(["Café naïve façade, élan."])
+    got = tf.saved_model.load(str(tmp_path / "keep")).signatures["tokenize"](text=text)[TOKEN_IDS].numpy()[0]
+    keep = make_tokenizer(_vocab, True, False).tokenize(text).to_list()[0]
+    strip = make_tokenizer(_vocab, True, True).tokenize(text).to_list()[0]
+    assert keep != strip  # the probe tells the two normalizations apart
+    assert got[1 : 1 + len(keep)].tolist() == keep

@@ -18,7 +18,7 @@ FAST = dict(precision="float32", log_every=1, checkpoint_every=1000, warmup_rati
 
 
 def finetune(tmp_path, task, vocab, init=None, model=TINY, name="task"):
-    dirs = prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
+    dirs = prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0)
     data_dirs = {split: str(tmp_path / "data" / split) for split in dirs}
     return run_finetune(name, task, model, vocab, True, data_dirs, init, str(tmp_path / "run"), 0)
 

@@ -34,7 +34,7 @@ def test_classification_trains_on_two_mirrored_replicas(tmp_path, data_dir):
     snli = os.path.join(data_dir, "snli", "snli_sample.jsonl")
     task = task_config(type="pair", train_file=snli, test_file=snli, max_seq_length=48, batch_size=2, epochs=6,
                       strategy="mirrored", precision="mixed_bfloat16", log_every=1, learning_rate=1e-3)
-    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
+    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0)
     dirs = {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, task.model_dump_json(), vocab, json.dumps(dirs),

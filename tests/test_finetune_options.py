@@ -39,7 +39,7 @@ def classifier(encoder):
 
 
 def prepare(tmp_path, task, vocab):
-    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
+    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0)
     return {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}
 
 

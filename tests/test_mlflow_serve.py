@@ -39,7 +39,7 @@ def test_registered_model_serves_raw_text_over_http(tmp_path, data_dir):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     task = task_config(type="classification", train_file=str(train), max_seq_length=32, batch_size=16, epochs=1,
                       precision="float32", register_name=NAME, log_every=2)  # test and dev carved from the file
-    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0, [])
+    prepare_task_data(task, vocab, True, str(tmp_path / "data"), 0)
     store = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(store, "serve-test", str(tmp_path))
     with tracker.pipeline_run("pipeline", {}):

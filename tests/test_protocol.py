@@ -49,7 +49,7 @@ def protocol(tmp_path_factory):
                        max_seq_length=32, batch_size=16, epochs=2, eval_every=4, learning_rate=1e-3,
                        precision="float32", log_every=4, checkpoint_every=1000, warmup_ratio=0.0)
     data_dir = str(root / "data")
-    prepare_task_data(task, VOCAB, True, data_dir, 0, [])
+    prepare_task_data(task, VOCAB, True, data_dir, 0)
     dirs = {s: os.path.join(data_dir, s) for s in (TRAIN, DEV, TEST)}
     calls = []
     kind = TASKS["classification"]

@@ -115,7 +115,7 @@ def test_a_killed_fine_tuning_resumes_to_the_weights_of_the_uninterrupted_run(tm
     task = dict(type="classification", train_file=train, labels=["negative", "positive"], max_seq_length=64,
                 epochs=2, batch_size=8, learning_rate=1e-3, precision="float32", log_every=1, checkpoint_every=5,
                 eval_every=25, eval_batch_size=64, packing=True)
-    prepare_task_data(TaskConfig(**task), VOCAB, True, str(tmp_path / "data"), 0, [])
+    prepare_task_data(TaskConfig(**task), VOCAB, True, str(tmp_path / "data"), 0)
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"task": task, "data_dirs": {s: str(tmp_path / "data" / s) for s in ("train", "eval")}}))
     out, clean = str(tmp_path / "out"), str(tmp_path / "clean")
