@@ -344,8 +344,11 @@ class Trainer:
             if final:
                 break
         seconds = time.perf_counter() - start
+        # The training time the last checkpoint holds (what a resume continues from): the final
+        # checkpoint's own write cannot be in it, so it is not in the reported figure either.
         return TrainResult(step, resumed, last, history, self.manager.latest_checkpoint, seconds,
-                           (step - resumed) * rows_per_step / max(seconds - clock.eval_seconds, 1e-9), clock.spent())
+                           (step - resumed) * rows_per_step / max(seconds - clock.eval_seconds, 1e-9),
+                           float(self.train_seconds.numpy()))
 
     def _log(self, step: int, metrics: dict, history: list | None) -> None:
         shown = " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
