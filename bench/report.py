@@ -74,6 +74,9 @@ def _verdict(t: dict[str, Any]) -> str:
 def _machine(doc: dict[str, Any]) -> str:
     m = doc.get("machine", {})
     where = f"{m.get('cpu', 'unknown CPU')} ({m.get('matrix_isa', '?')}), {m.get('cores', '?')} cores"
+    load, cores = (m.get("load_average") or [None])[0], m.get("cores")
+    if load is not None and cores and load > cores + 1:
+        where += f", busy (load {load:.1f})"
     if m.get("gpus"):
         where += f", {', '.join(m['gpus'])}"
     return f"{where}; {str(doc.get('date', ''))[:10]}, `{doc.get('commit', '?')}`"

@@ -87,6 +87,9 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "gpus": gpus,
         "python": platform.python_version(),
+        # How busy the machine was when the figures were written (the bench itself counts ~1 a core it uses):
+        # above the core count, other work shared the CPUs and timings are noisy.
+        "load_average": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -67,3 +67,13 @@ def test_every_bench_script_is_listed_with_its_docstring(bench):
     assert {"pretrain", "pretrain_sotu", "short_text", "finetune_init"} <= set(scripts)
     assert scripts["pretrain"][0] == os.path.join("bench", "bench_pretrain.py")
     assert all(summary and "\n" not in summary for _, summary in scripts.values())
+
+
+def test_a_busy_machine_is_named_beside_its_figures():
+    from bench.report import _machine
+
+    doc = {"date": "2026-12-01T00:00:00", "commit": "abc",
+           "machine": {"cpu": "AMD EPYC", "matrix_isa": "AVX2", "cores": 2, "load_average": [9.5, 8.0, 7.0]}}
+    assert "busy (load 9.5)" in _machine(doc)
+    doc["machine"]["load_average"] = [1.9, 1.5, 1.0]
+    assert "busy" not in _machine(doc)
