@@ -1,8 +1,8 @@
 """Fine-tuning data: labelled rows -> TFRecords + manifest per split ("train", "dev", "test").
 
 Splits (`beam_jobs.task_splits`): test is `test_file`, or without one `test_fraction`
-of the training file's groups; dev is `dev_fraction` of the training file's groups
-(empty with dev_fraction 0); train is the rest. A group is a `split_field` value, or
+of the training file's groups; dev is `dev_file`, or without one `dev_fraction` of the
+training file's groups (empty with dev_fraction 0); train is the rest. A group is a `split_field` value, or
 a row; no group straddles two splits.
 
 Plain streaming Python, not Beam: labelled sets are small next to a pretraining
@@ -43,7 +43,7 @@ RECORDS_PER_SHARD = 50_000
 def read_rows(path: str, task: TaskConfig) -> Iterator[dict]:
     """Rows of a JSONL / CSV / TSV file, or the questions of a SQuAD JSON file."""
     if not os.path.exists(path):
-        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / test_file")
+        raise UserError(f"fine-tuning file {path} not found: check finetune.<task>.train_file / dev_file / test_file")
     return TASKS[task.type].read_rows(path, task)
 
 
@@ -63,7 +63,8 @@ def check_columns(path: str, task: TaskConfig, split_field: bool = False) -> Non
 def splitter(task: TaskConfig, seed: int) -> task_splits.Splitter:
     """The split of the training file's rows (a first pass over its group keys)."""
     keys = (task_splits.group_key(row, i, task.split_field) for i, row in enumerate(read_rows(task.train_file, task)))
-    return task_splits.Splitter(keys, seed, task.dev_fraction, None if task.test_file else task.test_fraction)
+    return task_splits.Splitter(keys, seed, 0.0 if task.dev_file else task.dev_fraction,
+                                None if task.test_file else task.test_fraction)
 
 
 def char_offsets(text: str, byte_offsets: np.ndarray) -> np.ndarray:
@@ -144,8 +145,9 @@ def prepare_task_data(
     vocab = load_vocab(vocab_file)
     ids = special_ids(vocab, f"vocab file {vocab_file}")
     check_columns(task.train_file, task, split_field=True)
-    if task.test_file:
-        check_columns(task.test_file, task)
+    for path in (task.dev_file, task.test_file):
+        if path:
+            check_columns(path, task)
     labels = kind.label_names(task, read_rows(task.train_file, task))
     split = splitter(task, seed)
     tokenizer = _Pieces(make_tokenizer(vocab, lowercase, strip_accents))
@@ -160,14 +162,15 @@ def prepare_task_data(
                 kind.convert(task, pending[name], tokenizer, ids, labels, writers[name])
                 pending[name] = []
 
-        # Example ids number the training file's rows, then the test file's.
+        # Example ids number the training file's rows, then the dev file's, then the test file's.
         index = 0
         for row in read_rows(task.train_file, task):
             add(split.split(row, index, task.split_field), index, row)
             index += 1
-        for row in read_rows(task.test_file, task) if task.test_file else ():
-            add(task_splits.TEST, index, row)
-            index += 1
+        for name, path in ((task_splits.DEV, task.dev_file), (task_splits.TEST, task.test_file)):
+            for row in read_rows(path, task) if path else ():
+                add(name, index, row)
+                index += 1
         for name, rows in pending.items():
             kind.convert(task, rows, tokenizer, ids, labels, writers[name])
         for split_name, w in writers.items():
@@ -183,8 +186,10 @@ def prepare_task_data(
                 counts={k: float(v) for k, v in sorted(w.counts.items())},
                 skipped=dict(sorted(w.skipped.items())),
                 labels=labels,
-                config={"task": to_dict(task), "lowercase": lowercase, "strip_accents": strip_accents, "seed": seed, "split": split_name,
-                        "groups": split.counts[split_name] if split_name != task_splits.TEST or not task.test_file else None},
+                config={"task": to_dict(task), "lowercase": lowercase, "strip_accents": strip_accents, "seed": seed,
+                        "split": split_name,
+                        "groups": None if {task_splits.DEV: task.dev_file, task_splits.TEST: task.test_file}.get(
+                            split_name) else split.counts[split_name]},
             )
             schema.write_manifest(os.path.join(tmp, split_name), manifest)
             manifests[split_name] = manifest

@@ -20,33 +20,19 @@ import csv
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 
+from beam_jobs.sotu_tasks import sotu_dir, speech_paragraphs  # one paragraph rule for the samples and the sotu tasks
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_YEARS = range(1901, 2021, 4)  # one speech about every four years: 30 speeches, both parties
 # The party task's held-out speeches: three of each party, spread over the century, so a
 # classifier cannot score by guessing one party (a random split of 24 speeches was 80/20).
 PARTY_EVAL_YEARS = (1909, 1917, 1941, 1957, 1969, 1985)
-
-
-def sotu_dir() -> str:
-    import sotu
-
-    return os.path.join(os.path.dirname(sotu.__file__), "data")
-
-
-def speech_paragraphs(speech: str) -> list[str]:
-    """The paragraphs of one speech file: blank-line-separated blocks of 20+ words, whitespace collapsed.
-
-    Stage directions like "[ As delivered in person ... ]" and one-liners (salutations, headings) are not paragraphs.
-    """
-    blocks = (" ".join(block.split()) for block in re.split(r"\n\s*\n", speech))
-    return [text for text in blocks if len(text.split()) >= 20 and not text.startswith("[")]
 
 
 def pip_sdist(name: str, dest: str) -> str:

@@ -180,11 +180,40 @@ def _print_summary(results, work_dir: str, uri: str | None) -> None:
     for r in results:
         figures = r.record.get("outputs", {}).get("summary") or ""
         print(f"  {r.name:<24} {r.status:<7} {r.seconds:7.1f} s  {figures}")
+    for r in results:
+        verdict = _start_verdict(r.record.get("outputs", {}))
+        if verdict:
+            print(f"{r.name.split(':', 1)[-1]}: {verdict}")
     if uri:
         if uri.startswith("sqlite:"):
             print(f"MLflow runs: mlflow ui --backend-store-uri {uri}")
         else:
             print(f"MLflow runs: {uri}")
+
+
+def _start_verdict(outputs: dict) -> str | None:
+    """A fine-tuning task's start against random init and the baselines, in test points, and whether the gap to
+    random init is beyond the noise (larger than twice the larger std over the repeats); None for other stages."""
+    test, metric = outputs.get("test"), outputs.get("metric")
+    if not isinstance(test, dict) or "main" not in test or len(test) < 2:
+        return None
+    from bert_keras.tasks import TASKS  # the task registry: is a metric in percent
+
+    scale = 1 if TASKS[outputs["type"]].percent else 100  # points: percent for every task type
+    main = test["main"]
+    start = "pretrained" if outputs.get("init", "").endswith("encoder.weights.h5") else "the start"
+    parts = []
+    for other, spread in test.items():
+        if other == "main":
+            continue
+        gap = scale * (main["mean"] - spread["mean"])
+        text = f"{start} {'-' if gap < 0 else '+'}{abs(gap):.1f} points over {other.replace('_', ' ')}"
+        if other == "random_init" and len(main["runs"]) > 1:
+            noise = 2 * scale * max(main["std"], spread["std"])
+            text += f" ({'beyond' if abs(gap) > noise else 'within'} the noise: twice the larger std is {noise:.1f})"
+        parts.append(text)
+    runs = len(main["runs"])
+    return f"test {metric}, " + (f"mean of {runs} runs: " if runs > 1 else "one run: ") + "; ".join(parts)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -18,9 +18,16 @@ from pipeline.contract.records import Record
 from pipeline.runner import Stage, StageContext
 
 STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
+DATASETS = "datasets"  # the stage that builds the `datasets` section's data, before every other stage
 
 
 # ---- what the stages record (stage.json "outputs") and the next ones read -------------------------
+@dataclasses.dataclass
+class DatasetsOutputs(Record):
+    dirs: dict[str, str]  # dataset name -> its directory (`<work_dir>/datasets/<name>`)
+    summary: str
+
+
 @dataclasses.dataclass
 class VocabOutputs(Record):
     vocab_file: str
@@ -56,6 +63,26 @@ class ExportOutputs(Record):
 
 def _outputs(ctx: StageContext, stage: str, cls):
     return cls.from_record(ctx.upstream[stage]["outputs"], f"the {stage} stage's record")
+
+
+def _datasets(cfg: Config) -> list[Stage]:
+    """The data the config's `datasets` section asks for, built under the run directory. Later stages name its
+    files as ${run.work_dir}/datasets/<name>/... and hash them when they run, so they need no link to this stage."""
+    names = cfg.datasets.names()
+    if not names:
+        return []
+    from beam_jobs import sotu_tasks  # plain Python, no TensorFlow: cheap at stage-building time
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        dirs = {"sotu_tasks": os.path.join(ctx.out_dir, "sotu_tasks")}
+        record = sotu_tasks.build(dirs["sotu_tasks"])
+        return DatasetsOutputs(dirs, f"sotu_tasks: {sotu_tasks.summary(record)}").to_record()
+
+    source = sotu_tasks.sotu_dir()  # a one-line error when the package is missing
+    inputs = [os.path.join(source, "metadata.csv"), os.path.join(source, "speeches", "*.txt")]
+    section = {"datasets": to_dict(cfg.datasets), "sotu_tasks": sotu_tasks.settings()}
+    return [Stage(DATASETS, run, section, inputs=inputs,
+                  artifacts=lambda out: [os.path.join(d, "splits.json") for d in out["dirs"].values()])]
 
 
 def _vocab(cfg: Config):
@@ -243,7 +270,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         return result.to_record()
 
     upstream = ([] if checkpoint else ["vocab"]) + ([pretrain] if task.init == "pretrained" else [])
-    inputs = [p for p in (task.train_file, task.test_file, _weights_path(task.init)) if p]
+    inputs = [p for p in (task.train_file, task.dev_file, task.test_file, _weights_path(task.init)) if p]
     section = {  # user-facing key names: a change is reported as e.g. "finetune.sentiment.epochs (2 -> 3)"
         f"finetune.{name}": to_dict(task),
         "model": to_dict(cfg.model),
@@ -310,7 +337,7 @@ def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
         wanted = [s for s in STAGE_ORDER[: STAGE_ORDER.index(until) + 1] if s in wanted or s == until]
     builders = {"vocab": _vocab, "prepare": _prepare, "pretrain": _pretrain}
     with_pretrain = "pretrain" in cfg.run.stages
-    stages: list[Stage] = []
+    stages: list[Stage] = _datasets(cfg)
     for name in wanted:
         if name in builders:
             built = builders[name](cfg)

@@ -26,6 +26,22 @@ def _read(directory):
     return m, {k: v.numpy() for k, v in parsed.items()}
 
 
+def test_a_dev_file_is_dev_whole_and_nothing_is_carved_from_train(tmp_path):
+    rows = [json.loads(line) for line in open(os.path.join(DATA, "sotu/party_train.jsonl"), encoding="utf-8")]
+    dev_file = tmp_path / "dev.jsonl"
+    dev_file.write_text("".join(json.dumps(r) + "\n" for r in rows[:150]))
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows[150:600]))
+    task = task_config(type="classification", train_file=str(train_file), dev_file=str(dev_file),
+                       test_file=os.path.join(DATA, "sotu/party_eval.jsonl"), label_field="party",
+                       split_field="speech", dev_fraction=0.3, max_seq_length=32)
+    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])
+    ids = {name: set(_read(str(tmp_path / "o" / name))[1][schema.EXAMPLE_ID][:, 0].tolist()) for name in manifests}
+    # Rows are numbered train file, dev file, test file: each split is its own file, whole.
+    assert ids["train"] == set(range(450)) and ids["dev"] == set(range(450, 600))
+    assert min(ids["test"]) == 600 and manifests["dev"].config["groups"] is None
+
+
 def test_classification_from_jsonl_with_a_test_file_and_dev_carved_from_train(tmp_path):
     task = task_config(
         type="classification", train_file=os.path.join(DATA, "reviews/train.jsonl"),

@@ -13,14 +13,25 @@ def write(tmp_path, text, name="c.yaml"):
     return str(path)
 
 
-def test_demo_config_loads_and_resolves_paths_relative_to_the_file():
+def test_demo_config_loads_and_puts_its_data_under_the_run_directory():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    corpus = cfg.data.corpus[0]
-    assert os.path.isabs(corpus) and corpus.endswith(os.path.join("data", "sotu", "speeches", "*.txt"))
-    assert os.path.exists(cfg.prepare.lexicon)
-    assert os.path.exists(cfg.finetune["sentiment"].train_file)
+    assert cfg.datasets.sotu_tasks  # the demo builds the sotu tasks itself
+    built = os.path.join(cfg.run.work_dir, "datasets", "sotu_tasks")
+    assert cfg.data.corpus == [os.path.join(built, "pretrain_corpus", "*.txt")]  # train presidents only
+    era = cfg.finetune["era"]
+    assert (era.train_file, era.dev_file, era.test_file) == tuple(
+        os.path.join(built, "era", f"{split}.jsonl") for split in ("train_1k", "dev", "test"))
+    assert era.compare_random_init and era.baselines == ["tfidf"] and era.repeats >= 2
+    moved = load_config(None, ["run.work_dir=/elsewhere"])  # ${run.work_dir} follows the override
+    assert moved.finetune["era"].test_file == "/elsewhere/datasets/sotu_tasks/era/test.jsonl"
     assert os.path.dirname(DEFAULT_CONFIG).endswith("configs")
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path):
+    path = write(tmp_path, "data:\n  corpus: texts/*.txt\nprepare:\n  masking: entity\n  lexicon: lex.txt\n")
+    cfg = load_config(path)
+    assert cfg.data.corpus == [str(tmp_path / "texts" / "*.txt")] and cfg.prepare.lexicon == str(tmp_path / "lex.txt")
 
 
 def test_bert_base_config_is_bert_base():
@@ -95,7 +106,7 @@ def test_config_is_frozen_and_flattens():
         cfg.pretrain.batch_size = 3  # type: ignore[misc]
     flat = flatten(to_dict(cfg))
     assert flat["pretrain.batch_size"] == cfg.pretrain.batch_size
-    assert flat["finetune.sentiment.labels"] == ["negative", "positive"]
+    assert flat["finetune.era.epochs"] == cfg.finetune["era"].epochs
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
@@ -111,7 +122,7 @@ def test_every_shipped_config_loads_and_builds_its_stages(name):
 
     cfg = load_config(os.path.join(os.path.dirname(DEFAULT_CONFIG), name))
     stages = build_stages(cfg)
-    assert [s.name.split(":")[0] for s in stages][0] in ("vocab", "finetune")
+    assert [s.name.split(":")[0] for s in stages][0] in ("datasets", "vocab", "finetune")
 
 
 def test_eval_file_still_works_as_the_old_name_of_test_file_with_a_note(tmp_path):

@@ -1,18 +1,15 @@
-"""The in-domain sotu tasks (data/build_sotu_tasks.py), built from the installed `sotu` package (dev extra):
-split by president, a label-scarce set drawn from train, a pretraining corpus of the train presidents only."""
+"""The in-domain sotu tasks (beam_jobs/sotu_tasks.py), built from the installed `sotu` package (a dependency):
+split by president, a label-scarce set drawn from train, a pretraining corpus of the train presidents only; and
+the pipeline's `datasets` stage, which builds them under the run directory."""
 
 import csv
 import filecmp
 import json
 import os
-import sys
 
 import pytest
 
-from tests.conftest import DATA
-
-sys.path.insert(0, DATA)
-import build_sotu_tasks as tasks  # noqa: E402
+from beam_jobs import sotu_tasks as tasks
 
 SPLITS = ("train", "train_1k", "dev", "test")
 
@@ -89,3 +86,28 @@ def test_an_unfit_split_is_named():
                                      for t, v in counts.items()})
     assert any("1700 test paragraphs" in p for p in problems)
     assert any("b is 10 of 610 dev" in p for p in problems) and any("b is 200 of 1700 test" in p for p in problems)
+
+
+def test_the_datasets_stage_builds_the_tasks_under_the_run_directory_once(tmp_path):
+    """`datasets.sotu_tasks: true` puts the tasks below run.work_dir, where ${run.work_dir}/... paths find them
+    (after --set overrides: they follow run.work_dir), and a second run finds them up to date."""
+    from pipeline.contract.config import load_config
+    from pipeline.runner import run_stages
+    from pipeline.stages import DATASETS, build_stages
+
+    config = tmp_path / "c.yaml"
+    config.write_text("datasets:\n  sotu_tasks: true\ndata:\n  corpus: ${run.work_dir}/datasets/sotu_tasks/"
+                      "pretrain_corpus/*.txt\nfinetune:\n  era:\n    type: classification\n"
+                      "    train_file: ${run.work_dir}/datasets/sotu_tasks/era/train_1k.jsonl\n")
+    work = tmp_path / "elsewhere"
+    cfg = load_config(str(config), [f"run.work_dir={work}"])
+    assert cfg.finetune["era"].train_file == str(work / "datasets" / "sotu_tasks" / "era" / "train_1k.jsonl")
+    assert cfg.data.corpus == [str(work / "datasets" / "sotu_tasks" / "pretrain_corpus" / "*.txt")]
+    stages = build_stages(cfg)
+    assert [s.name for s in stages][:2] == [DATASETS, "vocab"]
+    first = run_stages(stages[:1], str(work))
+    assert first[0].status == "ran" and os.path.exists(cfg.finetune["era"].train_file)
+    assert "presidents" in first[0].record["outputs"]["summary"]
+    assert run_stages(stages[:1], str(work))[0].status == "cached"
+    # No datasets asked for: no stage.
+    assert [s.name for s in build_stages(load_config(None, ["datasets.sotu_tasks=false"]))][0] != DATASETS

