@@ -70,3 +70,21 @@ def test_an_old_key_name_still_works_with_one_note_line(tmp_path):
     assert notes == ["bertpipe: note: eval_file is now called test_file (scored once, at the end; "
                      "a dev split of train_file chooses the checkpoint)"]
     assert "test_file: " + str(tmp_path / "b.jsonl") in result.stdout and "eval_file" not in result.stdout
+
+
+def test_the_summary_sets_each_tasks_start_against_random_init_and_tfidf_in_test_points():
+    from pipeline.cli import _start_verdict
+
+    def spread(*runs):
+        mean = sum(runs) / len(runs)
+        std = (sum((r - mean) ** 2 for r in runs) / (len(runs) - 1)) ** 0.5
+        return {"mean": mean, "std": std, "runs": list(runs)}
+
+    outputs = {"type": "classification", "metric": "accuracy", "init": "runs/demo/pretrain/encoder.weights.h5",
+               "test": {"main": spread(0.70, 0.72), "random_init": spread(0.60, 0.61), "tfidf": spread(0.73, 0.73)}}
+    line = _start_verdict(outputs)
+    assert line.startswith("test accuracy, mean of 2 runs: pretrained +10.5 points over random init (beyond the noise")
+    assert "pretrained -2.0 points over tfidf" in line
+    outputs["test"]["random_init"] = spread(0.62, 0.70)  # std 5.7 points: a 5-point gap is noise
+    assert "+5.0 points over random init (within the noise: twice the larger std is 11.3)" in _start_verdict(outputs)
+    assert _start_verdict({"summary": "7789 tokens learned"}) is None  # not a fine-tuning stage

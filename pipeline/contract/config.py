@@ -116,7 +116,7 @@ class VocabConfig(_Section):
         None, description="use this vocab (e.g. Google's bert-base-uncased) instead of learning one")
     size: int = Field(8000, ge=100, description=(
         "target size of a learned vocab (tf-text's learner searches a word-count threshold; on a small corpus the "
-        "steps are coarse and it can overshoot: the demo's 24 speeches give 11,381)"))
+        "steps are coarse and it can overshoot: 24 speeches (data/sotu/speeches) give 11,381)"))
     num_unused: int = Field(10, ge=0, description="reserved `[unusedN]` slots for later domain tokens")
     max_token_length: int = Field(50, ge=1, description="longest word the learner considers")
     lower_threshold: int = Field(1, ge=1, description="lowest word count the learner considers")
