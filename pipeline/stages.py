@@ -143,10 +143,10 @@ def _prepare_phase(cfg: Config, prepare, phase: int) -> Stage:
             ctx.tracker.metrics({f"data.{k}": v for k, v in manifest.counts.items()})
             ctx.tracker.metrics({f"skipped.{k}": v for k, v in manifest.skipped.items()})
         skipped = sum(manifest.skipped.values())
-        summary = (
-            f"{manifest.num_records} instances, masked rate {manifest.counts.get('masked_rate', 0):.3f}, "
-            f"{skipped} input(s) skipped"
-        )
+        # Dynamic data is written unmasked (the trainer masks every step): its rate is the config's, not a count.
+        masked = (f"masked at {prepare.masked_lm_prob:.2f} by the trainer each step" if prepare.dynamic
+                  else f"masked rate {manifest.counts.get('masked_rate', 0):.3f}")
+        summary = f"{manifest.num_records} instances, {masked}, {skipped} input(s) skipped"
         return PrepareOutputs(data_dir, dataclasses.asdict(manifest) | {"config": None}, summary).to_record()
 
     inputs = list(cfg.data.corpus) + ([prepare.lexicon] if prepare.lexicon else [])

@@ -35,7 +35,7 @@ def test_a_dev_file_is_dev_whole_and_nothing_is_carved_from_train(tmp_path):
     task = task_config(type="classification", train_file=str(train_file), dev_file=str(dev_file),
                        test_file=os.path.join(DATA, "sotu/party_eval.jsonl"), label_field="party",
                        split_field="speech", dev_fraction=0.3, max_seq_length=32)
-    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0, [])
+    manifests = prepare_task_data(task, VOCAB, True, str(tmp_path / "o"), 0)
     ids = {name: set(_read(str(tmp_path / "o" / name))[1][schema.EXAMPLE_ID][:, 0].tolist()) for name in manifests}
     # Rows are numbered train file, dev file, test file: each split is its own file, whole.
     assert ids["train"] == set(range(450)) and ids["dev"] == set(range(450, 600))

@@ -342,7 +342,8 @@ def _substitute_work_dir(node: Any, work_dir: str) -> Any:
     if isinstance(node, list):
         return [_substitute_work_dir(v, work_dir) for v in node]
     if isinstance(node, str) and node.startswith(WORK_DIR):
-        return os.path.normpath(work_dir + node[len(WORK_DIR):])
+        path = work_dir.rstrip("/") + node[len(WORK_DIR):]
+        return path if "://" in path else os.path.normpath(path)  # normpath would fold gs:// to gs:/
     return node
 
 
