@@ -183,7 +183,7 @@ def _print_summary(results, work_dir: str, uri: str | None) -> None:
     for r in results:
         verdict = _start_verdict(r.record.get("outputs", {}))
         if verdict:
-            print(f"{r.name.split(':', 1)[-1]}: {verdict}")
+            print(f"  {r.name.split(':', 1)[-1]}: {verdict}")
     if uri:
         if uri.startswith("sqlite:"):
             print(f"MLflow runs: mlflow ui --backend-store-uri {uri}")
