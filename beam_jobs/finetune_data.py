@@ -138,8 +138,9 @@ def prepare_task_data(
 ) -> dict[str, schema.DataManifest]:
     """Write train, dev and test records for `task` under `out_dir/{train,dev,test}`; returns their manifests.
 
-    `lowercase` / `strip_accents`: the run's normalization (`data.*`; None follows lowercase)."""
-    from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+    `lowercase` / `strip_accents`: the run's normalization (`data.*`; None follows lowercase); a
+    tokenizer.json (`vocab_file`) brings its own and tokenizes through Hugging Face `tokenizers`."""
+    from bert_keras.tokenizer import is_tokenizer_json, load_vocab, make_tokenizer, special_ids
 
     kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
@@ -150,7 +151,12 @@ def prepare_task_data(
             check_columns(path, task)
     labels = kind.label_names(task, read_rows(task.train_file, task))
     split = splitter(task, seed)
-    tokenizer = _Pieces(make_tokenizer(vocab, lowercase, strip_accents))
+    if is_tokenizer_json(vocab_file):  # a tokenizer.json: Hugging Face `tokenizers`, its own normalization
+        from bert_keras.tokenizer import data_tokenizer
+
+        tokenizer = data_tokenizer(vocab_file, None)
+    else:
+        tokenizer = _Pieces(make_tokenizer(vocab, lowercase, strip_accents))
     manifests: dict[str, schema.DataManifest] = {}
     with atomic_directory(out_dir) as tmp:
         writers = {name: _SplitWriter(os.path.join(tmp, name)) for name in SPLITS}

@@ -40,7 +40,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from beam_jobs import corpus, donors, instances, masking, records, sentences
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
-from bert_keras.tokenizer import load_vocab, make_rust_tokenizer, special_ids
+from bert_keras.tokenizer import data_tokenizer, load_vocab, make_rust_tokenizer, special_ids
 from pipeline.contract import schema
 from pipeline.contract.atomic import atomic_directory, join
 from pipeline.contract.config import DataConfig, PrepareConfig, to_dict
@@ -81,16 +81,16 @@ def read_lexicon(path: str) -> list[str]:
     return phrases
 
 
-def tokenize_lexicon(phrases: list[str], vocab: list[str], normalization: Normalization, max_tokens: int):
-    """Wordpiece ids of each phrase; entries longer than `max_tokens` could never be masked
-    as one unit inside a segment, so they are dropped and counted. Returns (ids, too_long)."""
-    ids = tokenize_texts(make_rust_tokenizer(vocab, normalization), phrases)
+def tokenize_lexicon(phrases: list[str], tokenizer, max_tokens: int):
+    """Token ids of each phrase (`tokenizer`: the data jobs' one); entries longer than `max_tokens` could
+    never be masked as one unit inside a segment, so they are dropped and counted. Returns (ids, too_long)."""
+    ids = tokenize_texts(tokenizer, phrases)
     kept = [tuple(a.tolist()) for a in ids if 0 < a.size <= max_tokens]
     return kept, sum(1 for a in ids if a.size > max_tokens)
 
 
 def load_lexicon(path: str, vocab: list[str], normalization: Normalization, max_tokens: int):
-    return tokenize_lexicon(read_lexicon(path), vocab, normalization, max_tokens)
+    return tokenize_lexicon(read_lexicon(path), make_rust_tokenizer(vocab, normalization), max_tokens)
 
 
 class _LexiconFn(beam.DoFn):
@@ -100,7 +100,7 @@ class _LexiconFn(beam.DoFn):
         self._vocab_file, self._normalization, self._max = vocab_file, normalization, max_tokens
 
     def process(self, phrases):
-        kept, too_long = tokenize_lexicon(phrases, load_vocab(self._vocab_file), self._normalization, self._max)
+        kept, too_long = tokenize_lexicon(phrases, data_tokenizer(self._vocab_file, self._normalization), self._max)
         if too_long:
             Metrics.counter(corpus.SKIPPED, "lexicon_entry_too_long").inc(too_long)
         yield kept

@@ -15,7 +15,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from bert_keras.tokenizer import load_vocab, make_rust_tokenizer, special_ids
+from bert_keras.tokenizer import data_tokenizer, special_ids
 from pipeline.contract.masking import replacement_ids
 from pipeline.contract.normalization import Normalization
 
@@ -61,7 +61,7 @@ class TokenizeDocumentsFn(beam.DoFn):
         self._vocab_file, self._normalization = vocab_file, normalization
 
     def setup(self):
-        self._tokenizer = make_rust_tokenizer(load_vocab(self._vocab_file), self._normalization)
+        self._tokenizer = data_tokenizer(self._vocab_file, self._normalization)
 
     def start_bundle(self):
         self._docs, self._count = [], 0

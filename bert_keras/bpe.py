@@ -93,6 +93,20 @@ class RustBytePair:
         encoded = self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)
         return [np.asarray(e.ids, np.int32) for e in encoded]
 
+    # The fine-tuning data's interface (`bert_keras.tasks.base.PieceTokenizer`).
+    def pieces(self, texts: list[str]):
+        return self.tokenize(texts)
+
+    def pieces_with_offsets(self, texts: list[str]):
+        """(ids, char starts, char ends) per text: `tokenizers`' offsets, Python string indices, ends exclusive."""
+        import numpy as np
+
+        out = []
+        for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False):
+            spans = np.asarray(e.offsets, np.int64).reshape(-1, 2)  # (pieces, 2)
+            out.append((np.asarray(e.ids, np.int64), spans[:, 0], spans[:, 1]))
+        return out
+
 
 def _spec(path: str) -> dict:
     try:

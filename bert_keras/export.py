@@ -29,7 +29,7 @@ by `pipeline.contract.schema` and returns a dict of logits: classification / pai
 each (batch, seq); long_document: features shaped (batch, chunks, seq) plus
 CHUNK_MASK (batch, chunks) -> "logits" (batch, classes).
 
-Assets: assets/vocab.txt and assets/labels.txt (tf.saved_model.Asset), and
+Assets: assets/vocab.txt (or assets/tokenizer.json, whose BPE runs in the graph) and assets/labels.txt (tf.saved_model.Asset), and
 assets.extra/bertpipe_export.json (task type, labels, lengths, options,
 signatures) next to any `extra_assets` (e.g. the resolved run config).
 """
@@ -48,7 +48,14 @@ import tensorflow as tf
 from bert_keras import compat
 from bert_keras.export_inputs import length_bucketed, pack_segments
 from bert_keras.tasks import TASKS
-from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
+from bert_keras.tokenizer import (
+    TOKENIZER_JSON,
+    VOCAB_TXT,
+    is_tokenizer_json,
+    load_vocab,
+    serving_tokenizer,
+    special_ids,
+)
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.errors import UserError
 from pipeline.contract.normalization import Normalization
@@ -82,12 +89,11 @@ class _Server(tf.Module):
     (`features`, `logits`, `labelled`) and the attributes (`model`, `tokenizer`,
     `special`, `max_seq_length`, `options`)."""
 
-    def __init__(self, model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets,
-                 strip_accents=None):
+    def __init__(self, model, encoder, task_type, vocab, tokenizer, labels, max_seq_length, options, assets):
         super().__init__(name="bertpipe_server")
         self.model = model
         self.encoder = encoder
-        self.tokenizer = make_tokenizer(vocab, lowercase, strip_accents)
+        self.tokenizer = tokenizer  # bert_keras.tokenizer.serving_tokenizer: WordPiece or a tokenizer.json's BPE
         self.special = special_ids(vocab)
         self.task_type = task_type
         self.max_seq_length = max_seq_length
@@ -232,8 +238,9 @@ def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None, 
 
 
 def _staged_assets(stage: str, vocab_file: str, labels: list[str]) -> dict[str, str]:
-    """Copy vocab and labels to a staging folder; Asset copies them into the SavedModel's assets/."""
-    vocab_path, labels_path = os.path.join(stage, "vocab.txt"), os.path.join(stage, "labels.txt")
+    """Copy vocab (or tokenizer.json) and labels to a staging folder; Asset copies them into the SavedModel's assets/."""
+    vocab_name = TOKENIZER_JSON if is_tokenizer_json(vocab_file) else VOCAB_TXT
+    vocab_path, labels_path = os.path.join(stage, vocab_name), os.path.join(stage, "labels.txt")
     with tf.io.gfile.GFile(vocab_file, "rb") as src, open(vocab_path, "wb") as dst:
         dst.write(src.read())
     pathlib.Path(labels_path).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
@@ -284,8 +291,8 @@ def export_task(
     }
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, labels)
-        server = _Server(task_model, encoder, task_type, vocab, lowercase, labels, max_seq_length, options, assets,
-                         strip_accents)
+        server = _Server(task_model, encoder, task_type, vocab, serving_tokenizer(vocab_file, lowercase, strip_accents),
+                         labels, max_seq_length, options, assets)
         return _save(server, out_dir, info, extra_assets, precision)
 
 
@@ -308,7 +315,8 @@ def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_
     }
     with tempfile.TemporaryDirectory(prefix="bertpipe-export-") as stage:
         assets = _staged_assets(stage, vocab_file, [])
-        server = _Server(encoder, encoder, EMBEDDING, vocab, lowercase, [], max_seq_length, {}, assets, strip_accents)
+        server = _Server(encoder, encoder, EMBEDDING, vocab, serving_tokenizer(vocab_file, lowercase, strip_accents),
+                         [], max_seq_length, {}, assets)
         return _save(server, out_dir, info, None)
 
 

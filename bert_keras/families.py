@@ -24,6 +24,9 @@ provides:
      an imported checkpoint's own config, and the tensors to assign once the model is built;
    - `build_pretraining_model(encoder, nsp)`: the model whose outputs
      `bert_keras.pretraining_model.pretraining_loss` reads (MLM logits; NSP logits only with nsp);
+     `nsp`: whether the family has an NSP head at all (MLM-only families train MLM on any data);
+   - `owns(encoder)`: whether an encoder is this family's (the pretraining model and the checkpoint
+     writer follow the encoder, which an imported checkpoint may have chosen);
    - `assign_state(model, state, source) -> LoadReport` and `save_checkpoint(model, spec)`.
 3. Tests: its parity tests against the reference implementation, and the stages' end-to-end test
    run with `model.family: <name>`.
@@ -35,8 +38,8 @@ import json
 import os
 
 from pipeline.contract.checkpoint import GOOGLE, HF, CheckpointSpec
-from pipeline.contract.errors import UserError
-from pipeline.contract.model_config import BertConfig, ModelConfig
+from pipeline.contract.errors import ConfigError, ContractError, UserError
+from pipeline.contract.model_config import BertConfig, ModelConfig, ModernBertConfig
 
 
 class BertFamily:
@@ -47,6 +50,13 @@ class BertFamily:
     tokenizer = "wordpiece"
     checkpoint_formats = (HF, GOOGLE)
     hf_model_types = ("bert",)
+    nsp = True
+
+    @staticmethod
+    def owns(encoder) -> bool:
+        from bert_keras.encoder import BertEncoder
+
+        return isinstance(encoder, BertEncoder)
 
     @staticmethod
     def build_encoder(model_cfg: BertConfig, vocab_size: int, **overrides):
@@ -90,12 +100,90 @@ class BertFamily:
         raise UserError(f"checkpoint {spec}: the bert family writes hf:DIR or google:DIR")
 
 
-FAMILIES = {BertFamily.name: BertFamily}
+def _modernbert_overrides(overrides: dict) -> dict:
+    """Pretraining's `dropout` / `attention_dropout` in ModernBERT's names; its training path always runs
+    its fused softmax kernel (`bert_keras.modernbert.fused`, measured there), so `fused_kernels` is unused."""
+    out = {k: v for k, v in overrides.items() if k not in ("dropout", "fused_kernels")}
+    if "dropout" in overrides:
+        out["embedding_dropout"] = out["mlp_dropout"] = overrides["dropout"]
+    return out
+
+
+class ModernBertFamily:
+    """ModernBERT: `bert_keras.modernbert` (RoPE, local + global attention, GeGLU), MLM-only pretraining,
+    Hugging Face checkpoints with `model_type: modernbert`."""
+
+    name = "modernbert"
+    config_class = ModernBertConfig
+    tokenizer = "bpe"  # what its Hugging Face checkpoints bring (tokenizer.json); a WordPiece vocab works too
+    checkpoint_formats = (HF,)
+    hf_model_types = ("modernbert",)
+    nsp = False
+
+    @staticmethod
+    def owns(encoder) -> bool:
+        from bert_keras.modernbert.encoder import ModernBertEncoder
+
+        return isinstance(encoder, ModernBertEncoder)
+
+    @staticmethod
+    def build_encoder(model_cfg: ModernBertConfig, vocab_size: int, **overrides):
+        from bert_keras.modernbert.encoder import ModernBertEncoder
+
+        if model_cfg.vocab_size is not None and model_cfg.vocab_size != vocab_size:
+            raise ConfigError(f"model.vocab_size is {model_cfg.vocab_size} but the vocab file has {vocab_size} "
+                              "tokens: drop model.vocab_size or use the matching vocab")
+        return ModernBertEncoder(**{**model_cfg.architecture(), "vocab_size": vocab_size,
+                                    **_modernbert_overrides(overrides)}, name="modernbert_encoder")
+
+    @staticmethod
+    def encoder_from_checkpoint(spec: CheckpointSpec, **overrides):
+        from bert_keras.modernbert.encoder import ModernBertEncoder
+        from bert_keras.modernbert.weights import encoder_kwargs_from_config
+        from bert_keras.weights import HF_CONFIG, read_hf_checkpoint
+
+        cfg, state = read_hf_checkpoint(spec.path)
+        kwargs = encoder_kwargs_from_config(cfg, os.path.join(spec.path, HF_CONFIG))
+        encoder = ModernBertEncoder(**{**kwargs, **_modernbert_overrides(overrides)}, name="modernbert_encoder")
+        return encoder, state, f"hf:{spec.path}"
+
+    @staticmethod
+    def build_pretraining_model(encoder, nsp: bool = False):
+        from bert_keras.modernbert.heads import ModernBertMaskedLM
+
+        if nsp:
+            raise ContractError("the modernbert family trains MLM only: unset pretrain.nsp (or set it false)")
+        return ModernBertMaskedLM(encoder, name="modernbert_mlm")
+
+    @staticmethod
+    def assign_state(model, state, source: str):
+        from bert_keras.modernbert.weights import assign
+
+        return assign(model, state, source)
+
+    @staticmethod
+    def save_checkpoint(model, spec: CheckpointSpec) -> str:
+        from bert_keras.modernbert.weights import save_hf_checkpoint
+
+        if spec.format != HF:
+            raise UserError(f"checkpoint {spec}: the modernbert family writes hf:DIR")
+        return save_hf_checkpoint(model, spec.path)
+
+
+FAMILIES = {BertFamily.name: BertFamily, ModernBertFamily.name: ModernBertFamily}
 
 
 def for_config(model_cfg: ModelConfig):
     """The family of a `model:` section."""
     return FAMILIES[model_cfg.family]
+
+
+def for_encoder(encoder):
+    """The family an encoder belongs to."""
+    for family in FAMILIES.values():
+        if family.owns(encoder):
+            return family
+    raise TypeError(f"{type(encoder).__name__} is no registered model family's encoder")
 
 
 def for_checkpoint(spec: CheckpointSpec):

@@ -82,7 +82,7 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
     allow_null = kind.allow_no_answer(ex for split in examples.values() for ex in split.values())
     export = ExportSpec(
         task_type=task.type, task=to_dict(task), labels=labels, max_seq_length=task.max_seq_length,
-        options=kind.export_options(task, allow_null), encoder=chosen.encoder, dropout=model_cfg.dropout,
+        options=kind.export_options(task, allow_null), encoder=chosen.encoder, dropout=model_cfg.task_dropout,
         weights=chosen.weights, vocab_file=vocab_file, lowercase=lowercase, strip_accents=strip_accents,
         register_name=task.register_name,
         input_example=kind.input_example(list(examples["test"].values())[:2]),

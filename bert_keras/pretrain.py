@@ -144,13 +144,16 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
                f", the {train_cfg.schedule} schedule runs over it (pretrain.steps is not used)")
 
     nsp = uses_nsp(train_cfg, manifest, data_dir)
-    if not nsp:
-        log_fn("objective: MLM only (no NSP head)")
     with strategy.scope():
         # model.init_from (hf:DIR / google:DIR): continued pretraining; the checkpoint sets the sizes.
         encoder, pending = build_encoder_for(model_cfg.init_from, model_cfg, vocab_size,
                                              **encoder_overrides(train_cfg, strategy))
-        model = families.for_config(model_cfg).build_pretraining_model(encoder, nsp=nsp)
+        family = families.for_encoder(encoder)
+        if nsp and not family.nsp and train_cfg.nsp is None:  # MLM-only families read pair data as MLM data
+            nsp = False
+        if not nsp:
+            log_fn("objective: MLM only (no NSP head)")
+        model = family.build_pretraining_model(encoder, nsp=nsp)
         schedule = make_schedule(train_cfg, steps if length.unit == "steps" else None)
         optimizer = build_optimizer(train_cfg, steps, model.trainable_variables,
                                     loss_scale=policy == "mixed_float16", schedule=schedule)
@@ -225,8 +228,10 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "step": result.step, "resumed_from": result.resumed_from, **result.metrics, **eval_metrics, **padding,
         "train_sequences_per_second": result.sequences_per_second, "global_batch_size": global_batch,
         "replicas": strategy.num_replicas_in_sync, "strategy": type(strategy).__name__, "precision": policy,
-        "objectives": "mlm+nsp" if nsp else "mlm", "fused_kernels": encoder.fused_kernels,
-        "dropout": encoder.dropout, "attention_dropout": encoder.attention_dropout,
+        "objectives": "mlm+nsp" if nsp else "mlm", "family": family.name,
+        # The classic encoder's switches; a family without them records None.
+        "fused_kernels": getattr(encoder, "fused_kernels", None), "dropout": getattr(encoder, "dropout", None),
+        "attention_dropout": encoder.attention_dropout,
         "train_seconds": result.train_seconds, "budget": train_cfg.budget, "learning_rate_final": current_lr(optimizer),
         "checkpoint": result.checkpoint, "encoder_weights": encoder_path if trainer.chief else None,
         # What the export rebuilds the encoder from (its architecture; an hf: start brings its own).

@@ -52,7 +52,8 @@ class SpanExtractor(keras.Model):
         self.encoder = encoder
         # Spans come from the sequence output; the [CLS] pooler gets no gradient
         # (None would break the update), so freeze it, as HF's QA model drops it.
-        encoder.pooler.trainable = False
+        if getattr(encoder, "pooler", None) is not None:  # ModernBERT has none
+            encoder.pooler.trainable = False
         self.head = SpanHead(encoder.hidden_size, encoder.initializer_range, name="span")
 
     def call(self, inputs, training=None):

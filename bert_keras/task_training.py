@@ -139,7 +139,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     with strategy.scope():
         encoder, pending = build_encoder_for(init, model_cfg, len(vocab),
                                              fused_kernels=distribute.use_fused_kernels(task.kernels, strategy))
-        model = kind.build_model(task, encoder, len(labels), model_cfg.dropout)
+        model = kind.build_model(task, encoder, len(labels), model_cfg.task_dropout)
         model(next(iter(split_ds("train"))), training=False)  # build every layer before loading / optimizer creation
         loaded = apply_init(model, encoder, init, pending)
         optimizer = build_optimizer(task, total, model.trainable_variables, loss_scale=policy == "mixed_float16")

@@ -1,19 +1,29 @@
-"""The tokenizers, built here only: BERT's WordPiece over a vocab file, with the project's normalization.
+"""The tokenizers, built here only: BERT's WordPiece over a vocab file, with the project's normalization,
+or the byte-level BPE of a Hugging Face `tokenizer.json` (ModernBERT's), with the normalization it says.
 
-Two implementations of the same steps (`pipeline.contract.normalization`), with equal ids
-(tests/test_normalization.py): `make_tokenizer`, tf-text's FastBertTokenizer in the graph
-(fine-tuning data, the trainer, the exported SavedModel), and `make_rust_tokenizer`, Hugging
-Face `tokenizers` (the pretraining data and vocab jobs, whose workers then load no TensorFlow).
+Which one is the file's business, decided here once (`is_tokenizer_json`): a path ending in `.json` is a
+tokenizer.json, anything else a WordPiece vocab.txt (one token a line). Every stage takes that one path
+(`vocab.vocab_file`, or what an `hf:DIR` checkpoint brings: `checkpoint_vocab`) and asks here for:
+- `load_vocab(path)`: the tokens by id (a tokenizer.json's added tokens included);
+- `data_tokenizer(path, normalization)`: the data jobs' tokenizer, Hugging Face `tokenizers`, no
+  TensorFlow (`bert_keras.wordpiece_rust.RustWordPiece` or `bert_keras.bpe.RustBytePair`);
+- `serving_tokenizer(path, lowercase)`: the same ids in the graph, for exported SavedModels
+  (`bert_keras.wordpiece.WordPieceTokenizer` or `bert_keras.bpe.BytePairTokenizer`).
+The WordPiece pair has equal ids (tests/test_normalization.py), the BPE pair too (tests/test_bpe_tokenizer.py).
+A tokenizer.json carries its own normalization, so `data.lowercase` and `data.strip_accents` do not apply to it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 from pipeline.contract.atomic import exists, is_remote, open_read
 from pipeline.contract.errors import ContractError, UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+VOCAB_TXT, TOKENIZER_JSON = "vocab.txt", "tokenizer.json"  # what a checkpoint directory may bring
 REQUIRED_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 
 
@@ -26,19 +36,51 @@ class SpecialIds:
     mask: int
 
 
-def load_vocab(path: str) -> list[str]:
-    """Read a vocab file (one token a line, id = line number)."""
+def is_tokenizer_json(path: str) -> bool:
+    """Whether `path` names a Hugging Face tokenizer.json (else a WordPiece vocab.txt)."""
+    return str(path).endswith(".json")
+
+
+def checkpoint_vocab(directory: str) -> str:
+    """The tokenizer file an imported checkpoint directory brings: its vocab.txt (BERT's), else its
+    tokenizer.json (ModernBERT's); the vocab.txt path when it has neither, so the error names it."""
+    txt, js = os.path.join(directory, VOCAB_TXT), os.path.join(directory, TOKENIZER_JSON)
+    return js if not exists(txt) and exists(js) else txt
+
+
+def _read_bytes(path: str, what: str) -> bytes:
     if is_remote(path):  # gs://, s3://, ...: Beam's filesystems, the same ones the corpus is read with
         if not exists(path):
-            raise UserError(f"vocab file {path} not found")
+            raise UserError(f"{what} {path} not found")
         with open_read(path) as fh:
-            raw = fh.read()
-    else:
-        try:
-            with open(path, "rb") as fh:
-                raw = fh.read()
-        except OSError:
-            raise UserError(f"vocab file {path} not found or not readable") from None
+            return fh.read()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        raise UserError(f"{what} {path} not found or not readable") from None
+
+
+def _tokenizer_json_tokens(path: str, raw: bytes) -> list[str]:
+    try:
+        spec = json.loads(raw)
+        index = dict(spec["model"]["vocab"])
+        index.update({t["content"]: t["id"] for t in spec.get("added_tokens") or []})
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"tokenizer file {path} is not a Hugging Face tokenizer.json with a model.vocab") from None
+    if not index:
+        raise UserError(f"tokenizer file {path} has an empty vocab")
+    tokens = [""] * (max(index.values()) + 1)  # ids without a token stay "" (never produced)
+    for token, i in index.items():
+        tokens[i] = token
+    return tokens
+
+
+def load_vocab(path: str) -> list[str]:
+    """The tokens by id of a vocab file (one token a line, id = line number) or a tokenizer.json."""
+    if is_tokenizer_json(path):
+        return _tokenizer_json_tokens(path, _read_bytes(path, "tokenizer file"))
+    raw = _read_bytes(path, "vocab file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -77,3 +119,33 @@ def make_rust_tokenizer(vocab: list[str], normalization):
     from bert_keras.wordpiece_rust import RustWordPiece
 
     return RustWordPiece(vocab, normalization)
+
+
+def data_tokenizer(vocab_file: str, normalization):
+    """The data jobs' tokenizer for the run's vocab or tokenizer file (`tokenize(texts)` -> int32 arrays)."""
+    if is_tokenizer_json(vocab_file):
+        from bert_keras.bpe import RustBytePair
+
+        return RustBytePair(_local(vocab_file))
+    return make_rust_tokenizer(load_vocab(vocab_file), normalization)
+
+
+def serving_tokenizer(vocab_file: str, lowercase: bool = True, strip_accents: bool | None = None):
+    """The in-graph tokenizer for the run's vocab or tokenizer file (`tokenize`, `tokenize_with_offsets`);
+    the normalization applies to WordPiece (a tokenizer.json has its own)."""
+    if is_tokenizer_json(vocab_file):
+        from bert_keras.bpe import BytePairTokenizer
+
+        return BytePairTokenizer(_local(vocab_file))
+    return make_tokenizer(load_vocab(vocab_file), lowercase, strip_accents)
+
+
+def _local(path: str) -> str:
+    """A local copy of a remote tokenizer.json (the `tokenizers` reader opens local files only)."""
+    if not is_remote(path):
+        return path
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as fh:
+        fh.write(_read_bytes(path, "tokenizer file"))
+    return fh.name

@@ -88,13 +88,14 @@ def _datasets(cfg: Config) -> list[Stage]:
 def _vocab(cfg: Config):
     # Continued pretraining (model.init_from) reads the checkpoint's own vocab.
     checkpoint = _checkpoint_dir(cfg.model.init_from)
-    given = cfg.vocab.vocab_file or (os.path.join(checkpoint, "vocab.txt") if checkpoint else None)
+    given = cfg.vocab.vocab_file or (_checkpoint_vocab(checkpoint) if checkpoint else None)
 
     def run(ctx: StageContext) -> dict[str, Any]:
-        from bert_keras.tokenizer import load_vocab, special_ids
+        from bert_keras.tokenizer import TOKENIZER_JSON, VOCAB_TXT, is_tokenizer_json, load_vocab, special_ids
         from pipeline.contract.atomic import atomic_write_bytes, open_read
 
-        out_path = os.path.join(ctx.out_dir, "vocab.txt")
+        # A tokenizer.json is copied under that name: the file's name says which tokenizer reads it.
+        out_path = os.path.join(ctx.out_dir, TOKENIZER_JSON if given and is_tokenizer_json(given) else VOCAB_TXT)
         if given:
             tokens = load_vocab(given)
             special_ids(tokens, source=f"vocab file {given}")
@@ -223,6 +224,13 @@ def _checkpoint_dir(spec: str | None) -> str | None:
     return parsed.path if parsed.imported else None
 
 
+def _checkpoint_vocab(directory: str) -> str:
+    """The checkpoint's vocab.txt, or its tokenizer.json (`bert_keras.tokenizer.checkpoint_vocab`)."""
+    from bert_keras.tokenizer import checkpoint_vocab
+
+    return checkpoint_vocab(directory)
+
+
 def _weights_path(init: str) -> str | None:
     """The path a task's init reads (a checkpoint directory or bertpipe weights), None for pretrained/random."""
     return None if init in TASK_INIT_WORDS else CheckpointSpec.parse(init).path
@@ -243,7 +251,7 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
         from bert_keras.finetune import run_finetune
 
         # An imported checkpoint brings its own vocab; otherwise the run's vocab stage made it.
-        vocab_file = os.path.join(checkpoint, "vocab.txt") if checkpoint else _outputs(ctx, "vocab", VocabOutputs).vocab_file
+        vocab_file = _checkpoint_vocab(checkpoint) if checkpoint else _outputs(ctx, "vocab", VocabOutputs).vocab_file
         data_dir = os.path.join(ctx.out_dir, "data")
         if cfg.prepare.beam_args:
             print(f"finetune:{name}: task data is converted in this process (labelled sets are small); "

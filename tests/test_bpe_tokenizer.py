@@ -42,12 +42,12 @@ def _sentences(data_dir):
     return out
 
 
-def _train(data_dir, path, trim_offsets=False):
+def _train(data_dir, path, trim_offsets=False, vocab_size=800):
     tok = tokenizers.Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=SPECIAL,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train(_speeches(data_dir), trainer)
     if trim_offsets:  # RoBERTa / GPT-2 style: the post-processor trims spaces off the offsets

@@ -21,97 +21,57 @@ import tensorflow as tf
 
 from bert_keras.encoder import POOLED_OUTPUT, SEQUENCE_OUTPUT, gather_positions
 from bert_keras.layers import FastDropout
-from bert_keras.modernbert.attention import (
-    GLOBAL,
-    LAYER_TYPES,
-    LOCAL,
-    instance_positions,
-    layer_types_every,
-    rotary_tables,
-)
+from bert_keras.modernbert.attention import GLOBAL, LOCAL, instance_positions, layer_types_every, rotary_tables
 from bert_keras.modernbert.layers import ModernBertBlock, norm, truncated_normal
 from bert_keras.modernbert.masks import LocalWindow, global_mask, local_mask
+from pipeline.contract.model_config import ModernBertConfig, hyperparameters
 from pipeline.contract.schema import CLS_POSITIONS, PADDING_MASK, TOKEN_IDS
+
+# The encoder's hyperparameters, named once in pipeline.contract.model_config.ModernBertConfig.
+HYPERPARAMETERS = tuple(h.name for h in hyperparameters(ModernBertConfig))
 
 
 @keras.saving.register_keras_serializable(package="bert_keras")
 class ModernBertEncoder(keras.Model):
-    def __init__(
-        self,
-        vocab_size: int,
-        hidden_size: int = 256,
-        intermediate_size: int = 384,
-        num_hidden_layers: int = 4,
-        num_attention_heads: int = 4,
-        hidden_activation: str = "gelu",
-        max_position_embeddings: int = 8192,
-        initializer_range: float = 0.02,
-        norm_eps: float = 1e-5,
-        norm_bias: bool = False,
-        attention_bias: bool = False,
-        attention_dropout: float = 0.0,
-        layer_types: list[str] | None = None,
-        global_attn_every_n_layers: int = 3,
-        global_rope_theta: float = 160_000.0,
-        local_rope_theta: float = 10_000.0,
-        local_attention: int = 128,
-        embedding_dropout: float = 0.0,
-        mlp_bias: bool = False,
-        mlp_dropout: float = 0.0,
-        **kwargs,
-    ):
+    """ModernBERT's encoder. Arguments: `ModernBertConfig`'s hyperparameters by name, Hugging Face's
+    config.json keys (`vocab_size` required, the rest default and are checked there). Each is kept
+    as an attribute of the same name; `layer_types` is resolved to one name per layer."""
+
+    def __init__(self, vocab_size: int, **kwargs):
+        given = {name: kwargs.pop(name) for name in HYPERPARAMETERS if name in kwargs}
         super().__init__(**kwargs)
-        if hidden_activation != "gelu":
-            raise ValueError(f"hidden_activation {hidden_activation!r}: bert_keras implements HF's exact 'gelu'")
-        layer_types = list(layer_types or layer_types_every(num_hidden_layers, global_attn_every_n_layers))
-        if len(layer_types) != num_hidden_layers or not set(layer_types) <= set(LAYER_TYPES):
-            raise ValueError(f"layer_types must name {num_hidden_layers} layers, each one of {', '.join(LAYER_TYPES)}")
-        self.vocab_size = vocab_size
-        self.hidden_size = hidden_size
-        self.intermediate_size = intermediate_size
-        self.num_hidden_layers = num_hidden_layers
-        self.num_attention_heads = num_attention_heads
-        self.hidden_activation = hidden_activation
-        self.max_position_embeddings = max_position_embeddings
-        self.initializer_range = initializer_range
-        self.norm_eps = norm_eps
-        self.norm_bias = norm_bias
-        self.attention_bias = attention_bias
-        self.attention_dropout = attention_dropout
-        self.layer_types = layer_types
-        self.global_attn_every_n_layers = global_attn_every_n_layers
-        self.global_rope_theta = global_rope_theta
-        self.local_rope_theta = local_rope_theta
-        self.local_attention = local_attention
-        self.embedding_dropout = embedding_dropout
-        self.mlp_bias = mlp_bias
-        self.mlp_dropout = mlp_dropout
-        self.head_dim = hidden_size // num_attention_heads
-        self.window = LocalWindow(local_attention // 2)
+        hp = ModernBertConfig(family="modernbert", vocab_size=vocab_size, **given)  # the table's defaults and checks
+        for name in HYPERPARAMETERS:
+            setattr(self, name, getattr(hp, name))
+        self.layer_types = list(hp.layer_types or layer_types_every(hp.num_hidden_layers,
+                                                                    hp.global_attn_every_n_layers))
+        self.head_dim = hp.hidden_size // hp.num_attention_heads
+        self.window = LocalWindow(hp.local_attention // 2)
 
         # ---- layers ----
         self.tok_embeddings = keras.layers.Embedding(
-            vocab_size, hidden_size, embeddings_initializer=truncated_normal(initializer_range), name="tok_embeddings"
+            vocab_size, hp.hidden_size, embeddings_initializer=truncated_normal(hp.initializer_range),
+            name="tok_embeddings",
         )
-        self.embedding_norm = norm(norm_eps, norm_bias, "embedding_norm")
-        self.embedding_drop = FastDropout(embedding_dropout)
+        self.embedding_norm = norm(hp.norm_eps, hp.norm_bias, "embedding_norm")
+        self.embedding_drop = FastDropout(hp.embedding_dropout)
         self.blocks = [
             ModernBertBlock(
-                hidden_size, num_attention_heads, intermediate_size, attention_type=kind,
-                local_attention=local_attention, first=i == 0, norm_eps=norm_eps, norm_bias=norm_bias,
-                attention_bias=attention_bias, mlp_bias=mlp_bias, attention_dropout=attention_dropout,
-                mlp_dropout=mlp_dropout, initializer_range=initializer_range, num_hidden_layers=num_hidden_layers,
-                name=f"block_{i}",
+                hp.hidden_size, hp.num_attention_heads, hp.intermediate_size, attention_type=kind,
+                local_attention=hp.local_attention, first=i == 0, norm_eps=hp.norm_eps, norm_bias=hp.norm_bias,
+                attention_bias=hp.attention_bias, mlp_bias=hp.mlp_bias, attention_dropout=hp.attention_dropout,
+                mlp_dropout=hp.mlp_dropout, initializer_range=hp.initializer_range,
+                num_hidden_layers=hp.num_hidden_layers, name=f"block_{i}",
             )
-            for i, kind in enumerate(layer_types)
+            for i, kind in enumerate(self.layer_types)
         ]
-        self.final_norm = norm(norm_eps, norm_bias, "final_norm")
+        self.final_norm = norm(hp.norm_eps, hp.norm_bias, "final_norm")
         # Built eagerly, as BertEncoder: weights exist for import, optimizers and summary().
         self.tok_embeddings.build((None, None))
-        self.embedding_norm.build((None, hidden_size))
+        self.embedding_norm.build((None, hp.hidden_size))
         for block in self.blocks:
             block.build()
-        self.final_norm.build((None, hidden_size))
+        self.final_norm.build((None, hp.hidden_size))
         self.built = True
 
     # BertEncoder's attribute names, for code that reads either family's size.
@@ -157,26 +117,4 @@ class ModernBertEncoder(keras.Model):
         return {SEQUENCE_OUTPUT: x, POOLED_OUTPUT: gather_positions(x, cls_positions)}
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "hidden_activation": self.hidden_activation,
-            "max_position_embeddings": self.max_position_embeddings,
-            "initializer_range": self.initializer_range,
-            "norm_eps": self.norm_eps,
-            "norm_bias": self.norm_bias,
-            "attention_bias": self.attention_bias,
-            "attention_dropout": self.attention_dropout,
-            "layer_types": self.layer_types,
-            "global_attn_every_n_layers": self.global_attn_every_n_layers,
-            "global_rope_theta": self.global_rope_theta,
-            "local_rope_theta": self.local_rope_theta,
-            "local_attention": self.local_attention,
-            "embedding_dropout": self.embedding_dropout,
-            "mlp_bias": self.mlp_bias,
-            "mlp_dropout": self.mlp_dropout,
-        }
+        return {**super().get_config(), **{name: getattr(self, name) for name in HYPERPARAMETERS}}

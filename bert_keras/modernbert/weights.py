@@ -42,6 +42,7 @@ from bert_keras.modernbert.attention import GLOBAL, LOCAL, layer_types_every
 from bert_keras.modernbert.encoder import ModernBertEncoder
 from bert_keras.weights import HF_CONFIG, SAFETENSORS, LoadReport, Slot, assign_state, export_state, read_hf_checkpoint
 from pipeline.contract.errors import UserError
+from pipeline.contract.model_config import ModernBertConfig, hyperparameters
 
 HEAD, DECODER, CLASSIFIER = "prediction head", "decoder bias", "classifier"
 MASKED_LM, SEQUENCE_CLASSIFICATION, BASE = "ModernBertForMaskedLM", "ModernBertForSequenceClassification", "ModernBertModel"
@@ -125,38 +126,29 @@ def _rope_thetas(cfg: dict, source: str) -> tuple[float, float]:
 
 
 def encoder_kwargs_from_config(cfg: dict, source: str = "config.json") -> dict:
-    """HF ModernBERT config.json -> `ModernBertEncoder` keyword arguments."""
+    """HF ModernBERT config.json -> `ModernBertEncoder` keyword arguments: the keys of
+    `ModernBertConfig`'s hyperparameter table, checked there (a bad value is a one-line error)."""
+    from pydantic import ValidationError
+
     if cfg.get("model_type", "modernbert") != "modernbert":
         raise UserError(f"{source}: model_type {cfg['model_type']!r} is not modernbert")
-    for key in ("hidden_activation", "classifier_activation"):
-        if cfg.get(key, "gelu") != "gelu":
-            raise UserError(f"{source}: {key} {cfg[key]!r} is not supported; bert_keras implements HF's exact 'gelu'")
-    global_theta, local_theta = _rope_thetas(cfg, source)
+    if cfg.get("classifier_activation", "gelu") != "gelu":
+        raise UserError(f"{source}: classifier_activation {cfg['classifier_activation']!r} is not supported; "
+                        "bert_keras implements HF's exact 'gelu'")
+    missing = [h.hf for h in hyperparameters(ModernBertConfig) if h.required and h.hf not in cfg]
+    if missing:
+        raise UserError(f"{source} lacks key {missing[0]!r}: not a ModernBERT config")
+    kwargs = {h.name: cfg[h.hf] for h in hyperparameters(ModernBertConfig) if h.hf in cfg and cfg[h.hf] is not None}
+    kwargs["global_rope_theta"], kwargs["local_rope_theta"] = _rope_thetas(cfg, source)
     try:
-        layers = int(cfg["num_hidden_layers"])
-        return dict(
-            vocab_size=int(cfg["vocab_size"]),
-            hidden_size=int(cfg["hidden_size"]),
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_hidden_layers=layers,
-            num_attention_heads=int(cfg["num_attention_heads"]),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
-            initializer_range=float(cfg.get("initializer_range", 0.02)),
-            norm_eps=float(cfg.get("norm_eps", 1e-5)),
-            norm_bias=bool(cfg.get("norm_bias", False)),
-            attention_bias=bool(cfg.get("attention_bias", False)),
-            attention_dropout=float(cfg.get("attention_dropout", 0.0)),
-            layer_types=list(cfg.get("layer_types")
-                             or layer_types_every(layers, int(cfg.get("global_attn_every_n_layers", 3)))),
-            global_rope_theta=global_theta,
-            local_rope_theta=local_theta,
-            local_attention=int(cfg.get("local_attention", 128)),
-            embedding_dropout=float(cfg.get("embedding_dropout", 0.0)),
-            mlp_bias=bool(cfg.get("mlp_bias", False)),
-            mlp_dropout=float(cfg.get("mlp_dropout", 0.0)),
-        )
-    except KeyError as err:
-        raise UserError(f"{source} lacks key {err.args[0]!r}: not a ModernBERT config") from None
+        checked = ModernBertConfig(family="modernbert", **kwargs)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"{source}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    out = checked.architecture()
+    out["layer_types"] = list(checked.layer_types or layer_types_every(checked.num_hidden_layers,
+                                                                       checked.global_attn_every_n_layers))
+    return out
 
 
 def head_kwargs_from_config(cfg: dict) -> dict:
@@ -176,22 +168,16 @@ def hf_config(model, token_ids: dict[str, int] | None = None) -> dict:
     arch = MASKED_LM if mlm is not None else SEQUENCE_CLASSIFICATION if cls is not None else BASE
     cfg = {
         "architectures": [arch], "model_type": "modernbert",
-        "vocab_size": enc.vocab_size, "hidden_size": enc.hidden_size, "intermediate_size": enc.intermediate_size,
-        "num_hidden_layers": enc.num_hidden_layers, "num_attention_heads": enc.num_attention_heads,
-        "hidden_activation": enc.hidden_activation, "max_position_embeddings": enc.max_position_embeddings,
-        "initializer_range": enc.initializer_range, "initializer_cutoff_factor": 2.0, "norm_eps": enc.norm_eps,
-        "norm_bias": enc.norm_bias, "attention_bias": enc.attention_bias, "attention_dropout": enc.attention_dropout,
-        "layer_types": list(enc.layer_types),
+        **{h.hf: getattr(enc, h.name) for h in hyperparameters(ModernBertConfig) if h.hf},
+        "layer_types": list(enc.layer_types), "initializer_cutoff_factor": 2.0,
         "rope_parameters": {GLOBAL: {"rope_type": "default", "rope_theta": enc.global_rope_theta},
                             LOCAL: {"rope_type": "default", "rope_theta": enc.local_rope_theta}},
-        "global_rope_theta": enc.global_rope_theta, "local_rope_theta": enc.local_rope_theta,
-        "local_attention": enc.local_attention, "embedding_dropout": enc.embedding_dropout,
-        "mlp_bias": enc.mlp_bias, "mlp_dropout": enc.mlp_dropout, "tie_word_embeddings": True,
+        "tie_word_embeddings": True,
         "pad_token_id": 0, "bos_token_id": None, "eos_token_id": None, "cls_token_id": None, "sep_token_id": None,
     }
     cfg.update(token_ids or {})
-    if enc.layer_types == layer_types_every(enc.num_hidden_layers, enc.global_attn_every_n_layers):
-        cfg["global_attn_every_n_layers"] = enc.global_attn_every_n_layers  # transformers 4.x reads only this
+    if enc.layer_types != layer_types_every(enc.num_hidden_layers, enc.global_attn_every_n_layers):
+        del cfg["global_attn_every_n_layers"]  # transformers 4.x reads only this: leave it out where it misleads
     if mlm is not None:
         cfg.update(classifier_bias=model.classifier_bias, classifier_activation=model.classifier_activation,
                    decoder_bias=model.decoder_bias)

@@ -113,7 +113,11 @@ class DataConfig(_Section):
 
 class VocabConfig(_Section):
     vocab_file: str | None = Field(
-        None, description="use this vocab (e.g. Google's bert-base-uncased) instead of learning one")
+        None, description=(
+            "use this WordPiece vocab.txt (e.g. Google's bert-base-uncased) instead of learning one, or a Hugging Face "
+            "`tokenizer.json` (a `.json` path: byte-level BPE, e.g. ModernBERT's, with its own normalization, so "
+            "`data.lowercase` does not apply); unset with an `hf:DIR` `model.init_from`: its vocab.txt, else its "
+            "tokenizer.json"))
     size: int = Field(8000, ge=100, description=(
         "target size of a learned vocab (tf-text's learner searches a word-count threshold; on a small corpus the "
         "steps are coarse and it can overshoot: 24 speeches (data/sotu/speeches) give 11,381)"))

@@ -25,6 +25,9 @@ from pipeline.contract.errors import ConfigError
 from pipeline.contract.section import Section
 
 DEFAULT_FAMILY = "bert"
+FAMILY_HELP = ("the model family: `bert` (classic BERT, and pre-LN with `normalize_first`) or `modernbert` (RoPE, "
+               "sliding-window + global attention, GeGLU, pre-norm, no biases, MLM-only pretraining, up to 8,192 "
+               "tokens); each has its own keys below. README: choosing a model family")
 _META = "bertpipe_hyperparameter"
 
 
@@ -86,12 +89,16 @@ class ModelConfig(Section):
         """{hyperparameter name: value}: the encoder's constructor arguments."""
         return {h.name: getattr(self, h.name) for h in hyperparameters(type(self))}
 
+    @property
+    def task_dropout(self) -> float:
+        """Dropout before a fine-tuned task's head."""
+        raise NotImplementedError
+
 
 class BertConfig(ModelConfig):
     """family: bert, exactly BERT (Devlin et al. 2018) by default, and pre-LN blocks as an option."""
 
-    family: Literal["bert"] = Field("bert", description="the model family: `bert` (classic BERT, and pre-LN with "
-                                                        "`normalize_first`)")
+    family: Literal["bert"] = Field("bert", description=FAMILY_HELP)
     vocab_size: int | None = hyperparameter(None, "unset: the vocab file's size", hf="vocab_size",
                                             google="vocab_size", shape=True, required=True, ge=1)
     hidden_size: int = hyperparameter(256, "BERT-base: 768", hf="hidden_size", google="hidden_size", shape=True,
@@ -121,11 +128,77 @@ class BertConfig(ModelConfig):
         "pre-LN blocks, `x + f(LN(x))`, with a final LayerNorm; saved as bertpipe weights only (no Hugging Face or "
         "Google layout)"))
 
+    @property
+    def task_dropout(self) -> float:
+        return self.dropout
+
     @model_validator(mode="after")
     def _check(self) -> BertConfig:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         return self
+
+
+class ModernBertConfig(ModelConfig):
+    """family: modernbert, Hugging Face's `ModernBertConfig` (Warner et al. 2024) under its own key names.
+
+    Each key is the Hugging Face config.json key and the `ModernBertEncoder` argument of the same name.
+    Defaults: a small model (ModernBERT-base in each description); the architecture's constants are
+    ModernBERT's (window 128, global every 3rd layer, thetas 160,000 / 10,000, no biases, no dropout).
+    """
+
+    family: Literal["modernbert"] = Field("modernbert", description=FAMILY_HELP)
+    vocab_size: int | None = hyperparameter(None, "unset: the vocab or tokenizer file's size", hf="vocab_size",
+                                            shape=True, required=True, ge=1)
+    hidden_size: int = hyperparameter(256, "ModernBERT-base: 768", hf="hidden_size", shape=True, required=True, ge=1)
+    intermediate_size: int = hyperparameter(384, "GeGLU width, each half; ModernBERT-base: 1152",
+                                            hf="intermediate_size", shape=True, required=True, ge=1)
+    num_hidden_layers: int = hyperparameter(4, "ModernBERT-base: 22", hf="num_hidden_layers", shape=True,
+                                            required=True, ge=1)
+    num_attention_heads: int = hyperparameter(4, "ModernBERT-base: 12", hf="num_attention_heads", shape=True,
+                                              required=True, ge=1)
+    hidden_activation: Literal["gelu"] = hyperparameter("gelu", "exact (erf) GELU, the only one implemented",
+                                                        hf="hidden_activation")
+    # No position table: rotary positions reach any length; this is the longest sequence accepted.
+    max_position_embeddings: int = hyperparameter(8192, "longest sequence (no position table: RoPE)",
+                                                  hf="max_position_embeddings", ge=1)
+    initializer_range: float = hyperparameter(0.02, "truncated-normal init stddev", hf="initializer_range", gt=0)
+    norm_eps: float = hyperparameter(1e-5, "LayerNorm epsilon", hf="norm_eps", gt=0)
+    norm_bias: bool = hyperparameter(False, "LayerNorms with a bias", hf="norm_bias", shape=True)
+    attention_bias: bool = hyperparameter(False, "attention projections with biases", hf="attention_bias",
+                                          shape=True)
+    attention_dropout: float = hyperparameter(0.0, "attention-probability and attention-output dropout",
+                                              hf="attention_dropout", ge=0, lt=1)
+    layer_types: list[Literal["full_attention", "sliding_attention"]] | None = hyperparameter(
+        None, "each layer's attention, `full_attention` or `sliding_attention`; unset: from "
+        "`global_attn_every_n_layers`", hf="layer_types")
+    global_attn_every_n_layers: int = hyperparameter(3, "layers 0, n, 2n, ... attend globally, the rest locally",
+                                                     hf="global_attn_every_n_layers", ge=1)
+    global_rope_theta: float = hyperparameter(160_000.0, "RoPE base of the global layers", hf="global_rope_theta",
+                                              gt=0)
+    local_rope_theta: float = hyperparameter(10_000.0, "RoPE base of the local layers", hf="local_rope_theta", gt=0)
+    local_attention: int = hyperparameter(128, "sliding window, in tokens (half on each side)",
+                                          hf="local_attention", ge=2)
+    embedding_dropout: float = hyperparameter(0.0, "dropout after the embedding norm", hf="embedding_dropout",
+                                              ge=0, lt=1)
+    mlp_bias: bool = hyperparameter(False, "feed-forward projections with biases", hf="mlp_bias", shape=True)
+    mlp_dropout: float = hyperparameter(0.0, "feed-forward dropout", hf="mlp_dropout", ge=0, lt=1)
+    classifier_dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "dropout before a fine-tuned task's classifier (Hugging Face's `classifier_dropout`)"))
+
+    @model_validator(mode="after")
+    def _check(self) -> ModernBertConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                             f"({self.num_attention_heads})")
+        if self.layer_types is not None and len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(f"layer_types names {len(self.layer_types)} layers but num_hidden_layers is "
+                             f"{self.num_hidden_layers}")
+        return self
+
+    @property
+    def task_dropout(self) -> float:
+        return self.classifier_dropout
 
 
 def _family(value: Any) -> str:
@@ -135,7 +208,7 @@ def _family(value: Any) -> str:
 
 
 # Every family's config class, by `family` name. A new family adds its class here and to the union.
-FAMILY_CONFIGS: dict[str, type[ModelConfig]] = {"bert": BertConfig}
+FAMILY_CONFIGS: dict[str, type[ModelConfig]] = {"bert": BertConfig, "modernbert": ModernBertConfig}
 
 
 def _known_family(value: Any) -> Any:
@@ -148,7 +221,7 @@ def _known_family(value: Any) -> Any:
 # The type of `Config.model`: a union discriminated on `family` (a second family adds
 # `Annotated[ItsConfig, Tag("its-name")]` inside the Union).
 ModelSection = Annotated[
-    Union[Annotated[BertConfig, Tag("bert")]],  # noqa: UP007 (a one-member union is still the discriminated form)
+    Union[Annotated[BertConfig, Tag("bert")], Annotated[ModernBertConfig, Tag("modernbert")]],  # noqa: UP007
     Discriminator(_family),
     BeforeValidator(_known_family),
 ]
