@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.harness import DATA, REPO, bertpipe, copy_speeches, head_lines, stage_statuses
+from tests.harness import DATA, bertpipe, copy_speeches, head_lines, stage_statuses
 
 pytestmark = pytest.mark.slow
 
