@@ -231,7 +231,7 @@ def _to_source(starts, ends, clusters, normalized_clusters):
         idx = tf.maximum(tf.searchsorted(norm_begin, position, side="right") - 1, 0)  # the cluster holding it
         mapped = tf.gather(source_end if is_end else source_begin, idx, batch_dims=1)
         if is_end:  # an empty span at a cluster boundary ends where it starts
-            mapped = tf.where(tf.equal(dense, 0), 0, mapped)
+            mapped = tf.where(tf.equal(dense, 0), tf.zeros_like(mapped), mapped)  # (traced, a bare 0 is int32)
         return tf.RaggedTensor.from_tensor(mapped, lengths=offsets.row_lengths())
 
     return back(starts, is_end=False), back(ends, is_end=True)

@@ -70,7 +70,11 @@ def encoder_spec(encoder) -> dict:
 
 def rebuild_encoder(spec: dict):
     """A fresh encoder of the recorded architecture, under the current dtype policy (not the training one)."""
+    import importlib
+
     import keras
 
+    if str(spec.get("module", "")).startswith("bert_keras."):  # registers the family's class in a fresh process
+        importlib.import_module(spec["module"])
     spec = {**spec, "config": {k: v for k, v in spec["config"].items() if k != "dtype"}}
     return keras.saving.deserialize_keras_object(spec)

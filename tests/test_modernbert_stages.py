@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.harness import DATA, bertpipe, copy_speeches, head_lines, stage_statuses
+from tests.harness import DATA, REPO, bertpipe, copy_speeches, head_lines, stage_statuses
 
 pytestmark = pytest.mark.slow
 
@@ -141,3 +141,66 @@ def test_the_exported_modernbert_models_answer_raw_text_in_a_fresh_process(moder
     assert got["party"][0] in ("Democratic", "Republican")
     context = "President McKinley was shot by an anarchist at Buffalo."
     assert 0 <= got["start"] <= got["end"] <= len(context) and context[got["start"]:got["end"]] == got["answer"]
+
+
+def test_a_modernbert_pretraining_killed_at_a_checkpoint_resumes_from_it(tmp_path):
+    from tests.test_training_faults import bertpipe as run_cli
+    from tests.test_training_faults import kill_at_checkpoint, result, start
+
+    config = modernbert_project(tmp_path, steps=20, checkpoint_every=5, log_every=5)
+    with open(config, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    raw["run"]["stages"] = ["vocab", "prepare", "pretrain"]
+    raw["pretrain"].pop("budget")  # steps, so the kill lands before the end
+    with open(config, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(raw, fh)
+    killed = kill_at_checkpoint(start(config, "run"), str(tmp_path / "run" / "pretrain" / "checkpoints"), 5)
+    resumed = run_cli(config, "run")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = result(str(tmp_path / "run"))
+    assert out["family"] == "modernbert" and out["resumed_from"] == killed and out["step"] == 20
+
+
+MIRRORED = r"""
+import json, os, sys
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bert_keras.pretrain import run_pretraining
+from bert_keras.task_training import train_task
+from pipeline.contract.config import PretrainConfig, task_config
+from pipeline.contract.model_config import ModernBertConfig
+args = json.loads(sys.argv[1])
+model = ModernBertConfig(**args["model"])
+pre = run_pretraining(model, PretrainConfig(batch_size=4, steps=4, strategy="mirrored", precision="float32",
+                                            log_every=2, checkpoint_every=2, eval_steps=0),
+                      args["data"], args["out"] + "/pretrain", args["vocab_size"], 0, log_fn=lambda s: None)
+task = task_config(**args["task"])
+run = train_task(task, model, args["vocab"], args["dirs"], pre["encoder_weights"], args["out"] + "/task", 0,
+                 log_fn=lambda s: None)
+print("RESULT " + json.dumps({"pretrain": [pre["strategy"], pre["replicas"], pre["step"], pre["mlm_loss"]],
+                              "task": [run.strategy, run.global_batch_size, run.test.metrics["examples"],
+                                       [h["loss"] for h in run.history]]}))
+"""
+
+
+def test_modernbert_pretrains_and_fine_tunes_on_two_mirrored_replicas(modernbert_run, tmp_path):
+    root, _, _ = modernbert_run
+    run = os.path.join(root, "run")
+    task_dir = os.path.join(run, "finetune", "sentiment", "data")
+    with open(os.path.join(run, "finetune", "sentiment", "stage.json"), encoding="utf-8") as fh:
+        task = {k: v for k, v in json.load(fh)["config"]["finetune.sentiment"].items()}
+    task.update(strategy="mirrored", batch_size=4, precision="float32", log_every=1)
+    args = {"model": TINY_MODERNBERT, "data": os.path.join(run, "prepare", "data"), "out": str(tmp_path),
+            "vocab_size": 600, "vocab": os.path.join(run, "vocab", "tokenizer.json"), "task": task,
+            "dirs": {s: os.path.join(task_dir, s) for s in ("train", "dev", "test")}}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(args)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    got = json.loads(lines[0][len("RESULT "):])
+    assert got["pretrain"][:3] == ["MirroredStrategy", 2, 4] and 0 < got["pretrain"][3] < 20
+    assert got["task"][:3] == ["MirroredStrategy", 8, 48]  # 4 per replica x 2 replicas; every test row scored
+    assert all(0 < loss < 10 for loss in got["task"][3])
