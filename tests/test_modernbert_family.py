@@ -114,7 +114,7 @@ def test_the_task_data_job_tokenizes_with_the_tokenizer_json_and_qa_spans_hit_th
     squad = os.path.join(DATA, "squad", "squad_sample.json")
     task = task_config(type="qa", train_file=squad, test_file=squad, max_seq_length=96, doc_stride=32,
                        max_query_length=24, dev_fraction=0.0)
-    manifests = prepare_task_data(task, tokenizer_json, True, str(tmp_path / "qa"), 0, [])
+    manifests = prepare_task_data(task, tokenizer_json, True, str(tmp_path / "qa"), 0)
     assert manifests["test"].vocab_size == 600 and manifests["test"].vocab_file == tokenizer_json
     _, f = _read(str(tmp_path / "qa" / "test"))
     with open(os.path.join(tmp_path, "qa", "test", schema.EXAMPLES_NAME), encoding="utf-8") as fh:

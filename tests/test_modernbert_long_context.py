@@ -85,7 +85,7 @@ def test_whole_speeches_are_classified_in_one_2048_token_window_and_the_export_r
     task = task_config(type="classification", train_file=train, test_file=test, max_seq_length=2048, batch_size=2,
                        eval_batch_size=2, epochs=1, dev_fraction=0.0, learning_rate=1e-3, precision="float32",
                        packing=False)
-    manifests = prepare_task_data(task, tokenizer, True, str(tmp_path / "data"), 0, [])
+    manifests = prepare_task_data(task, tokenizer, True, str(tmp_path / "data"), 0)
     counts = manifests["train"].counts
     assert manifests["train"].seq_length == 2048 and manifests["train"].num_records == 6  # one record per speech
     assert counts["tokens"] == 6 * 2048 and counts["truncated"] == 6  # every window full: speeches are longer
