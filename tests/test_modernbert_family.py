@@ -135,3 +135,19 @@ def test_the_task_data_job_tokenizes_with_the_tokenizer_json_and_qa_spans_hit_th
         context_ids = reference.encode(ex["context"], add_special_tokens=False).ids
         assert f[schema.TOKEN_IDS][row, s] in context_ids
     assert hits >= 3
+
+
+def test_the_modernbert_encoder_passes_the_encoder_harness(tmp_path):
+    from pipeline.contract import schema
+    from tests.harness import run_encoder_test
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 60, size=(2, 40)).astype(np.int32)
+    mask = np.ones((2, 40), np.int32)
+    mask[0, 25:], mask[1, 30:] = 2, 0  # a packed row and a padded one
+    inputs = {schema.TOKEN_IDS: ids, schema.PADDING_MASK: mask, schema.SEGMENT_IDS: np.zeros_like(ids),
+              schema.CLS_POSITIONS: np.array([[0, 25], [0, 0]], np.int32)}
+    kwargs = dict(vocab_size=60, hidden_size=16, intermediate_size=24, num_hidden_layers=3, num_attention_heads=2,
+                  local_attention=8, attention_dropout=0.1, mlp_dropout=0.1, embedding_dropout=0.1)
+    run_encoder_test(ModernBertEncoder, kwargs, inputs, {"sequence_output": (2, 40, 16), "pooled_output": (2, 2, 16)},
+                     tmp_path, dropout_off={"attention_dropout": 0.0, "mlp_dropout": 0.0, "embedding_dropout": 0.0})
