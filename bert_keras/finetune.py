@@ -42,20 +42,23 @@ SHOWN = {RANDOM_INIT: "random init"}  # start -> its name in the summary line
 
 def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, lowercase: bool,
                  data_dirs: dict[str, str], init: str | None, out_dir: str, seed: int, tracker=None,
-                 log_fn: Callable[[str], None] = print, strip_accents: bool | None = None) -> FinetuneResult:
+                 log_fn: Callable[[str], None] = print, strip_accents: bool | None = None, teacher=None,
+                 distill=None) -> FinetuneResult:
     """Fine-tune task `name` by the protocol above; returns its typed result.
 
     `data_dirs`: {"train", "dev", "test"} -> directories written by `prepare_task_data`.
     `init`: the pretrained encoder weights file (`encoder.weights.h5` from
     `run_pretraining`, or its directory), "hf:DIR" / "google:DIR", or None /
-    "random" for random init.
+    "random" for random init. With `teacher` (an `ExportSpec`) and `distill` (a `DistillConfig`)
+    the runs are students of that teacher (`bert_keras.distill`), `init` their start
+    (first, spread or random), and compare_random_init adds random-init students.
     """
     start = time.perf_counter()
     kind = TASKS[task.type]
     metric = kind.headline[0][0]
     starts = [(MAIN, init)]
     if task.compare_random_init and init not in (None, "", "random"):
-        starts.append((RANDOM_INIT, None))
+        starts.append((RANDOM_INIT, "random" if teacher is not None else None))
     seeds = [seed + i for i in range(task.repeats)]
     runs: dict[str, list[RunScore]] = {}
     chief = True  # multi-worker: every worker trains (collectives), only the chief writes files and logs
@@ -67,7 +70,7 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
                    f"({i + 1} of {len(seeds)})")
             prefix = ("" if label == MAIN else f"{label}.") + (f"repeat{i}." if i else "")
             score, chief = _one_run(label, task, model_cfg, vocab_file, data_dirs, start_init, run_dir, run_seed,
-                                    _forward(tracker, prefix), log_fn)
+                                    _forward(tracker, prefix), log_fn, teacher=teacher, distill=distill)
             runs[label].append(score)
     baselines = _baselines(task, data_dirs, seeds, log_fn)
     chosen = _choose(runs[MAIN], task.best_metric)
@@ -116,7 +119,8 @@ def _forward(tracker, prefix: str):
 
 
 def _one_run(label: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_dirs: dict[str, str],
-             init: str | None, run_dir: str, seed: int, on_metrics, log_fn) -> tuple[RunScore, bool]:
+             init: str | None, run_dir: str, seed: int, on_metrics, log_fn, teacher=None,
+             distill=None) -> tuple[RunScore, bool]:
     """One start and seed, trained and scored; a finished one (its run.json) is read back, not retrained.
     Returns the score and whether this worker is the chief."""
     record_path = os.path.join(run_dir, RUN_RECORD)
@@ -125,7 +129,8 @@ def _one_run(label: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: s
             score = RunScore.from_record(json.load(fh), record_path)
         log_fn(f"seed {seed}: finished before (test {', '.join(f'{k} {v:.4g}' for k, v in score.test.items())})")
         return score, True
-    run = train_task(task, model_cfg, vocab_file, data_dirs, init, run_dir, seed, on_metrics, log_fn)
+    run = train_task(task, model_cfg, vocab_file, data_dirs, init, run_dir, seed, on_metrics, log_fn,
+                     teacher=teacher, distill=distill)
     weights = os.path.join(run_dir, TASK_WEIGHTS)
     report_paths = {}
     if run.chief:

@@ -77,8 +77,12 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 # ---- one training run ------------------------------------------------------------------
 def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_dirs: dict[str, str],
                init: str | None, out_dir: str, seed: int, on_metrics: Callable[[int, dict], None] | None = None,
-               log_fn: Callable[[str], None] = print) -> TaskRun:
-    """Train and evaluate one model; returns the run with the trained model in it."""
+               log_fn: Callable[[str], None] = print, teacher=None, distill=None) -> TaskRun:
+    """Train and evaluate one model; returns the run with the trained model in it.
+
+    With `teacher` (the fine-tuned model's `ExportSpec`) and `distill` (its `DistillConfig`), the
+    model is a smaller student trained on the teacher's soft targets and the labels
+    (`bert_keras.distill`); `init` is then the student's start (first, spread or random)."""
     kind = TASKS[task.type]
     vocab = load_vocab(vocab_file)
     use_dev = task.dev_fraction > 0
@@ -136,12 +140,22 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         return data.make_dataset(data_dirs[split], manifests[split], which="all", batch_size=task.eval_batch_size,
                                  training=False, deterministic=True, drop_remainder=False)
 
+    loss_fn = kind.loss(class_weights)
     with strategy.scope():
-        encoder, pending = build_encoder_for(init, model_cfg, len(vocab),
-                                             fused_kernels=distribute.use_fused_kernels(task.kernels, strategy))
-        model = kind.build_model(task, encoder, len(labels), model_cfg.task_dropout)
-        model(next(iter(split_ds("train"))), training=False)  # build every layer before loading / optimizer creation
-        loaded = apply_init(model, encoder, init, pending)
+        fused_kernels = distribute.use_fused_kernels(task.kernels, strategy)
+        sample = next(iter(split_ds("train")))
+        if teacher is None:
+            encoder, pending = build_encoder_for(init, model_cfg, len(vocab), fused_kernels=fused_kernels)
+            model = kind.build_model(task, encoder, len(labels), model_cfg.task_dropout)
+            model(sample, training=False)  # build every layer before loading / optimizer creation
+            loaded = apply_init(model, encoder, init, pending)
+            trained = model
+        else:
+            from bert_keras.distill import build_student, distillation_loss
+
+            model, trained, loaded = build_student(kind, task, teacher, distill, init, len(labels), model_cfg.task_dropout,
+                                                   sample, fused_kernels=fused_kernels)
+            loss_fn = distillation_loss(loss_fn, distill.temperature, distill.alpha)
         optimizer = build_optimizer(task, total, model.trainable_variables, loss_scale=policy == "mixed_float16")
     dev_words = f"dev evaluation every {eval_every}" if use_dev else "no dev split: the last step is kept"
     log_fn(f"starting weights: {loaded}; {total} steps ({steps_per_epoch} per epoch), {dev_words}")
@@ -154,7 +168,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     def run_eval() -> EvalResult:  # dev only: the test split is scored once, below, after the choice
         return kind.evaluate(model, dev_ds, dev_ctx)
 
-    trainer = Trainer(model, kind.loss(class_weights), optimizer, strategy, out_dir,
+    trainer = Trainer(trained, loss_fn, optimizer, strategy, out_dir,
                       LoopSettings.from_config(task), on_log=on_metrics, log_fn=log_fn)
     restored = trainer.restore()
     state_path, best_path = os.path.join(out_dir, BEST_STATE), os.path.join(out_dir, BEST_WEIGHTS)

@@ -25,6 +25,7 @@ STAGE_HELP = {
     "prepare": "Beam job: documents -> sentences -> NSP pairs (or MLM-only segments) -> masked, sharded TFRecords + manifest",
     "pretrain": "pretrain the Keras BERT (MLM + NSP) on the prepared TFRecords; resumes after a kill",
     "finetune": "fine-tune every task of the finetune section (dev chooses, test reports once), logged to MLflow",
+    "distill": "train a smaller student of each task with a `distill` block from its fine-tuned model (the teacher)",
     "export": "build SavedModels that take raw strings (tokenizer inside the graph) and register them in MLflow",
 }
 

@@ -17,8 +17,9 @@ from pipeline.contract.errors import UserError
 from pipeline.contract.records import Record
 from pipeline.runner import Stage, StageContext
 
-STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "export")
+STAGE_ORDER = ("vocab", "prepare", "pretrain", "finetune", "distill", "export")
 DATASETS = "datasets"  # the stage that builds the `datasets` section's data, before every other stage
+STUDENT_SUFFIX = "-student"  # the distilled student of task T is exported (and tracked) as T-student
 
 
 # ---- what the stages record (stage.json "outputs") and the next ones read -------------------------
@@ -280,13 +281,59 @@ def _finetune(cfg: Config, name: str, with_pretrain: bool):
     upstream = ([] if checkpoint else ["vocab"]) + ([pretrain] if task.init == "pretrained" else [])
     inputs = [p for p in (task.train_file, task.dev_file, task.test_file, _weights_path(task.init)) if p]
     section = {  # user-facing key names: a change is reported as e.g. "finetune.sentiment.epochs (2 -> 3)"
-        f"finetune.{name}": to_dict(task),
+        f"finetune.{name}": _teacher_keys(task),
         "model": to_dict(cfg.model),
         "data.lowercase": cfg.data.lowercase,
         "data.strip_accents": cfg.data.strip_accents,
         "run.seed": cfg.run.seed,
     }
     return Stage(f"finetune:{name}", run, section, inputs=inputs, upstream=upstream, resumable=True)
+
+
+def _teacher_keys(task) -> dict[str, Any]:
+    """The task's keys but its distill block, which is the distill stage's: changing it keeps the teacher."""
+    return {k: v for k, v in to_dict(task).items() if k != "distill"}
+
+
+def _distill(cfg: Config, name: str):
+    """`distill:<task>`: the task's `distill` block trains a student of the fine-tuned model (its teacher)
+    on the teacher's own train / dev / test records, by the same protocol (`run_finetune` with a teacher)."""
+    task = cfg.finetune[name]
+    distill = task.distill
+    teacher_stage = f"finetune:{name}"
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        from bert_keras.finetune import MAIN, run_finetune
+        from bert_keras.task_results import FinetuneResult
+        from bert_keras.task_training import SPLITS
+
+        teacher = _outputs(ctx, teacher_stage, FinetuneResult)
+        data_dir = os.path.join(os.path.dirname(teacher.paths.runs), "data")  # the finetune stage's records
+        # The teacher's baselines are the student's too (same splits): not refitted.
+        update = {"baselines": [], "register_name": task.register_name and task.register_name + STUDENT_SUFFIX}
+        update.update({k: v for k, v in (("epochs", distill.epochs), ("learning_rate", distill.learning_rate))
+                       if v is not None})
+        student_task = task.model_copy(update=update)
+        result = run_finetune(name + STUDENT_SUFFIX, student_task, cfg.model, teacher.export.vocab_file,
+                              teacher.export.lowercase, {split: os.path.join(data_dir, split) for split in SPLITS},
+                              distill.init, ctx.out_dir, cfg.run.seed, tracker=ctx.tracker,
+                              strip_accents=teacher.export.strip_accents, teacher=teacher.export, distill=distill)
+        teacher_test, student_test = teacher.test[MAIN], result.test[MAIN]
+        kept = student_test.mean / teacher_test.mean if teacher_test.mean else float("nan")
+        result.summary = (f"{distill.layers}-layer student: {result.summary} | teacher {100 * teacher_test.mean:.2f}% "
+                          f"| kept {100 * kept:.1f}% of the teacher's test {result.metric}")
+        if ctx.tracker is not None:
+            ctx.tracker.metrics({f"teacher.test_{result.metric}_mean": teacher_test.mean,
+                                 f"test_{result.metric}_kept": kept})
+            ctx.tracker.tags({"bertpipe.summary": result.summary})
+        record = result.to_record()
+        record["teacher"] = {"test": teacher_test.to_record(), "layers": teacher.export.encoder["config"]["num_layers"],
+                             "weights": teacher.export.weights}
+        record["kept"] = kept
+        return record
+
+    section = {f"finetune.{name}.distill": to_dict(distill), "model": to_dict(cfg.model), "run.seed": cfg.run.seed}
+    return Stage(f"distill:{name}", run, section, upstream=[teacher_stage], resumable=True)
 
 
 def export_task_model(result, out_dir: str, tracker=None) -> tuple[str, dict[str, Any] | None]:
@@ -309,9 +356,10 @@ def export_task_model(result, out_dir: str, tracker=None) -> tuple[str, dict[str
                                      wrapper.predict(None, example))
 
 
-def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
-    """Build every task's raw-text SavedModel from what its finetune stage recorded, and the
-    pretrained encoder's embedding SavedModel from what pretraining recorded."""
+def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[str]):
+    """Build every task's raw-text SavedModel from what its finetune stage recorded (and each of
+    `students`' from its distill stage, as `<task>-student`), and the pretrained encoder's
+    embedding SavedModel from what pretraining recorded."""
 
     pretrain = last_pretrain_stage(cfg)
 
@@ -323,6 +371,11 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
         for name in tasks:
             result = _outputs(ctx, f"finetune:{name}", FinetuneResult)
             models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker)
+        for name in students:
+            result = _outputs(ctx, f"distill:{name}", FinetuneResult)
+            student = name + STUDENT_SUFFIX
+            models[student], registered[student] = export_task_model(result, os.path.join(ctx.out_dir, student),
+                                                                     ctx.tracker)
         if cfg.export.embedding and with_pretrain:
             from bert_keras.export_finetuned import export_embedding
 
@@ -332,8 +385,9 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool):
                                                    os.path.join(ctx.out_dir, "embedding"), cfg.data.strip_accents)
         return ExportOutputs(models, registered, f"{len(models)} SavedModel(s): {', '.join(models)}").to_record()
 
-    upstream = (["vocab", pretrain] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
-    section = {"export": to_dict(cfg.export), "tasks": tasks, "data.lowercase": cfg.data.lowercase,
+    upstream = ((["vocab", pretrain] if with_pretrain else []) + [f"finetune:{t}" for t in tasks]
+                + [f"distill:{t}" for t in students])
+    section = {"export": to_dict(cfg.export), "tasks": tasks, "students": students, "data.lowercase": cfg.data.lowercase,
                "data.strip_accents": cfg.data.strip_accents}
     return Stage("export", run, section, upstream=upstream, artifacts=lambda out: list(out["models"].values()))
 
@@ -352,10 +406,18 @@ def build_stages(cfg: Config, until: str | None = None) -> list[Stage]:
             stages += built if isinstance(built, list) else [built]
         elif name == "finetune":
             stages += [_finetune(cfg, task, with_pretrain) for task in cfg.finetune]
+        elif name == "distill":
+            stages += [_distill(cfg, task) for task in _distilled(cfg, cfg.finetune)]
         elif name == "export":
             tasks = cfg.export.tasks if cfg.export.tasks is not None else list(cfg.finetune)
             unknown = [t for t in tasks if t not in cfg.finetune]
             if unknown:
                 raise UserError(f"export.tasks names {', '.join(unknown)}, which the finetune section does not define")
-            stages.append(_export(cfg, tasks, with_pretrain))
+            students = _distilled(cfg, tasks) if "distill" in wanted else []
+            stages.append(_export(cfg, tasks, with_pretrain, students))
     return stages
+
+
+def _distilled(cfg: Config, tasks) -> list[str]:
+    """The tasks among `tasks` with a `distill` block."""
+    return [t for t in tasks if getattr(cfg.finetune[t], "distill", None) is not None]

@@ -59,8 +59,8 @@ class RunConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="MLflow store; unset: `MLFLOW_TRACKING_URI`, else `sqlite:///<work_dir>/mlflow.db`")
     experiment: str = Field("bertpipe", description="MLflow experiment name")
-    stages: list[Literal["vocab", "prepare", "pretrain", "finetune", "export"]] = Field(
-        default_factory=lambda: ["vocab", "prepare", "pretrain", "finetune", "export"],
+    stages: list[Literal["vocab", "prepare", "pretrain", "finetune", "distill", "export"]] = Field(
+        default_factory=lambda: ["vocab", "prepare", "pretrain", "finetune", "distill", "export"],
         description="which stages `bertpipe run` runs (and first the `datasets` stage when that section names one)")
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.contract.section import Section
 from pipeline.contract.train_config import TrainConfig
 
 TYPE_HELP = ("`classification` (one text, one label), `pair` (two texts), `qa` (extractive, SQuAD v1.1/v2.0 JSON) or "
@@ -111,6 +112,26 @@ class TaskConfig(TrainConfig):
         return self
 
 
+class DistillConfig(Section):
+    """`finetune.<task>.distill`: a smaller student of the task's fine-tuned model, trained by `bertpipe distill`.
+
+    A block of the task, not a task of its own: the student learns the same labels from
+    the same train split, dev chooses its checkpoint and test scores it once, as for the
+    teacher, so its accuracy and the teacher's are comparable; the stage is its own, so
+    the teacher is trained once and distillation reruns alone when only this block changes.
+    """
+
+    layers: int = Field(2, ge=1, description="the student's transformer layers (the teacher's width, heads and vocab)")
+    init: Literal["first", "spread", "random"] = Field("first", description=(
+        "the student's start: `first` = the teacher's embeddings, first `layers` blocks, pooler and head; "
+        "`spread` = blocks evenly spaced over the teacher's (DistilBERT's every other layer); `random`"))
+    temperature: float = Field(2.0, gt=0, description=(
+        "T of the soft targets: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)"))
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target term (1: soft targets only)")
+    epochs: float | None = Field(None, gt=0, description="the student's epochs; unset: the task's")
+    learning_rate: float | None = Field(None, gt=0, description="the student's peak learning rate; unset: the task's")
+
+
 class ClassificationTaskConfig(TaskConfig):
     type: Literal["classification"] = Field(description=TYPE_HELP)
     text_field: str = Field("text", description="column of the text")
@@ -121,6 +142,9 @@ class ClassificationTaskConfig(TaskConfig):
     baselines: list[Literal["tfidf"]] = Field(default_factory=lambda: ["tfidf"], description=(
         "scored beside BERT on the same splits: `tfidf` is scikit-learn TF-IDF (word uni+bigrams) + logistic "
         "regression, C chosen on dev; `[]` for none"))
+    distill: DistillConfig | None = Field(None, description=(
+        "train a smaller student of this task's model by `bertpipe distill` (exported as `<task>-student`); "
+        "unset: none"))
 
     METRICS: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "loss")
 
