@@ -50,11 +50,12 @@ def rebuild_task_model(spec: ExportSpec):
     return model
 
 
-def export_finetuned(spec: ExportSpec, out_dir: str) -> str:
-    """Rebuild, export to `out_dir` (atomically), verify; returns `out_dir`."""
+def export_finetuned(spec: ExportSpec, out_dir: str, compiled: bool = False) -> str:
+    """Rebuild, export to `out_dir` (atomically), verify; returns `out_dir`. `compiled`: see `export_task`."""
     model = rebuild_task_model(spec)
     export_task(model, spec.task_type, spec.vocab_file, spec.lowercase, spec.labels, spec.max_seq_length, out_dir,
-                extra_assets={"task_config.json": spec.task}, strip_accents=spec.strip_accents, **spec.options)
+                extra_assets={"task_config.json": spec.task}, strip_accents=spec.strip_accents, compiled=compiled,
+                **spec.options)
     verify(out_dir, model, spec)
     return out_dir
 

@@ -89,3 +89,21 @@ def length_bucketed(run, features):
         return tf.nest.map_structure(lambda t: tf.gather(t, back), merged)
 
     return tf.cond(batch >= BUCKET_MIN_BATCH, sliced, lambda: run(features))
+
+
+def length_buckets(max_seq_length: int, smallest: int = 16) -> list[int]:
+    """Row widths a compiled model sees: 16, 32, 64, ... up to max_seq_length (always the last one)."""
+    out, width = [], smallest
+    while width < max_seq_length:
+        out.append(width)
+        width *= 2
+    return out + [max_seq_length]
+
+
+def pad_to_bucket(features, buckets: list[int]):
+    """Pad (batch, width) inputs with zeros to the smallest bucket >= width: an XLA-compiled model then
+    compiles one program per (batch, bucket), at most len(buckets) per batch size, instead of one per width."""
+    width = tf.shape(features[PADDING_MASK])[1]
+    sizes = tf.constant(buckets, tf.int32)
+    target = tf.reduce_min(tf.boolean_mask(sizes, sizes >= width))
+    return {k: tf.pad(v, [[0, 0], [0, target - width]]) for k, v in features.items()}

@@ -311,7 +311,8 @@ def _distill(cfg: Config, name: str):
         data_dir = os.path.join(os.path.dirname(teacher.paths.runs), "data")  # the finetune stage's records
         # The teacher's baselines are the student's too (same splits): not refitted.
         update = {"baselines": [], "register_name": task.register_name and task.register_name + STUDENT_SUFFIX}
-        update.update({k: v for k, v in (("epochs", distill.epochs), ("learning_rate", distill.learning_rate))
+        update.update({k: v for k, v in (("epochs", distill.epochs), ("learning_rate", distill.learning_rate),
+                                                   ("repeats", distill.repeats))
                        if v is not None})
         student_task = task.model_copy(update=update)
         result = run_finetune(name + STUDENT_SUFFIX, student_task, cfg.model, teacher.export.vocab_file,
@@ -336,13 +337,13 @@ def _distill(cfg: Config, name: str):
     return Stage(f"distill:{name}", run, section, upstream=[teacher_stage], resumable=True)
 
 
-def export_task_model(result, out_dir: str, tracker=None) -> tuple[str, dict[str, Any] | None]:
+def export_task_model(result, out_dir: str, tracker=None, xla: bool = False) -> tuple[str, dict[str, Any] | None]:
     """Build, write and verify the raw-text SavedModel of one fine-tuned task (a `FinetuneResult`);
     with a tracker, log it to the active MLflow run as a pyfunc model, registered under the
     task's register_name (a new version each time). Returns (SavedModel dir, MLflow model or None)."""
     from bert_keras.export_finetuned import export_finetuned
 
-    path = export_finetuned(result.export, out_dir)
+    path = export_finetuned(result.export, out_dir, compiled=xla)
     if tracker is None:
         return path, None
     import pandas as pd
@@ -370,12 +371,13 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[s
         registered: dict[str, dict[str, Any] | None] = {}
         for name in tasks:
             result = _outputs(ctx, f"finetune:{name}", FinetuneResult)
-            models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker)
+            models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker,
+                                                               cfg.export.xla)
         for name in students:
             result = _outputs(ctx, f"distill:{name}", FinetuneResult)
             student = name + STUDENT_SUFFIX
             models[student], registered[student] = export_task_model(result, os.path.join(ctx.out_dir, student),
-                                                                     ctx.tracker)
+                                                                     ctx.tracker, cfg.export.xla)
         if cfg.export.embedding and with_pretrain:
             from bert_keras.export_finetuned import export_embedding
 

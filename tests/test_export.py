@@ -341,3 +341,28 @@ def test_the_export_tokenizes_with_the_datas_normalization(exported, tmp_path):
     strip = make_tokenizer(_vocab, True, True).tokenize(text).to_list()[0]
     assert keep != strip  # the probe tells the two normalizations apart
     assert got[1 : 1 + len(keep)].tolist() == keep
+
+
+def test_xla_compiled_export_answers_like_the_model_in_a_fresh_process(exported, tmp_path):
+    """export_task(compiled=True): the numeric part under XLA, rows padded to length buckets; the same answers
+    as the in-memory model for single requests and length-bucketed batches, in a process without bertpipe."""
+    _, models = exported
+    out = tmp_path / "compiled"
+    export_task(models["classification"], "classification", VOCAB, True, LABELS, SEQ, str(out), compiled=True)
+    info = json.loads((out / "assets.extra" / EXPORT_INFO).read_text())
+    assert info["compiled"] == {"xla": True, "buckets": [16, SEQ]}
+    reviews = [json.loads(line)["text"].encode()
+               for line in open(os.path.join(os.path.dirname(VOCAB), "..", "reviews", "test.jsonl"))][:20]
+    jobs = {"one": {"inputs": {"text": b64(TEXTS[:1])}, "text_input": "text", "dir": str(out)},
+            "batch": {"inputs": {"text": b64(reviews + TEXTS)}, "text_input": "text", "dir": str(out)}}
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    (tmp_path / "fresh.py").write_text(FRESH)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(tmp_path / "fresh.py"), str(tmp_path / "jobs.json"),
+                           str(tmp_path / "out.json")], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out.json").read_text())
+    for name, texts in (("one", TEXTS[:1]), ("batch", reviews + TEXTS)):
+        got = np.array(res[name]["serving_default"]["probabilities"])
+        np.testing.assert_allclose(got, reference_single(models["classification"], texts)[1], atol=1e-5)

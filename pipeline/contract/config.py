@@ -256,6 +256,9 @@ TASK_INIT_WORDS = ("pretrained", "random")  # a task's init: one of these, or a 
 class ExportConfig(_Section):
     tasks: list[str] | None = Field(None, description="which tasks to export; unset: every fine-tuned task")
     embedding: bool = Field(True, description="add the pooled / mean-pooled embedding signature")
+    xla: bool = Field(False, description=(
+        "compile each model's numeric part (ids -> logits) with XLA, rows padded to length buckets 16, 32, 64, ... "
+        "max_seq_length; the string ops stay outside. Measure it on your CPU: `bench/bench_serving.py`"))
 
 
 class Config(_Section):

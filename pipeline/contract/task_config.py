@@ -130,6 +130,8 @@ class DistillConfig(Section):
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target term (1: soft targets only)")
     epochs: float | None = Field(None, gt=0, description="the student's epochs; unset: the task's")
     learning_rate: float | None = Field(None, gt=0, description="the student's peak learning rate; unset: the task's")
+    repeats: int | None = Field(None, ge=1, description=(
+        "students trained, seeds `run.seed`, +1, ... (mean ± std on test); unset: the task's `repeats`"))
 
 
 class ClassificationTaskConfig(TaskConfig):
