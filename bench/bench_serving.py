@@ -128,10 +128,9 @@ def signature_fn(saved, name="serving_default", output="probabilities"):
 
 def measure(contenders: dict, run_texts, req_texts, batch: int, rounds: int) -> dict:
     """Interleaved rounds: each contender's throughput (best round) and single-request p50 / p95 (all rounds)."""
-    for fn in contenders.values():  # warm-up: first calls trace, compile and allocate
-        for text in req_texts[:50]:
-            fn([text])
-        throughput(fn, run_texts[: 4 * batch], batch)
+    for fn in contenders.values():  # warm-up, a whole round: first calls trace, allocate and (XLA) compile each bucket
+        latencies(fn, req_texts)
+        throughput(fn, run_texts, batch)
     tput: dict[str, list[float]] = {k: [] for k in contenders}
     lat: dict[str, list[float]] = {k: [] for k in contenders}
     for r in range(rounds):
