@@ -48,6 +48,7 @@ import tensorflow as tf
 from bert_keras import distribute, fused
 from bert_keras.optimization import current_lr
 from bert_keras.run_clock import RunClock
+from pipeline.contract import atomic
 from pipeline.contract.errors import ContractError, UserError
 
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
@@ -88,7 +89,8 @@ class Trainer:
 
     Build the model (call it once) and the optimizer inside `strategy.scope()`
     before constructing the trainer. `out_dir` gets `checkpoints/`,
-    `tensorboard/` and `history.jsonl`.
+    `tensorboard/` and `history.jsonl`, on any filesystem TensorFlow and `atomic` know
+    (local, gs://, ...).
     """
 
     def __init__(self, model: keras.Model, loss_fn: LossFn, optimizer, strategy: tf.distribute.Strategy,
@@ -385,24 +387,12 @@ class Trainer:
         if history is not None:
             history.append(metrics)
             if self.chief:
-                with open(os.path.join(self.out_dir, "history.jsonl"), "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
+                atomic.append_text(atomic.join(self.out_dir, "history.jsonl"), json.dumps(metrics) + "\n")
         if self.on_log is not None and self.chief:
             self.on_log(step, metrics)
 
     def _read_history(self, resumed: int) -> list[dict]:
-        """Logged lines up to the restored step; later ones (after the last
-        checkpoint of a killed run) are dropped so curves have no duplicates."""
-        path = os.path.join(self.out_dir, "history.jsonl")
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip().endswith("}")]
-        rows = [r for r in rows if r.get("step", 0) <= resumed]
-        if self.chief:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
-        return rows
+        return read_step_log(atomic.join(self.out_dir, "history.jsonl"), resumed, self.chief)
 
     # ---- evaluation ----------------------------------------------------------
     def evaluate(self, data, steps: int | None = None) -> dict[str, float]:
@@ -431,6 +421,19 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_step_log(path: str, resumed: int, chief: bool) -> list[dict]:
+    """The JSON lines of a step log (history, held-out evaluations) up to the restored step;
+    later ones (after the last checkpoint of a killed run) are dropped, and the chief rewrites
+    the file without them, so curves have no duplicates."""
+    if not atomic.exists(path):
+        return []
+    rows = [json.loads(line) for line in atomic.read_text(path).splitlines() if line.strip().endswith("}")]
+    rows = [r for r in rows if r.get("step", 0) <= resumed]
+    if chief:
+        atomic.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 def _first_line(err: Exception) -> str:

@@ -50,7 +50,7 @@ def test_two_replica_mirrored_under_xla_with_accumulation_matches_one_device_und
     forward, backward and the accumulation loop; the all-reduce, clipping and update run outside."""
     write_records(str(tmp_path / "data"), num_records=48, full_masks=True)
     proc = subprocess.run([sys.executable, "-m", "tests.test_distribute_worker", "mirrored", str(tmp_path / "data"),
-                           str(tmp_path), "xla"], env=_env(), capture_output=True, text=True, timeout=300, cwd=ROOT)
+                           str(tmp_path), "xla"], env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = _result(proc.stdout)
     assert res["mirrored"]["xla_scope"] == "grads" and res["default"]["xla_scope"] == "step"
