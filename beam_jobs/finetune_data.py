@@ -101,10 +101,11 @@ class _SplitWriter:
         import tensorflow as tf
 
         self._tf, self._dir = tf, directory
-        os.makedirs(directory, exist_ok=True)
+        # TensorFlow's filesystems, as the TFRecordWriter's: `directory` may be on gs://, ...
+        tf.io.gfile.makedirs(directory)
         self.shards: dict[str, int] = {}
         self._writer, self._name = None, ""
-        self._examples = open(os.path.join(directory, schema.EXAMPLES_NAME), "w", encoding="utf-8")
+        self._examples = tf.io.gfile.GFile(os.path.join(directory, schema.EXAMPLES_NAME), "w")
         self.counts: Counter = Counter()
         self.skipped: Counter = Counter()
 

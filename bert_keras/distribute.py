@@ -12,6 +12,10 @@ the model is built.
 
 Kernels "auto" (`use_fused_kernels`): the training step's fused XLA kernels on CPU, where
 they were measured (`bert_keras.fused`), and the plain layers on GPU and TPU.
+
+`jit_compile` "auto" (`use_xla`): the whole step under XLA on GPU and TPU, not on CPU, where
+XLA's dot and random bits are slower than oneDNN's (docs/benchmarks.md); `xla_scope` says how
+much of the step one XLA program can hold under the strategy.
 """
 
 from __future__ import annotations
@@ -116,6 +120,28 @@ def use_fused_kernels(kernels: str, strategy: tf.distribute.Strategy | None = No
     if kernels != "auto":
         return kernels == "fused"
     return (device or device_kind(strategy)) == "cpu"
+
+
+def use_xla(jit_compile: bool | str, strategy: tf.distribute.Strategy | None = None,
+            device: str | None = None) -> bool:
+    """`train.jit_compile` -> whether the training step runs under XLA: true or false as said;
+    "auto": on GPU and TPU (on CPU the fused kernels with oneDNN's matmuls measured faster)."""
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    return (device or device_kind(strategy)) != "cpu"
+
+
+def xla_scope(xla: bool, strategy: tf.distribute.Strategy) -> str | None:
+    """How much of the per-replica step is one XLA program: "step" (forward, backward,
+    accumulation, clipping, update) on one device; "grads" (forward, backward, accumulation)
+    under Mirrored and MultiWorkerMirrored, whose all-reduces are merge_calls TensorFlow cannot
+    trace inside a nested XLA function; None without XLA, and on TPU, where TPUStrategy compiles
+    the whole replica function by itself."""
+    if not xla or isinstance(strategy, tf.distribute.TPUStrategy):
+        return None
+    if isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return "grads"
+    return "step"  # the default strategy, OneDeviceStrategy
 
 
 def set_precision(policy: str) -> str:

@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 
 import tensorflow as tf
@@ -56,6 +55,7 @@ from bert_keras.tokenizer import (
     serving_tokenizer,
     special_ids,
 )
+from pipeline.contract import atomic
 from pipeline.contract.atomic import atomic_directory
 from pipeline.contract.errors import UserError
 from pipeline.contract.normalization import Normalization
@@ -215,15 +215,15 @@ def _check(task_type, labels, max_seq_length, encoder, task_options):
 
 
 def _write_extra(directory: str, name: str, value) -> None:
-    path = os.path.join(directory, name)
+    path = os.path.join(directory, name)  # local or remote (the export's directory may be on gs://)
     if isinstance(value, os.PathLike):
-        shutil.copyfile(value, path)
+        atomic.copy_file(os.fspath(value), path)
     elif isinstance(value, bytes):
-        pathlib.Path(path).write_bytes(value)
+        atomic.atomic_write_bytes(path, value)
     elif isinstance(value, str):
-        pathlib.Path(path).write_text(value, encoding="utf-8")
+        atomic.atomic_write_text(path, value)
     else:
-        pathlib.Path(path).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic.atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None, precision: str = "float32") -> str:
@@ -239,7 +239,7 @@ def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None, 
     with atomic_directory(out_dir) as tmp, _compute_precision(server.model, precision):
         tf.saved_model.save(server, tmp, signatures=signatures)
         extra = os.path.join(tmp, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
+        atomic.makedirs(extra)
         for name, value in (extra_assets or {}).items():
             if os.path.basename(name) != name or name == EXPORT_INFO:
                 raise UserError(f"extra asset name {name!r} must be a plain file name other than {EXPORT_INFO}")
@@ -339,10 +339,8 @@ def export_encoder_embedding(encoder, vocab_file: str, lowercase: bool, max_seq_
 def read_export_info(model_dir: str) -> dict:
     """The export's bertpipe_export.json (task type, labels, signatures), or a one-line error."""
     path = os.path.join(model_dir, "assets.extra", EXPORT_INFO)
-    if not os.path.isfile(os.path.join(model_dir, "saved_model.pb")):
+    if not atomic.exists(os.path.join(model_dir, "saved_model.pb")):
         raise UserError(f"{model_dir} is not a SavedModel (no saved_model.pb): point at a bertpipe export directory")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"{model_dir} has no assets.extra/{EXPORT_INFO}: not a bertpipe export") from None
+    if not atomic.exists(path):
+        raise UserError(f"{model_dir} has no assets.extra/{EXPORT_INFO}: not a bertpipe export")
+    return json.loads(atomic.read_text(path))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 
@@ -31,8 +30,7 @@ from bert_keras.task_results import BaselineRun, ExportSpec, FinetunePaths, Fine
 from bert_keras.task_training import LOWER_IS_BETTER, SPLITS, train_task
 from bert_keras.tasks import TASKS
 from bert_keras.tasks.base import load_examples
-from pipeline.contract import schema
-from pipeline.contract.atomic import atomic_write_text
+from pipeline.contract import atomic, schema
 from pipeline.contract.config import ModelConfig, TaskConfig, to_dict
 
 MAIN, RANDOM_INIT = "main", "random_init"
@@ -105,7 +103,7 @@ def run_finetune(name: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file
     if tracker is not None and chief:
         _track(tracker, task, result)
     if chief:
-        atomic_write_text(os.path.join(out_dir, "finetune_result.json"),
+        atomic.atomic_write_text(os.path.join(out_dir, "finetune_result.json"),
                           json.dumps(result.to_record(), indent=2, default=str) + "\n")
     log_fn(f"{name}: {result.summary}")
     return result
@@ -124,9 +122,8 @@ def _one_run(label: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: s
     """One start and seed, trained and scored; a finished one (its run.json) is read back, not retrained.
     Returns the score and whether this worker is the chief."""
     record_path = os.path.join(run_dir, RUN_RECORD)
-    if os.path.exists(record_path):
-        with open(record_path, encoding="utf-8") as fh:
-            score = RunScore.from_record(json.load(fh), record_path)
+    if atomic.exists(record_path):
+        score = RunScore.from_record(json.loads(atomic.read_text(record_path)), record_path)
         log_fn(f"seed {seed}: finished before (test {', '.join(f'{k} {v:.4g}' for k, v in score.test.items())})")
         return score, True
     run = train_task(task, model_cfg, vocab_file, data_dirs, init, run_dir, seed, on_metrics, log_fn,
@@ -144,7 +141,7 @@ def _one_run(label: str, task: TaskConfig, model_cfg: ModelConfig, vocab_file: s
     )
     score.train_seconds = round(score.train_seconds, 2)
     if run.chief:
-        atomic_write_text(record_path, json.dumps(score.to_record(), indent=2, default=str) + "\n")
+        atomic.atomic_write_text(record_path, json.dumps(score.to_record(), indent=2, default=str) + "\n")
     return score, run.chief
 
 
@@ -199,10 +196,10 @@ def summary_line(result: FinetuneResult) -> str:
 
 def _task_reports(result: FinetuneResult, directory: str) -> dict[str, str]:
     """The chosen run's reports, copied to `directory`, plus every run's scores (scores.json, runs.csv)."""
-    os.makedirs(directory, exist_ok=True)
+    atomic.makedirs(directory)
     paths = {}
     for key, path in result.chosen.reports.items():
-        paths[key] = shutil.copy(path, os.path.join(directory, os.path.basename(path)))
+        paths[key] = atomic.copy_file(path, os.path.join(directory, os.path.basename(path)))
     rows = [{"start": r.start, "seed": r.seed, **{f"dev_{k}": v for k, v in r.dev.items()},
              **{f"test_{k}": v for k, v in r.test.items()}} for r in result.runs + result.random_init]
     rows += [{"start": name, "seed": r.seed, **{f"dev_{k}": v for k, v in r.dev.items()},
@@ -214,7 +211,7 @@ def _task_reports(result: FinetuneResult, directory: str) -> dict[str, str]:
     paths["scores"] = os.path.join(directory, "scores.json")
     scores = {"summary": result.summary, "metric": result.metric, "chosen_by": result.chosen_by,
               "chosen_seed": result.chosen_seed, "test": result.to_record()["test"], "dev": result.to_record()["dev"]}
-    atomic_write_text(paths["scores"], json.dumps(scores, indent=2) + "\n")
+    atomic.atomic_write_text(paths["scores"], json.dumps(scores, indent=2) + "\n")
     return paths
 
 

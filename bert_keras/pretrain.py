@@ -21,11 +21,11 @@ import tensorflow as tf
 from bert_keras import data, distribute, dynamic_masking, families, packing
 from bert_keras.optimization import build_optimizer, current_lr, make_schedule
 from bert_keras.pretraining_model import pretraining_loss
+from bert_keras.reports import save_figure
 from bert_keras.starting_weights import apply_init, build_encoder_for, encoder_spec
 from bert_keras.tokenizer import load_vocab
-from bert_keras.trainer import LoopSettings, Trainer
-from pipeline.contract import schema
-from pipeline.contract.atomic import atomic_write_text
+from bert_keras.trainer import LoopSettings, Trainer, read_step_log
+from pipeline.contract import atomic, schema
 from pipeline.contract.config import ModelConfig, PretrainConfig
 from pipeline.contract.errors import ContractError
 
@@ -81,7 +81,7 @@ def save_loss_curves(history: list[dict], path: str, heldout: list[dict] = ()) -
     ax2.set_title("training accuracy")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -103,18 +103,6 @@ def encoder_overrides(train_cfg: PretrainConfig, strategy) -> dict:
     return {**rates, "fused_kernels": distribute.use_fused_kernels(train_cfg.kernels, strategy)}
 
 
-def _heldout_rows(path: str, resumed: int, chief: bool) -> list[dict]:
-    """Held-out evaluations up to the restored step (later ones belong to a killed run)."""
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip().endswith("}")]
-    rows = [r for r in rows if r.get("step", 0) <= resumed]
-    if chief:
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
-
-
 def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir: str, out_dir: str,
                     vocab_size: int, seed: int, on_log: Callable[[int, dict], None] | None = None,
                     log_fn: Callable[[str], None] = print, vocab_file: str | None = None,
@@ -132,7 +120,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     accum = train_cfg.accumulation_steps
     global_batch = distribute.global_batch_size(train_cfg.batch_size, strategy, accum)
     log_fn(distribute.describe(strategy, train_cfg.batch_size, accum, policy))
-    os.makedirs(out_dir, exist_ok=True)
+    atomic.makedirs(out_dir)
     keras.utils.set_random_seed(seed)
     length = train_cfg.length()
     # A token budget counts sequence slots, so it is a step count; a time budget is not.
@@ -192,7 +180,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
                                     deterministic=True, drop_remainder=True,
                                     mask=mask if manifest.kind == schema.PRETRAIN_DYNAMIC else None)
     heldout_path = os.path.join(out_dir, HELDOUT)
-    heldout = _heldout_rows(heldout_path, start, trainer.chief)
+    heldout = read_step_log(heldout_path, start, trainer.chief)
 
     def evaluate_heldout() -> dict:
         at = trainer.clock.spent()  # training time so far; the evaluation's own time is not counted
@@ -200,8 +188,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         heldout.append({"step": int(trainer.step.numpy()), "train_seconds": at,
                         **{f"eval_{k}": v for k, v in metrics.items()}})
         if trainer.chief:
-            with open(heldout_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(heldout[-1]) + "\n")
+            atomic.append_text(heldout_path, json.dumps(heldout[-1]) + "\n")
         return metrics
 
     every_steps, every_seconds = train_cfg.eval_cadence()
@@ -239,5 +226,6 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         "loss_curves": curves, "history": result.history, "heldout": heldout,
     }
     if trainer.chief:
-        atomic_write_text(os.path.join(out_dir, "pretrain_result.json"), json.dumps(final, indent=2, default=str) + "\n")
+        atomic.atomic_write_text(os.path.join(out_dir, "pretrain_result.json"),
+                                 json.dumps(final, indent=2, default=str) + "\n")
     return final

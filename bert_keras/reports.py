@@ -12,13 +12,14 @@ matplotlib runs with the Agg backend (no display on a training machine).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.contract.atomic import atomic_write_text
+from pipeline.contract.atomic import atomic_write_bytes, atomic_write_text
 
 
 def _pyplot():
@@ -28,6 +29,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as a PNG at `path`, on any filesystem (written whole, atomically)."""
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png")
+    atomic_write_bytes(path, png.getvalue())
 
 
 def save_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str,
@@ -47,7 +55,7 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
         for j in range(cm.shape[1]):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > threshold else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -57,11 +65,12 @@ def write_per_class(per_class: Mapping[str, Mapping[str, float]], directory: str
     json_path = os.path.join(directory, "per_class.json")
     atomic_write_text(json_path, json.dumps(per_class, indent=2) + "\n")
     csv_path = os.path.join(directory, "per_class.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for name, row in per_class.items():
-            writer.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]])
+    fh = io.StringIO(newline="")
+    writer = csv.writer(fh)
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    for name, row in per_class.items():
+        writer.writerow([name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", row["support"]])
+    atomic_write_text(csv_path, fh.getvalue())
     return [json_path, csv_path]
 
 
@@ -89,7 +98,7 @@ def save_learning_curves(train: Sequence[Mapping[str, float]], evals: Sequence[M
     ax2.set_title("metrics")
     ax2.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -108,8 +117,9 @@ def write_predictions_sample(rows: Sequence[Mapping], path: str, limit: int = 20
 def write_runs_table(rows: Sequence[Mapping], path: str) -> str:
     """runs.csv: one line per run (start, seed, then the given columns); `rows` share their keys."""
     keys = list(rows[0]) if rows else ["start", "seed"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    fh = io.StringIO(newline="")
+    writer = csv.DictWriter(fh, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, fh.getvalue())
     return path

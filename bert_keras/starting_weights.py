@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from bert_keras import families
+from pipeline.contract import atomic
 from pipeline.contract.checkpoint import CheckpointSpec
 from pipeline.contract.errors import ContractError, UserError
 from pipeline.contract.model_config import ModelConfig
@@ -48,9 +49,9 @@ def apply_init(model, encoder, init: str | None, pending) -> str:
     if spec is None:
         return "random init"
     path = spec.path
-    if os.path.isdir(path):
+    if os.path.isdir(path) or (atomic.is_remote(path) and not atomic.exists(path)):
         path = os.path.join(path, "encoder.weights.h5")  # a pretrain stage directory
-    if not os.path.exists(path):
+    if not atomic.exists(path):
         raise UserError(f"encoder weights {path} not found: run the pretrain stage, or start from random, "
                         "hf:DIR or google:DIR")
     try:

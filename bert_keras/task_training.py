@@ -36,9 +36,8 @@ from bert_keras.task_results import TaskRun
 from bert_keras.tasks import TASKS, EvalContext
 from bert_keras.tasks.base import load_examples
 from bert_keras.tokenizer import load_vocab
-from bert_keras.trainer import LoopSettings, Trainer
-from pipeline.contract import schema
-from pipeline.contract.atomic import atomic_write_text
+from bert_keras.trainer import LoopSettings, Trainer, read_step_log
+from pipeline.contract import atomic, schema
 from pipeline.contract.config import ModelConfig, TaskConfig
 from pipeline.contract.errors import ContractError, UserError
 
@@ -110,7 +109,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     policy = distribute.set_precision(distribute.resolve_precision(task.precision, strategy))
     global_batch = distribute.global_batch_size(task.batch_size, strategy, task.accumulation_steps)
     log_fn(distribute.describe(strategy, task.batch_size, task.accumulation_steps, policy))
-    os.makedirs(out_dir, exist_ok=True)
+    atomic.makedirs(out_dir)
     keras.utils.set_random_seed(seed)
 
     class_weights = None
@@ -173,10 +172,9 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     restored = trainer.restore()
     state_path, best_path = os.path.join(out_dir, BEST_STATE), os.path.join(out_dir, BEST_WEIGHTS)
     state = {"metric": metric, "best": None, "best_step": None, "bad_evals": 0, "stopped_at": None}
-    if restored and os.path.exists(state_path):
-        with open(state_path, encoding="utf-8") as fh:
-            state.update(json.load(fh))
-    evals = _read_evals(os.path.join(out_dir, EVAL_HISTORY), restored, trainer.chief)
+    if restored and atomic.exists(state_path):
+        state.update(json.loads(atomic.read_text(state_path)))
+    evals = read_step_log(os.path.join(out_dir, EVAL_HISTORY), restored, trainer.chief)
     cache: dict[str, EvalResult] = {}
 
     def evaluate_now() -> dict:
@@ -185,8 +183,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         record = {"step": step, "epoch": round(step / steps_per_epoch, 3), "split": "dev", **result.metrics}
         evals.append(record)
         if trainer.chief:
-            with open(os.path.join(out_dir, EVAL_HISTORY), "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
+            atomic.append_text(os.path.join(out_dir, EVAL_HISTORY), json.dumps(record) + "\n")
         value = result.metrics[metric]
         if _better(metric, value, state["best"]):
             state.update(best=value, best_step=step, bad_evals=0)
@@ -196,7 +193,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         else:
             state["bad_evals"] += 1
         if trainer.chief:
-            atomic_write_text(state_path, json.dumps(state) + "\n")
+            atomic.atomic_write_text(state_path, json.dumps(state) + "\n")
         return {**result.metrics, "epoch": record["epoch"]}
 
     def eval_hook() -> dict:
@@ -204,7 +201,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
         if task.early_stopping_patience and state["bad_evals"] >= task.early_stopping_patience:
             state["stopped_at"] = int(trainer.step.numpy())
             if trainer.chief:
-                atomic_write_text(state_path, json.dumps(state) + "\n")
+                atomic.atomic_write_text(state_path, json.dumps(state) + "\n")
             raise _EarlyStop
         return out
 
@@ -219,7 +216,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     except _EarlyStop:
         trainer.save()
         final_step = state["stopped_at"]
-        history = _read_jsonl(os.path.join(out_dir, "history.jsonl"))
+        history = read_step_log(os.path.join(out_dir, "history.jsonl"), final_step, chief=False)
         log_fn(f"early stopping at step {final_step}: no dev {metric} improvement in "
                f"{task.early_stopping_patience} evaluations (best {state['best']:.4g} at step {state['best_step']})")
     seconds = time.perf_counter() - start
@@ -229,7 +226,7 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
             metrics = {f"eval_{k}": v for k, v in evaluate_now().items()}
             if on_metrics is not None and trainer.chief:
                 on_metrics(final_step, metrics)
-        if os.path.exists(best_path) and state["best_step"] != final_step:
+        if atomic.exists(best_path) and state["best_step"] != final_step:
             model.load_weights(best_path)  # keep the best, as measured on dev by best_metric
             log_fn(f"restored the best weights (step {state['best_step']}, dev {metric} {state['best']:.4g})")
         dev = cache.get("best") or run_eval()  # after a resume the best result is recomputed from its weights
@@ -256,16 +253,3 @@ def _train_ds(data_dir, manifest, task: TaskConfig, seed: int, input_context, pa
                              input_context=input_context, pack=pack)
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip().endswith("}")]
-
-
-def _read_evals(path: str, restored: int, chief: bool) -> list[dict]:
-    """Evaluations up to the restored step (later ones belong to a killed run)."""
-    rows = [r for r in _read_jsonl(path) if r["step"] <= restored]
-    if chief:
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows

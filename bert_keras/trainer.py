@@ -12,6 +12,15 @@ of activations is alive at a time), all-reduces across replicas, clips by the
 global norm of the summed gradient, then applies once. Each replica's loss is
 divided by replicas x accumulation so the sum over all of them is the mean.
 
+XLA (`jit_compile`, `distribute.use_xla`): on one device the whole per-replica step
+(forward, backward, accumulation loop, clipping, optimizer update) is one XLA
+program, what TPU requires (static shapes, no host ops in the step); TPUStrategy
+compiles `strategy.run`'s function whole by itself. Under Mirrored and
+MultiWorkerMirrored the all-reduces are `merge_call`s that TensorFlow cannot put
+inside a nested XLA function (it can only on all-GPU devices, untested here), so
+there XLA compiles forward, backward and the accumulation loop, and the all-reduce,
+clipping and update run outside (`xla_scope`).
+
 A checkpoint holds everything a run depends on, so a resumed run is the run it
 would have been: model, optimizer, step, the training seconds spent, the key of
 the dropout masks (`fused.step_seeds`: each step's masks are a function of the
@@ -39,6 +48,7 @@ import tensorflow as tf
 from bert_keras import distribute, fused
 from bert_keras.optimization import current_lr
 from bert_keras.run_clock import RunClock
+from pipeline.contract import atomic
 from pipeline.contract.errors import ContractError, UserError
 
 _SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
@@ -51,7 +61,7 @@ LossFn = Callable[[dict, dict], tuple[tf.Tensor, dict]]
 class LoopSettings:
     clip_norm: float | None = 1.0
     accumulation_steps: int = 1
-    jit_compile: bool = False
+    jit_compile: bool | str = False  # True, False or "auto" (`distribute.use_xla`)
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -79,7 +89,8 @@ class Trainer:
 
     Build the model (call it once) and the optimizer inside `strategy.scope()`
     before constructing the trainer. `out_dir` gets `checkpoints/`,
-    `tensorboard/` and `history.jsonl`.
+    `tensorboard/` and `history.jsonl`, on any filesystem TensorFlow and `atomic` know
+    (local, gs://, ...).
     """
 
     def __init__(self, model: keras.Model, loss_fn: LossFn, optimizer, strategy: tf.distribute.Strategy,
@@ -119,8 +130,12 @@ class Trainer:
         # A time budget's progress differs a little between workers' clocks: they agree
         # on the mean, so every worker applies the same learning rate and stops together.
         self._agree = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        # XLA compiles forward+backward only; all-reduce and apply stay outside.
-        self._compute = tf.function(self._micro_grads, jit_compile=True) if settings.jit_compile else self._micro_grads
+        # "step": one XLA program per replica step; "grads": forward, backward and accumulation
+        # only (the all-reduces are merge_calls); None: no XLA beyond the fused kernels.
+        self.xla_scope = distribute.xla_scope(distribute.use_xla(settings.jit_compile, strategy), strategy)
+        self._grads = self._accumulated_grads
+        if self.xla_scope == "grads":
+            self._grads = tf.function(self._accumulated_grads, jit_compile=True)
 
     # ---- checkpoints ---------------------------------------------------------
     def restore(self) -> int:
@@ -197,6 +212,13 @@ class Trainer:
         return grads, loss, metrics
 
     def _replica_step(self, batch):
+        grads, loss, metrics = self._grads(batch)
+        grads = self._clip(grads)
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=False))
+        return loss, metrics
+
+    def _accumulated_grads(self, batch):
+        """Dense gradients summed over the step's micro-batches, their mean loss and metrics."""
         # Embedding gradients arrive as IndexedSlices with repeated indices (a token
         # or position used twice). Keras' Adam squares the slices' values before
         # summing duplicates (sum g_i^2, not (sum g_i)^2) and tf.clip_by_global_norm
@@ -204,7 +226,7 @@ class Trainer:
         # gradients are correct, sum in the accumulation loop, and Adam touches
         # every row of its slots anyway.
         accum = self.settings.accumulation_steps
-        compute = self._compute
+        compute = self._micro_grads
         if accum == 1:
             grads, loss, metrics = compute(batch, 0)
             grads = [tf.convert_to_tensor(g) for g in grads]
@@ -220,9 +242,7 @@ class Trainer:
                 metrics = {k: metrics[k] + m_i[k] for k in metrics}
             loss = loss / accum
             metrics = {k: v / accum for k, v in metrics.items()}
-        grads = self._clip(grads)
-        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables, strict=False))
-        return loss, metrics
+        return grads, loss, metrics
 
     def _clip(self, grads):
         clip = self.settings.clip_norm
@@ -245,6 +265,9 @@ class Trainer:
 
     def _build_train_step(self):
         mean = tf.distribute.ReduceOp.MEAN
+        replica_step = self._replica_step
+        if self.xla_scope == "step":
+            replica_step = tf.function(self._replica_step, jit_compile=True)
 
         @tf.function
         def train_step(iterator, progress):
@@ -252,7 +275,7 @@ class Trainer:
                 progress = self.strategy.reduce(mean, self.strategy.run(tf.identity, args=(progress,)), axis=None)
             self.progress.assign(progress)
             batch = next(iterator)
-            loss, metrics = self.strategy.run(self._replica_step, args=(batch,))
+            loss, metrics = self.strategy.run(replica_step, args=(batch,))
             metrics = {k: self.strategy.reduce(mean, v, axis=None) for k, v in metrics.items()}
             self.step.assign_add(1)
             return self.strategy.reduce(mean, loss, axis=None), metrics, progress
@@ -364,24 +387,12 @@ class Trainer:
         if history is not None:
             history.append(metrics)
             if self.chief:
-                with open(os.path.join(self.out_dir, "history.jsonl"), "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
+                atomic.append_text(atomic.join(self.out_dir, "history.jsonl"), json.dumps(metrics) + "\n")
         if self.on_log is not None and self.chief:
             self.on_log(step, metrics)
 
     def _read_history(self, resumed: int) -> list[dict]:
-        """Logged lines up to the restored step; later ones (after the last
-        checkpoint of a killed run) are dropped so curves have no duplicates."""
-        path = os.path.join(self.out_dir, "history.jsonl")
-        if not os.path.exists(path):
-            return []
-        with open(path, encoding="utf-8") as fh:
-            rows = [json.loads(line) for line in fh if line.strip().endswith("}")]
-        rows = [r for r in rows if r.get("step", 0) <= resumed]
-        if self.chief:
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
-        return rows
+        return read_step_log(atomic.join(self.out_dir, "history.jsonl"), resumed, self.chief)
 
     # ---- evaluation ----------------------------------------------------------
     def evaluate(self, data, steps: int | None = None) -> dict[str, float]:
@@ -410,6 +421,19 @@ class Trainer:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def read_step_log(path: str, resumed: int, chief: bool) -> list[dict]:
+    """The JSON lines of a step log (history, held-out evaluations) up to the restored step;
+    later ones (after the last checkpoint of a killed run) are dropped, and the chief rewrites
+    the file without them, so curves have no duplicates."""
+    if not atomic.exists(path):
+        return []
+    rows = [json.loads(line) for line in atomic.read_text(path).splitlines() if line.strip().endswith("}")]
+    rows = [r for r in rows if r.get("step", 0) <= resumed]
+    if chief:
+        atomic.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 def _first_line(err: Exception) -> str:

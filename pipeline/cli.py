@@ -177,7 +177,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
 
 
 def _print_summary(results, work_dir: str, uri: str | None) -> None:
-    print(f"\nbertpipe: {len(results)} stage(s) in {os.path.abspath(work_dir)}")
+    where = work_dir if "://" in work_dir else os.path.abspath(work_dir)
+    print(f"\nbertpipe: {len(results)} stage(s) in {where}")
     for r in results:
         figures = r.record.get("outputs", {}).get("summary") or ""
         print(f"  {r.name:<24} {r.status:<7} {r.seconds:7.1f} s  {figures}")

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,8 +41,11 @@ from pipeline.contract.atomic import (
     atomic_write_text,
     ensure_writable_dir,
     exists,
+    has_files,
     is_remote,
     join,
+    list_names,
+    move_tree,
     open_read,
     remove_file,
     remove_tree,
@@ -225,10 +227,8 @@ def _recorded_state(directory: str) -> dict[str, Any] | None:
 
 
 def _kept_outputs(out_dir: str) -> list[str]:
-    parent, base = os.path.split(out_dir.rstrip(os.sep))
-    if not os.path.isdir(parent):
-        return []
-    found = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith(base + PREVIOUS)]
+    parent, base = out_dir.rstrip("/").rsplit("/", 1)
+    found = [join(parent, n) for n in list_names(parent) if n.startswith(base + PREVIOUS)]
     return sorted(found, key=lambda p: int(p.rsplit("-", 1)[1]) if p.rsplit("-", 1)[1].isdigit() else 0)
 
 
@@ -237,25 +237,21 @@ def _keep_aside(out_dir: str) -> str:
     n = 1
     while str(n) in taken:
         n += 1
-    kept = f"{out_dir.rstrip(os.sep)}{PREVIOUS}{n}"
-    os.replace(out_dir, kept)  # one rename, on the same filesystem: nothing is copied or lost
+    kept = f"{out_dir.rstrip('/')}{PREVIOUS}{n}"
+    # Locally one rename on the same filesystem: nothing is copied or lost; on an object store
+    # a copy then a delete, the records last in and first out.
+    move_tree(out_dir, kept, markers=(STAGE_FILE, INPROGRESS_FILE))
     return kept
 
 
 def _prepare_dir(stage: Stage, out_dir: str, state: dict[str, Any], force: bool) -> None:
     """Make `out_dir` ready: resume, continue, or keep the old output aside and start again."""
     marker = join(out_dir, INPROGRESS_FILE)
-    if stage.resumable and is_remote(out_dir):
-        raise UserError(f"stage {stage.name} trains, and keeps its checkpoints on local files: point run.work_dir "
-                        f"at a local path (or a mounted bucket) instead of {out_dir}")
     if not stage.resumable or force:
-        if force and stage.resumable and os.path.exists(out_dir):
+        if force and stage.resumable and has_files(out_dir):
             log.info("[%s] --force: deleting the previous output in %s", stage.name, out_dir)
-        if is_remote(out_dir):
-            remove_tree(out_dir)  # object stores: a "directory" never exists, its objects do
-        elif os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-    elif os.path.exists(out_dir) and os.listdir(out_dir):
+        remove_tree(out_dir)  # on object stores a "directory" never exists, its objects do
+    elif has_files(out_dir):
         recorded = _recorded_state(out_dir)
         changes = differences(recorded or {}, state) if recorded is not None else None
         if changes is not None and changes.resumable:
@@ -293,9 +289,9 @@ def _bring_back(name: str, out_dir: str, state: dict[str, Any]) -> None:
     for kept in reversed(_kept_outputs(out_dir)):
         recorded = _recorded_state(kept)
         if recorded and differences(recorded, state).resumable:
-            if os.path.exists(out_dir):
+            if not is_remote(out_dir) and os.path.exists(out_dir):
                 os.rmdir(out_dir)  # empty: _prepare_dir brings back only in place of nothing
-            os.replace(kept, out_dir)
+            move_tree(kept, out_dir, markers=(STAGE_FILE, INPROGRESS_FILE))
             log.info("[%s] the config matches the output kept in %s again: moved back to %s and resumed",
                      name, kept, out_dir)
             return

@@ -7,6 +7,12 @@ stage. Where the runs go:
 2. else the `MLFLOW_TRACKING_URI` environment variable,
 3. else a local SQLite store `<work_dir>/mlflow.db`, artifacts in `<work_dir>/mlartifacts`
    (no server needed; look at it with `mlflow ui --backend-store-uri sqlite:///<work_dir>/mlflow.db`).
+   A remote work_dir (gs://, ...) has no default: SQLite needs a local file, so the run asks for a
+   tracking URI (a server, whose artifact store takes the artifacts, or a local sqlite:///PATH, whose
+   artifacts go next to it) or --no-mlflow.
+
+Artifacts on a remote work_dir are copied to a temporary local directory and logged from there:
+MLflow's client uploads only local files, to the tracking server's artifact store.
 
 Failure policy (a remote server that goes away): the stage checks the server
 before it starts and fails fast with one line if it cannot be reached. Once a
@@ -26,7 +32,8 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.contract.errors import UserError
+from pipeline.contract.atomic import exists, has_files, is_remote, local_copy
+from pipeline.contract.errors import ConfigError, UserError
 
 log = logging.getLogger("bertpipe")
 
@@ -38,6 +45,10 @@ def resolve_tracking_uri(config_uri: str | None, work_dir: str) -> str:
         return config_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
+    if is_remote(work_dir):
+        raise ConfigError(f"run.work_dir {work_dir} is remote and MLflow's default SQLite store needs a local file: "
+                          "set run.tracking_uri (a tracking server, or sqlite:///LOCAL/PATH/mlflow.db), "
+                          "or pass --no-mlflow")
     return "sqlite:///" + os.path.join(os.path.abspath(work_dir), "mlflow.db")
 
 
@@ -70,7 +81,7 @@ class Tracker:
         self.mlflow = mlflow
         self.uri = tracking_uri
         self.experiment = experiment
-        self.work_dir = os.path.abspath(work_dir)
+        self.work_dir = work_dir if is_remote(work_dir) else os.path.abspath(work_dir)
         self.failures: list[str] = []
         # MLflow's HTTP client retries a dead server with backoff for minutes by default;
         # a pipeline wants to know within seconds.
@@ -89,7 +100,7 @@ class Tracker:
             if exp is None:
                 location = None
                 if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
-                    location = "file://" + os.path.join(self.work_dir, "mlartifacts")
+                    location = "file://" + os.path.join(self._local_store_dir(), "mlartifacts")
                 self.mlflow.create_experiment(self.experiment, artifact_location=location)
             self.mlflow.set_experiment(self.experiment)
         except Exception as err:  # any transport or store error: the message is what matters
@@ -98,6 +109,14 @@ class Tracker:
                 f"MLflow tracking store {self.uri} is not usable ({reason}); start the server, "
                 "or set run.tracking_uri / MLFLOW_TRACKING_URI to a reachable store"
             ) from None
+
+    def _local_store_dir(self) -> str:
+        """Where a local store keeps its artifacts: the work dir, or beside the SQLite file when the
+        work dir is remote."""
+        if not is_remote(self.work_dir):
+            return self.work_dir
+        path = self.uri.split(":///", 1)[-1] if self.uri.startswith("sqlite:") else self.uri.split("://", 1)[-1]
+        return os.path.dirname(os.path.abspath(path))
 
     def _safely(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -155,12 +174,13 @@ class Tracker:
         self._safely("tags", lambda: self.mlflow.set_tags(tags))
 
     def artifact(self, path: str, artifact_path: str | None = None) -> None:
-        if not os.path.exists(path):
+        if not (has_files(path) or exists(path)):
             return
-        if os.path.isdir(path):
-            self._safely(f"artifacts {path}", lambda: self.mlflow.log_artifacts(path, artifact_path))
-        else:
-            self._safely(f"artifact {path}", lambda: self.mlflow.log_artifact(path, artifact_path))
+        with local_copy(path) as local:  # remote: a temporary local copy (MLflow uploads local files)
+            if os.path.isdir(local):
+                self._safely(f"artifacts {path}", lambda: self.mlflow.log_artifacts(local, artifact_path))
+            else:
+                self._safely(f"artifact {path}", lambda: self.mlflow.log_artifact(local, artifact_path))
 
     def dict_artifact(self, data: dict[str, Any], name: str) -> None:
         self._safely(f"artifact {name}", lambda: self.mlflow.log_dict(data, name))
@@ -171,32 +191,35 @@ class Tracker:
         with a signature inferred from the examples; register it under `registered_name`
         (a new version each call). Returns {"model_uri", "registered_name", "version"} or None."""
 
-        def log() -> dict[str, Any]:
-            from mlflow.models import infer_signature
+        with local_copy(saved_model_dir) as local:  # MLflow copies the model from a local directory
+            return self._safely(f"model {name}", lambda: self._log_saved_model(local, name, registered_name,
+                                                                               input_example, output_example))
 
-            import pipeline.mlflow_model as wrapper
+    def _log_saved_model(self, saved_model_dir: str, name: str, registered_name: str | None, input_example: Any,
+                         output_example: Any) -> dict[str, Any]:
+        from mlflow.models import infer_signature
 
-            versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
-            with warnings.catch_warnings():
-                # The signature comes from the examples; MLflow's hint about integer columns in
-                # them (label ids) is not the user's to act on.
-                warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
-                info = self.mlflow.pyfunc.log_model(
-                    name=name,
-                    # Logged from code (the file, not a pickle); it is self-contained, so
-                    # serving needs no bertpipe install.
-                    python_model=wrapper.__file__,
-                    artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
-                    signature=None if input_example is None else infer_signature(input_example, output_example),
-                    input_example=input_example,
-                    registered_model_name=registered_name,
-                    # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
-                    pip_requirements=[f"{p}=={v}" for p, v in versions.items()] + ["pandas"],
-                )
-            return {"model_uri": info.model_uri, "registered_name": registered_name,
-                    "version": getattr(info, "registered_model_version", None)}
+        import pipeline.mlflow_model as wrapper
 
-        return self._safely(f"model {name}", log)
+        versions = {p: importlib.metadata.version(p) for p in ("tensorflow", "tensorflow-text", "mlflow")}
+        with warnings.catch_warnings():
+            # The signature comes from the examples; MLflow's hint about integer columns in
+            # them (label ids) is not the user's to act on.
+            warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column")
+            info = self.mlflow.pyfunc.log_model(
+                name=name,
+                # Logged from code (the file, not a pickle); it is self-contained, so
+                # serving needs no bertpipe install.
+                python_model=wrapper.__file__,
+                artifacts={wrapper.SAVED_MODEL_ARTIFACT: saved_model_dir},
+                signature=None if input_example is None else infer_signature(input_example, output_example),
+                input_example=input_example,
+                registered_model_name=registered_name,
+                # Given, not inferred: inference loads the model in a subprocess (slow, and it guesses).
+                pip_requirements=[f"{p}=={v}" for p, v in versions.items()] + ["pandas"],
+            )
+        return {"model_uri": info.model_uri, "registered_name": registered_name,
+                "version": getattr(info, "registered_model_version", None)}
 
     def summary(self) -> str | None:
         """One line on what was not logged, or None when everything was."""

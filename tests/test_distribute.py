@@ -45,6 +45,20 @@ def test_two_replica_mirrored_matches_one_device(tmp_path):
         np.testing.assert_allclose(a, b, atol=5e-6)
 
 
+def test_two_replica_mirrored_under_xla_with_accumulation_matches_one_device_under_xla(tmp_path):
+    """jit_compile under MirroredStrategy (two logical CPUs, two micro-batches per replica): XLA holds
+    forward, backward and the accumulation loop; the all-reduce, clipping and update run outside."""
+    write_records(str(tmp_path / "data"), num_records=48, full_masks=True)
+    proc = subprocess.run([sys.executable, "-m", "tests.test_distribute_worker", "mirrored", str(tmp_path / "data"),
+                           str(tmp_path), "xla"], env=_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = _result(proc.stdout)
+    assert res["mirrored"]["xla_scope"] == "grads" and res["default"]["xla_scope"] == "step"
+    np.testing.assert_allclose(res["mirrored"]["losses"], res["default"]["losses"], rtol=1e-5)
+    for a, b in zip(_weights(tmp_path / "mirrored.npz"), _weights(tmp_path / "default.npz"), strict=True):
+        np.testing.assert_allclose(a, b, atol=5e-6)
+
+
 def test_a_mirrored_run_resumed_reads_on_from_its_position_and_ends_like_one_run(tmp_path):
     """tf.distribute's iterators cannot be checkpointed: the resume re-reads the deterministic
     input up to its step, so 3 steps + 3 more in a new trainer equal 6 in one go."""

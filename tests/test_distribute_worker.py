@@ -3,7 +3,7 @@
 They run in fresh processes because logical CPU devices and TF_CONFIG must be
 set before TensorFlow initializes, and SIGKILL needs a process to kill.
 
-    python -m tests.test_distribute_worker mirrored DATA OUT
+    python -m tests.test_distribute_worker mirrored DATA OUT [xla]
     python -m tests.test_distribute_worker multi_worker DATA OUT   (TF_CONFIG set)
     python -m tests.test_distribute_worker pretrain DATA OUT STEPS
     python -m tests.test_distribute_worker finetune TASK_JSON OUT       (TASK_JSON: task config + data dirs)
@@ -18,15 +18,16 @@ import sys
 STEPS = 3
 
 
-def _train(strategy_name: str, data_dir: str, out_dir: str, per_replica: int):
+def _train(strategy_name: str, data_dir: str, out_dir: str, per_replica: int, jit: bool = False, accum: int = 1):
     import numpy as np
 
     from bert_keras import data, distribute
     from pipeline.contract.config import PretrainConfig
     from tests.test_trainer import make_trainer
 
-    cfg = PretrainConfig(batch_size=per_replica, steps=STEPS, learning_rate=1e-3, warmup_steps=1, log_every=1,
-                         checkpoint_every=100, clip_norm=0.5, strategy=strategy_name, precision="float32")
+    cfg = PretrainConfig(batch_size=per_replica // accum, steps=STEPS, learning_rate=1e-3, warmup_steps=1, log_every=1,
+                         checkpoint_every=100, clip_norm=0.5, strategy=strategy_name, precision="float32",
+                         jit_compile=jit, accumulation_steps=accum)
     strategy = distribute.choose_strategy(cfg)
     manifest = data.open_manifest(data_dir)
 
@@ -38,7 +39,7 @@ def _train(strategy_name: str, data_dir: str, out_dir: str, per_replica: int):
     result = trainer.fit(dataset_fn, STEPS, rows_per_step=8)
     trainer.close()
     weights = [v.numpy() for v in trainer.model.trainable_variables]
-    return strategy.num_replicas_in_sync, [h["loss"] for h in result.history], weights, np
+    return strategy.num_replicas_in_sync, [h["loss"] for h in result.history], weights, np, trainer.xla_scope
 
 
 def main(argv: list[str]) -> None:
@@ -49,11 +50,14 @@ def main(argv: list[str]) -> None:
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        # "xla": both under jit_compile, the mirrored one with two micro-batches per replica too.
+        jit = argv[3:] == ["xla"]
         results = {}
-        for name, per_replica in (("mirrored", 4), ("default", 8)):  # same global batch of 8
-            replicas, losses, weights, np = _train(name, data_dir, os.path.join(out_dir, name), per_replica)
+        for name, per_replica, accum in (("mirrored", 4, 2 if jit else 1), ("default", 8, 1)):  # global batch 8
+            replicas, losses, weights, np, scope = _train(name, data_dir, os.path.join(out_dir, name), per_replica,
+                                                          jit, accum)
             np.savez(os.path.join(out_dir, f"{name}.npz"), *weights)
-            results[name] = {"replicas": replicas, "losses": losses}
+            results[name] = {"replicas": replicas, "losses": losses, "xla_scope": scope}
         print("RESULT " + json.dumps(results), flush=True)
     elif mode == "mirrored_resume":
         import numpy as np
@@ -88,7 +92,7 @@ def main(argv: list[str]) -> None:
               flush=True)
     elif mode == "multi_worker":
         task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-        replicas, losses, weights, np = _train("auto", data_dir, out_dir, 4)
+        replicas, losses, weights, np, _ = _train("auto", data_dir, out_dir, 4)
         np.savez(os.path.join(out_dir, f"worker{task}.npz"), *weights)
         print("RESULT " + json.dumps({"replicas": replicas, "losses": losses}), flush=True)
     elif mode == "pretrain":

@@ -181,3 +181,33 @@ def test_vocab_file_read_from_the_object_store(store):
     assert schema.file_sha256("bptest://b/vocab.txt") == schema.file_sha256(VOCAB)
     with pytest.raises(UserError, match="vocab file bptest://b/none.txt not found"):
         load_vocab("bptest://b/none.txt")
+
+
+def test_move_tree_on_an_object_store_copies_the_record_last_and_deletes_it_first(store, monkeypatch):
+    """The runner keeps an output aside (`<stage>.previous-N`) with `move_tree`: object stores cannot
+    rename a prefix, so a kill part-way must leave a complete copy or a complete original."""
+    for name in ("stage.json", "checkpoints/ckpt-1.index", "history.jsonl"):
+        atomic.atomic_write_text(f"bptest://b/run/pretrain/{name}", name)
+    calls = []
+    for op in ("copy", "delete"):
+        real = getattr(object_store_fs.ObjectStoreFileSystem, op)
+
+        def spy(self, *args, _op=op, _real=real):
+            calls.append((_op, sorted(p.rsplit("/", 1)[-1] for p in args[0])))
+            return _real(self, *args)
+
+        monkeypatch.setattr(object_store_fs.ObjectStoreFileSystem, op, spy)
+    assert atomic.has_files("bptest://b/run/pretrain") and atomic.list_names("bptest://b/run") == ["pretrain"]
+    atomic.move_tree("bptest://b/run/pretrain", "bptest://b/run/pretrain.previous-1", markers=("stage.json",))
+    assert calls == [("copy", ["ckpt-1.index", "history.jsonl"]), ("copy", ["stage.json"]),
+                     ("delete", ["stage.json"]), ("delete", ["ckpt-1.index", "history.jsonl"])]
+    assert objects(store) == ["b/run/pretrain.previous-1/checkpoints/ckpt-1.index",
+                              "b/run/pretrain.previous-1/history.jsonl", "b/run/pretrain.previous-1/stage.json"]
+    assert not atomic.has_files("bptest://b/run/pretrain")
+    assert atomic.list_names("bptest://b/run") == ["pretrain.previous-1"]
+    atomic.append_text("bptest://b/run/log.jsonl", "1\n")
+    atomic.append_text("bptest://b/run/log.jsonl", "2\n")
+    assert atomic.read_text("bptest://b/run/log.jsonl") == "1\n2\n"
+    with atomic.local_copy("bptest://b/run/pretrain.previous-1") as local:
+        assert sorted(os.listdir(local)) == ["checkpoints", "history.jsonl", "stage.json"]
+        assert open(os.path.join(local, "checkpoints", "ckpt-1.index")).read() == "checkpoints/ckpt-1.index"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from collections import Counter
@@ -29,7 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from pipeline.contract import schema
+from pipeline.contract import atomic, schema
 from pipeline.contract.atomic import atomic_write_text
 from pipeline.contract.errors import ContractError, UserError
 from pipeline.contract.task_config import TaskConfig
@@ -69,7 +70,7 @@ class EvalContext:
 
 def read_table(path: str) -> Iterator[dict]:
     """Rows of a JSONL, CSV or TSV file."""
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    with io.TextIOWrapper(atomic.open_read(path), encoding="utf-8-sig", newline="") as fh:  # any filesystem
         if path.endswith((".csv", ".tsv")):
             yield from csv.DictReader(fh, delimiter="\t" if path.endswith(".tsv") else ",")
             return
@@ -84,10 +85,10 @@ def read_table(path: str) -> Iterator[dict]:
 def load_examples(data_dir: str) -> dict[int, dict]:
     """example_id -> source row, from the examples file the data job writes next to a split's records."""
     path = os.path.join(data_dir, schema.EXAMPLES_NAME)
-    if not os.path.exists(path):
+    if not atomic.exists(path):
         raise ContractError(f"{path} not found: rerun the task's data step (bertpipe finetune --force)")
-    with open(path, encoding="utf-8") as fh:
-        return {int(row[schema.EXAMPLE_ID]): row for row in map(json.loads, filter(str.strip, fh))}
+    lines = atomic.read_text(path).splitlines()
+    return {int(row[schema.EXAMPLE_ID]): row for row in map(json.loads, filter(str.strip, lines))}
 
 
 def pad(values: Sequence[int] | np.ndarray, length: int) -> np.ndarray:
@@ -153,7 +154,7 @@ class TaskType:
         predictions sample and, per type, more on test (`_reports`); test and dev metrics (EvalResults) apart."""
         from bert_keras import reports
 
-        os.makedirs(directory, exist_ok=True)
+        atomic.makedirs(directory)
         paths = self._reports(test, labels, directory)
         keys = [key for key, _ in self.headline]
         if self.percent:  # percent -> 0..1, so the curves share one axis with accuracy-like metrics

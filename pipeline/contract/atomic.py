@@ -7,7 +7,11 @@ the final directory only when the stage succeeded, so an interrupted stage
 leaves either the previous complete output or nothing.
 
 Paths with a scheme (gs://, s3://, hdfs://, ...) go through Beam's
-`FileSystems`, the same layer the Beam workers write with. Object stores have
+`FileSystems`, the same layer the Beam workers write with (gs:// needs the
+`gcp` extra, `apache-beam[gcp]`). The training side writes its small files
+(history, reports, plots, stage records) through here too, and its
+checkpoints, TensorBoard events and SavedModels through TensorFlow's own
+filesystems, which know gs:// (s3:// and hdfs:// with tensorflow-io). Object stores have
 no atomic directory rename: a stage output is built under a sibling `.tmp-*`
 prefix and its files are renamed (copied, then deleted) into place one batch
 at a time, the manifest last, so a reader that checks for the manifest never
@@ -38,10 +42,23 @@ def is_remote(path: str) -> bool:
 
 
 def _fs():
-    # Imported here: training code writes local files only and need not load Beam.
+    # Imported here: local paths need no Beam.
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems
+
+
+def check_filesystem(path: str) -> None:
+    """Raise one line when no Beam filesystem serves `path`'s scheme (and which extra brings it)."""
+    if not is_remote(path):
+        return
+    try:
+        _fs().get_filesystem(path)
+    except ValueError:
+        scheme = path.split("://", 1)[0]
+        extra = {"gs": "apache-beam[gcp] (pip install 'bertpipe[gcp]')", "s3": "apache-beam[aws]",
+                 "hdfs": "apache-beam[hadoop]"}.get(scheme, "a Beam filesystem plugin")
+        raise UserError(f"no filesystem for {path}: install {extra}") from None
 
 
 def join(directory: str, name: str) -> str:
@@ -81,6 +98,98 @@ def list_files(directory: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([FileSystems.join(directory, "**")])[0].metadata_list)
 
 
+def has_files(directory: str) -> bool:
+    """True when `directory` holds anything (on an object store: any object under its prefix)."""
+    if not is_remote(directory):
+        return os.path.isdir(directory) and bool(os.listdir(directory))
+    return bool(list_files(directory))
+
+
+def list_names(parent: str) -> list[str]:
+    """The names directly under `parent` (files and directories; on an object store the first
+    component of every key below it), sorted; [] when there is no such directory."""
+    if not is_remote(parent):
+        return sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+    prefix = parent.rstrip("/") + "/"
+    return sorted({f[len(prefix):].split("/", 1)[0] for f in list_files(parent) if f.startswith(prefix)})
+
+
+def makedirs(path: str) -> None:
+    """Create a directory and its parents (nothing to do on an object store)."""
+    if is_remote(path):
+        _mkdirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as fh:
+        return fh.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def append_text(path: str, text: str) -> None:
+    """Append to a log file. Objects cannot be appended to: a remote one is rewritten whole
+    (what TensorFlow's GCS append does too), which the short logs here can afford."""
+    if not is_remote(path):
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    atomic_write_text(path, (read_text(path) if exists(path) else "") + text)
+
+
+def copy_file(source: str, destination: str) -> str:
+    """Copy one file, local or remote either side, atomically at the destination."""
+    atomic_write_bytes(destination, read_bytes(source))
+    return destination
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """`path` itself when local; else a temporary local copy of the remote file or directory
+    (for libraries that read local files only, such as MLflow's artifact logging)."""
+    if not is_remote(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bertpipe-") as tmp:
+        base = path.rstrip("/").rsplit("/", 1)[-1]
+        files = [path] if exists(path) else list_files(path)
+        for f in files:
+            rel = base if f == path else os.path.join(base, *f[len(path.rstrip("/")) + 1:].split("/"))
+            os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+            with open(os.path.join(tmp, rel), "wb") as fh:
+                fh.write(read_bytes(f))
+        yield os.path.join(tmp, base)
+
+
+def move_tree(source: str, destination: str, markers: tuple[str, ...] = ()) -> None:
+    """Move a directory. Locally one rename. On an object store, which cannot rename a prefix:
+    every object is copied, the files named in `markers` (what says the directory is complete)
+    last, then the source is deleted, its markers first, so a kill part-way leaves a complete
+    copy or a complete original (and at worst unmarked leftovers, never a loss)."""
+    if not is_remote(source):
+        os.replace(source, destination)
+        return
+    FileSystems = _fs()
+    if FileSystems.get_filesystem(source).has_dirs():  # hdfs: a real directory rename
+        FileSystems.rename([source], [destination])
+        return
+    files = list_files(source)
+    marked = [f for f in files if f.rsplit("/", 1)[-1] in markers]
+    rest = [f for f in files if f not in marked]
+    for batch in (rest, marked):
+        if batch:
+            FileSystems.copy(batch, [destination.rstrip("/") + f[len(source.rstrip("/")):] for f in batch])
+    for batch in (marked, rest):
+        if batch:
+            FileSystems.delete(batch)
+
+
+
+
 def remove_tree(directory: str) -> None:
     """Delete a directory and everything in it; a missing one is fine."""
     if not is_remote(directory):
@@ -115,6 +224,7 @@ def _mkdirs(path: str) -> None:
 def ensure_writable_dir(path: str) -> str:
     """Create `path` if needed and prove we can write there, or raise one clear line."""
     if is_remote(path):
+        check_filesystem(path)
         probe = join(path, f".write-test-{uuid.uuid4().hex}")
         try:
             _mkdirs(path)

@@ -41,9 +41,10 @@ class TrainConfig(_Section):
         "`auto`: `mixed_bfloat16` on TPU, on GPUs of compute capability 8.0 or higher and on CPUs with native bf16 "
         "(AVX512-BF16, AMX), `mixed_float16` with loss scaling on older GPUs, `float32` else; or `float32`, "
         "`mixed_bfloat16`, `mixed_float16`"))
-    jit_compile: bool = Field(False, description=(
-        "XLA for the whole step; slower for bf16 on CPU (XLA's CPU matmuls), so off. The element-wise parts are "
-        "compiled either way"))
+    jit_compile: bool | Literal["auto"] = Field("auto", description=(
+        "XLA for the whole training step (forward, backward, accumulation, clipping, update; under Mirrored and "
+        "multi-worker strategies the all-reduce, clipping and update stay outside); `auto`: on GPU and TPU, not on "
+        "CPU, where it measured slower (XLA's CPU matmuls); the fused kernels are compiled either way"))
     kernels: Literal["auto", "fused", "plain"] = Field("auto", description=(
         "the training step's element-wise code: `fused` XLA kernels (tuned on CPU) or the `plain` layers; `auto`: "
         "fused on CPU, plain on GPU and TPU (`bert_keras.distribute.use_fused_kernels`). Both give the same values "
