@@ -147,7 +147,7 @@ def overrides(start: str, args, vocab_file: str) -> dict:
     if start == "best":
         return {**best_recipe(), **shared_vocab}
     if start == "keras_hub":  # pretrained in this process; its converted encoder is fine-tuned by the CLI
-        return {**shared_vocab, "run.stages": ["finetune"],
+        return {**shared_vocab, "run.stages": ["vocab", "finetune"],
                 "finetune.task.init": os.path.join(args.work, "keras_hub", "hub_encoder.weights.h5")}
     if start == "minilm":
         return {"run.stages": ["finetune"], "vocab.vocab_file": os.path.join(minilm, "vocab.txt"),
