@@ -48,6 +48,8 @@ import yaml
 from pretraining_value_report import plot_heldout, summarize, targets_of
 from results import REPO, describe_machine, write_results
 
+from pipeline.contract.atomic import atomic_write_text
+
 TASKS_DIR = os.path.join(REPO, "data", "sotu_tasks")
 STARTS = ("tfidf", "random", "classic", "best", "minilm", "keras_hub", "minilm_dapt")  # the order they run in
 SEQ = 128
@@ -226,8 +228,9 @@ def main() -> None:
                                                              steps, eval_every, args.quick)
         print(f"{start_run}: bertpipe run ...", flush=True)
         walls[start_run] = round(run_cli(start_run, args, overrides(start_run, args, vocab_file)), 1)
-        with open(walls_path, "w", encoding="utf-8") as fh:
-            json.dump(walls, fh, indent=1)
+        # Merged with what is there now: benches of different --starts may share one WORK.
+        walls = {**(json.load(open(walls_path)) if os.path.exists(walls_path) else {}), **walls}
+        atomic_write_text(walls_path, json.dumps(walls, indent=1))
         print(f"{start_run}: done in {walls[start_run]:.0f} s", flush=True)
 
     rows, curves = summarize(args.work, args.task, walls)
