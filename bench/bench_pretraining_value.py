@@ -190,6 +190,8 @@ def main() -> None:
     parser.add_argument("--tasks-dir", default=TASKS_DIR)
     parser.add_argument("--work", default="/tmp/pretraining-value")
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.05-minute budget, 1 repeat, small files")
+    parser.add_argument("--report", action="store_true", help="run nothing: write the results of what WORK holds "
+                        "(a finetune stage still running counts its finished repeats, marked complete: false)")
     args = parser.parse_args()
     if args.quick:
         args.budget, args.repeats, args.epochs = min(args.budget, 0.05), 1, 1
@@ -207,12 +209,13 @@ def main() -> None:
     tokens = steps * BATCH * SEQ
     print(f"token budget of every pretraining run: {tokens:,} tokens ({steps} steps of {BATCH} x {SEQ}), "
           + (f"what a quiet machine trains in {args.budget} min at {rate:,.0f} tokens/s" if not args.tokens else ""))
-    with open(os.path.join(args.work, "base.yaml"), "w", encoding="utf-8") as fh:
-        yaml.safe_dump(base_config(args, tokens, eval_every), fh, sort_keys=False)
+    if not args.report:
+        with open(os.path.join(args.work, "base.yaml"), "w", encoding="utf-8") as fh:
+            yaml.safe_dump(base_config(args, tokens, eval_every), fh, sort_keys=False)
     vocab_file = os.path.join(args.work, "classic", "vocab", "vocab.txt")
     walls_path = os.path.join(args.work, "wall_seconds.json")
     walls = json.load(open(walls_path)) if os.path.exists(walls_path) else {}
-    for start in args.starts:
+    for start in [] if args.report else args.starts:
         if start in ("tfidf", "random"):
             start_run = "classic"  # the classic run's finetune stage scores both beside it
         else:

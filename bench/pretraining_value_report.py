@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 
-# start -> (the run's work directory, which result of its finetune stage)
-SOURCES = {"tfidf": ("classic", "tfidf"), "random": ("classic", "random_init"), "classic": ("classic", "main"),
-           "best": ("best", "main"), "keras_hub": ("keras_hub", "main"), "minilm": ("minilm", "main"),
-           "minilm_dapt": ("minilm_dapt", "main")}
+# start -> (the runs' work directories, first found wins; which result of their finetune stage). TF-IDF is scored
+# on the same splits by every run's finetune stage (raw text, no vocab): the first finished one gives it.
+SOURCES = {"tfidf": (("classic", "best", "minilm"), "tfidf"), "random": (("classic",), "random_init"),
+           "classic": (("classic",), "main"), "best": (("best",), "main"), "keras_hub": (("keras_hub",), "main"),
+           "minilm": (("minilm",), "main"), "minilm_dapt": (("minilm_dapt",), "main")}
 PRETRAINED = {"classic": "classic", "best": "best", "keras_hub": "keras_hub", "minilm_dapt": "minilm_dapt"}
 
 
@@ -38,19 +39,54 @@ def curve_of(work: str, start: str) -> dict | None:
             "sequences_per_second": result.get("train_sequences_per_second")}
 
 
+def _spread(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+
+
+def finished_repeats(work: str, run: str, task: str, which: str) -> dict | None:
+    """A finetune stage still running: its finished repeats (runs/<start>-seed<k>/run.json), as a partial result."""
+    runs_dir = os.path.join(work, run, "finetune", task, "runs")
+    if which == "tfidf" or not os.path.isdir(runs_dir):
+        return None
+    done = [_read(os.path.join(runs_dir, d, "run.json")) for d in sorted(os.listdir(runs_dir)) if d.startswith(which + "-")]
+    done = [r for r in done if r]
+    if not done:
+        return None
+    test, dev = [r["test"]["accuracy"] for r in done], [r["dev"]["accuracy"] for r in done if r["dev"]]
+    return {"metric": "accuracy", "chosen_by": done[0]["chosen_by"], "wall_seconds": None, "partial": True,
+            "test": {which: dict(zip(("mean", "std"), _spread(test), strict=True)) | {"runs": test}},
+            "dev": {which: {"mean": _spread(dev)[0]}} if dev else {}}
+
+
+def _result(work: str, runs: tuple[str, ...], task: str, which: str) -> tuple[str, dict] | None:
+    for run in runs:
+        result = _read(os.path.join(work, run, "finetune", task, "finetune_result.json"))
+        if result is not None and which in result["test"]:
+            return run, result
+    for run in runs:
+        partial = finished_repeats(work, run, task, which)
+        if partial is not None:
+            return run, partial
+    return None
+
+
 def summarize(work: str, task: str, walls: dict) -> tuple[list[dict], dict[str, dict]]:
     """(rows: one per start that has a result, curves: start -> held-out curve)."""
     rows, curves = [], {}
-    for start, (run, which) in SOURCES.items():
-        result = _read(os.path.join(work, run, "finetune", task, "finetune_result.json"))
-        if result is None or which not in result["test"]:
+    for start, (runs, which) in SOURCES.items():
+        found = _result(work, runs, task, which)
+        if found is None:
             continue
+        run, result = found
         spread = result["test"][which]
         row = {"start": start, "task": task, "setting": "train_1k", "metric": f"test {result['metric']} (%)",
                "mean": round(100 * spread["mean"], 2), "std": round(100 * spread["std"], 2),
                "runs": [round(100 * v, 2) for v in spread["runs"]], "chosen_by": result["chosen_by"],
                "dev_mean": round(100 * result["dev"][which]["mean"], 2) if which in result.get("dev", {}) else None,
-               "finetune_wall_seconds": result["wall_seconds"], "run_wall_seconds": walls.get(run)}
+               "finetune_wall_seconds": result["wall_seconds"], "run_wall_seconds": walls.get(run),
+               "complete": not result.get("partial", False)}
         if start in PRETRAINED:
             curve = curve_of(work, start)
             if curve is not None:
