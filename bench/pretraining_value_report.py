@@ -60,13 +60,37 @@ def finished_repeats(work: str, run: str, task: str, which: str) -> dict | None:
             "dev": {which: {"mean": _spread(dev)[0]}} if dev else {}}
 
 
+def tfidf_on_prepared_splits(work: str, run: str, task: str, seeds: int = 3) -> dict | None:
+    """TF-IDF while no finetune stage has finished: the stage's own baseline function on the train / dev / test
+    rows that stage already split (raw text: the same for every run's vocab)."""
+    data_dir = os.path.join(work, run, "finetune", task, "data")
+    if not all(os.path.exists(os.path.join(data_dir, s, "manifest.json")) for s in ("train", "dev", "test")):
+        return None
+    from bert_keras.baselines import tfidf_baseline
+    from bert_keras.tasks.base import load_examples
+    from pipeline.contract import schema
+
+    labels = schema.read_manifest(os.path.join(data_dir, "train")).labels
+    index = {name: i for i, name in enumerate(labels)}
+    splits = []
+    for split in ("train", "dev", "test"):
+        rows = [r for _, r in sorted(load_examples(os.path.join(data_dir, split)).items())]
+        splits += [[r["text"] for r in rows], [index[r["label"]] for r in rows]]
+    done = tfidf_baseline(*splits, labels, "accuracy", list(range(seeds)))
+    test = [r.test["accuracy"] for r in done]
+    return {"metric": "accuracy", "chosen_by": done[0].chosen_by, "wall_seconds": None,
+            "test": {"tfidf": dict(zip(("mean", "std"), _spread(test), strict=True)) | {"runs": test}},
+            "dev": {"tfidf": {"mean": _spread([r.dev["accuracy"] for r in done])[0]}}}
+
+
 def _result(work: str, runs: tuple[str, ...], task: str, which: str) -> tuple[str, dict] | None:
     for run in runs:
         result = _read(os.path.join(work, run, "finetune", task, "finetune_result.json"))
         if result is not None and which in result["test"]:
             return run, result
     for run in runs:
-        partial = finished_repeats(work, run, task, which)
+        partial = finished_repeats(work, run, task, which) if which != "tfidf" else \
+            tfidf_on_prepared_splits(work, run, task)
         if partial is not None:
             return run, partial
     return None
