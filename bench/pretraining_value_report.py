@@ -98,7 +98,9 @@ def _result(work: str, runs: tuple[str, ...], task: str, which: str) -> tuple[st
 
 def summarize(work: str, task: str, walls: dict) -> tuple[list[dict], dict[str, dict]]:
     """(rows: one per start that has a result, curves: start -> held-out curve)."""
-    rows, curves = [], {}
+    rows = []
+    # Every pretraining run that finished has its held-out curve, fine-tuned yet or not.
+    curves = {start: c for start in PRETRAINED if (c := curve_of(work, start)) is not None}
     for start, (runs, which) in SOURCES.items():
         found = _result(work, runs, task, which)
         if found is None:
@@ -111,10 +113,9 @@ def summarize(work: str, task: str, walls: dict) -> tuple[list[dict], dict[str, 
                "dev_mean": round(100 * result["dev"][which]["mean"], 2) if which in result.get("dev", {}) else None,
                "finetune_wall_seconds": result["wall_seconds"], "run_wall_seconds": walls.get(run),
                "complete": not result.get("partial", False)}
-        if start in PRETRAINED:
-            curve = curve_of(work, start)
+        if start in curves:
+            curve = curves[start]
             if curve is not None:
-                curves[start] = curve
                 row.update(pretrain_tokens=curve["final_tokens"], pretrain_train_seconds=round(curve["train_seconds"], 1),
                            heldout_mlm_loss=round(curve["final_loss"], 4) if curve["final_loss"] else None,
                            pretrain_seq_per_s=round(curve["sequences_per_second"] or 0, 1))
