@@ -7,7 +7,11 @@ cheaper than one per record), cast integers to int32, optionally pack short
 instances into shared rows (`packing.py`) and mask per step (`dynamic_masking.py`),
 and prefetch.
 
-Held-out split for evaluation: with two or more shards the last shard (sorted
+Held-out split for evaluation (`heldout_split`): the data job's `holdout/`
+directory when it wrote one (`prepare.holdout_fraction`: documents never trained
+on, masked statically at 15% with whole words whatever the training masking, so
+runs with different masking rates compare on one loss); then training reads
+every shard. Data without one: with two or more shards the last shard (sorted
 by name) is held out; with one shard every 20th record is (`HOLDOUT_MODULO`).
 
 Training input is deterministic under its seed: the interleave and the maps keep
@@ -31,6 +35,8 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from pipeline.contract import schema
+from pipeline.contract.atomic import join
+from pipeline.contract.errors import ContractError
 from pipeline.contract.schema import DataManifest
 
 HOLDOUT_MODULO = 20
@@ -83,7 +89,37 @@ def split(data_dir: str, manifest: DataManifest, which: str) -> Split:
     return Split(tuple(paths), (HOLDOUT_MODULO, HOLDOUT_MODULO - 1, which == "eval"))
 
 
-def holdout_records(manifest: DataManifest) -> int:
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Where pretraining evaluates: `which` of the data in `data_dir` (its `manifest`)."""
+
+    data_dir: str
+    manifest: DataManifest
+    which: str  # "all" of the holdout/ directory, or "eval" of the training data
+    fixed: bool  # the data job's fixed held-out documents (static masks at 15%)
+
+
+def heldout_split(data_dir: str, manifest: DataManifest) -> HeldOut:
+    """The held-out split of pretraining data, and which split training then reads (`train_split`)."""
+    if manifest.holdout:
+        path = join(data_dir, manifest.holdout)
+        held = open_manifest(path, vocab_size=manifest.vocab_size, seq_length=manifest.seq_length, kinds=PRETRAIN_KINDS)
+        if held.vocab_sha256 != manifest.vocab_sha256:
+            raise ContractError(f"the held-out data in {path} was written with another vocab than {data_dir}: "
+                                "rebuild both (bertpipe prepare --force)")
+        return HeldOut(path, held, "all", True)
+    return HeldOut(data_dir, manifest, "eval", False)
+
+
+def train_split(manifest: DataManifest) -> str:
+    """"all" when the held-out documents are a directory of their own, else "train" (the rest of the shards)."""
+    return "all" if manifest.holdout else "train"
+
+
+def holdout_records(manifest: DataManifest, which: str = "eval") -> int:
+    """Records of the held-out split: `which` "all" counts the whole (holdout/) data."""
+    if which == "all":
+        return manifest.num_records
     names = sorted(manifest.shards)
     if len(names) >= 2:
         return manifest.shards[names[-1]]

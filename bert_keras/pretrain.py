@@ -154,17 +154,19 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
     elif start == 0 and model_cfg.init_from:  # a resumed run already holds its own weights
         log_fn("starting weights: " + apply_init(model, encoder, model_cfg.init_from, pending))
     pack, mask = input_fns(manifest, train_cfg, seed)
+    held = data.heldout_split(data_dir, manifest)
+    training_split = data.train_split(manifest)
 
     def train_fn(input_context):
         # The same seed on every resume: the checkpoint holds the input's position in it.
-        return data.make_dataset(data_dir, manifest, which="train", batch_size=train_cfg.batch_size * accum,
+        return data.make_dataset(data_dir, manifest, which=training_split, batch_size=train_cfg.batch_size * accum,
                                  training=True, seed=seed, input_context=input_context, pack=pack, mask=mask)
 
     padding = {}
     if pack is not None and start == 0:
-        plain = data.make_dataset(data_dir, manifest, which="train", batch_size=train_cfg.batch_size, training=True,
-                                  seed=seed)
-        packed = data.make_dataset(data_dir, manifest, which="train", batch_size=train_cfg.batch_size,
+        plain = data.make_dataset(data_dir, manifest, which=training_split, batch_size=train_cfg.batch_size,
+                                  training=True, seed=seed)
+        packed = data.make_dataset(data_dir, manifest, which=training_split, batch_size=train_cfg.batch_size,
                                    training=True, seed=seed, pack=pack)
         rows = 8 * train_cfg.batch_size
         padding = {"padding_fraction_unpacked": data.padding_fraction(plain, rows),
@@ -173,12 +175,16 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
                f"{padding['padding_fraction_packed']:.1%} packed")
 
     eval_ds = None
-    if train_cfg.eval_steps and data.holdout_records(manifest) >= train_cfg.eval_batch_size:
+    if train_cfg.eval_steps and data.holdout_records(held.manifest, held.which) >= train_cfg.eval_batch_size:
         eval_batch = train_cfg.eval_batch_size * strategy.num_replicas_in_sync
         tf.random.set_seed(seed)  # dynamic masking of held-out rows: same masks each time
-        eval_ds = data.make_dataset(data_dir, manifest, which="eval", batch_size=eval_batch, training=False,
-                                    deterministic=True, drop_remainder=True,
-                                    mask=mask if manifest.kind == schema.PRETRAIN_DYNAMIC else None)
+        # The fixed held-out documents (holdout/) are masked statically at 15%: every run, whatever its
+        # masking rate, is scored on the same masks.
+        eval_ds = data.make_dataset(held.data_dir, held.manifest, which=held.which, batch_size=eval_batch,
+                                    training=False, deterministic=True, drop_remainder=True,
+                                    mask=mask if held.manifest.kind == schema.PRETRAIN_DYNAMIC else None)
+        log_fn(f"held-out evaluation: {held.data_dir}" + (" (fixed held-out documents, static masks at 15%)"
+                                                          if held.fixed else f" ({held.which} split of the data)"))
     heldout_path = os.path.join(out_dir, HELDOUT)
     heldout = read_step_log(heldout_path, start, trainer.chief)
 
@@ -224,6 +230,7 @@ def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir:
         # What the export rebuilds the encoder from (its architecture; an hf: start brings its own).
         "encoder": encoder_spec(encoder), "seq_length": manifest.seq_length,
         "loss_curves": curves, "history": result.history, "heldout": heldout,
+        "heldout_data": held.data_dir if eval_ds is not None else None,
     }
     if trainer.chief:
         atomic.atomic_write_text(os.path.join(out_dir, "pretrain_result.json"),
