@@ -86,8 +86,8 @@ def trainer_runner(model, loss_fn, batch):
 
     def run(n: int) -> float:
         t = time.perf_counter()
-        for _ in range(n):
-            float(step(iterator)[0])
+        for i in range(n):
+            float(step(iterator, tf.constant(min(1.0, i / max(n, 1)), tf.float32))[0])  # (iterator, progress)
         return n * rows / (time.perf_counter() - t)
 
     return run
