@@ -106,6 +106,7 @@ class _SplitWriter:
         self.shards: dict[str, int] = {}
         self._writer, self._name = None, ""
         self._examples = tf.io.gfile.GFile(os.path.join(directory, schema.EXAMPLES_NAME), "w")
+        self._examples.write("")  # GFile creates its file on the first write: an empty split still gets one
         self.counts: Counter = Counter()
         self.skipped: Counter = Counter()
 
