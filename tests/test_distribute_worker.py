@@ -109,15 +109,15 @@ def main(argv: list[str]) -> None:
               flush=True)
     elif mode == "finetune":
         from bert_keras.task_training import train_task
-        from pipeline.contract.config import TaskConfig
+        from pipeline.contract.config import task_config
         from tests.test_data import VOCAB
         from tests.test_trainer import TINY
 
         with open(data_dir, encoding="utf-8") as fh:
             spec = json.load(fh)
         model = TINY.model_copy(update={"dropout": 0.1, "attention_dropout": 0.1, "max_position_embeddings": 128})
-        out = train_task(TaskConfig(**spec["task"]), model, VOCAB, spec["data_dirs"], None, out_dir, 0)
-        print("RESULT " + json.dumps({"final_step": out["final_step"], "best_step": out["best_step"]}), flush=True)
+        out = train_task(task_config(**spec["task"]), model, VOCAB, spec["data_dirs"], None, out_dir, 0)
+        print("RESULT " + json.dumps({"final_step": out.final_step, "best_step": out.best_step}), flush=True)
     else:
         raise SystemExit(f"unknown mode {mode}")
 

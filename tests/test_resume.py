@@ -107,17 +107,19 @@ def test_sigkill_then_same_command_resumes_and_ends_with_the_uninterrupted_runs_
 
 def test_a_killed_fine_tuning_resumes_to_the_weights_of_the_uninterrupted_run(tmp_path, data_dir):
     from beam_jobs.finetune_data import prepare_task_data
-    from pipeline.contract.config import TaskConfig
+    from pipeline.contract.config import task_config
+    from tests.harness import write_jsonl
     from tests.test_data import VOCAB
-    from tests.test_finetune_options import jsonl, reviews
+    from tests.test_finetune_options import reviews
 
-    train = jsonl(tmp_path / "train.jsonl", reviews(data_dir, 320))
-    task = dict(type="classification", train_file=train, labels=["negative", "positive"], max_seq_length=64,
-                epochs=2, batch_size=8, learning_rate=1e-3, precision="float32", log_every=1, checkpoint_every=5,
+    train = write_jsonl(tmp_path / "train.jsonl", reviews(data_dir, 320))
+    task = dict(type="classification", train_file=train, test_file=train, max_seq_length=64, epochs=2,
+                batch_size=8, learning_rate=1e-3, precision="float32", log_every=1, checkpoint_every=5,
                 eval_every=25, eval_batch_size=64, packing=True)
-    prepare_task_data(TaskConfig(**task), VOCAB, True, str(tmp_path / "data"), 0)
+    prepare_task_data(task_config(**task), VOCAB, True, str(tmp_path / "data"), 0)
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"task": task, "data_dirs": {s: str(tmp_path / "data" / s) for s in ("train", "eval")}}))
+    spec.write_text(json.dumps({"task": task,
+                                "data_dirs": {s: str(tmp_path / "data" / s) for s in ("train", "dev", "test")}}))
     out, clean = str(tmp_path / "out"), str(tmp_path / "clean")
     cmd = [sys.executable, "-m", "tests.test_distribute_worker", "finetune", str(spec), out]
     killed_at = kill_after_checkpoint(cmd, os.path.join(out, "checkpoints"), at_least=15)
