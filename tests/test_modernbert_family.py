@@ -137,10 +137,6 @@ def test_the_task_data_job_tokenizes_with_the_tokenizer_json_and_qa_spans_hit_th
     assert hits >= 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (issue 17): with dropout off, ModernBERT's training path gives the inference path's outputs "
-    "(1e-5) but gradients that differ by 0.4-0.9% of the largest (token embeddings); the global-attention fused "
-    "softmax alone agrees to 6e-8; the source is not located yet. strict: this fails once it is fixed"))
 def test_the_modernbert_encoder_passes_the_encoder_harness(tmp_path):
     from pipeline.contract import schema
     from tests.harness import run_encoder_test
