@@ -41,6 +41,7 @@ import json
 import os
 import pathlib
 import tempfile
+import types
 
 import tensorflow as tf
 
@@ -106,27 +107,37 @@ class _Server(tf.Module):
         # padded to a few fixed widths so it compiles a few programs, not one per request length.
         # The string ops (tokenizer, trimming, packing) stay outside it: XLA has no kernels for them.
         self.buckets = length_buckets(max_seq_length) if compiled else None
-        self._numeric = tf.function(self._model_logits, jit_compile=True) if compiled else self._model_logits
+        # The model, the encoder and the tokenizer each as one tf.function: every signature and every
+        # length bucket of `length_bucketed` calls the same concrete function (traced once per export)
+        # instead of tracing its own copy of the graph. Inlined, a tiny ModernBERT's five exports took
+        # 557 s to write, nearly all of it tracing.
+        # They live on a plain holder, not on this module: tf.saved_model.save would otherwise list
+        # every tf.function attribute and trace it again in its own save context (another 60 s for
+        # that ModernBERT); the SavedModel keeps the signatures, traced once by `signatures()`.
+        self.fn = types.SimpleNamespace()
+        self.fn.numeric = tf.function(self._model_logits, jit_compile=True if compiled else None)
+        self.fn.embed_numeric = tf.function(self._embed_features)
+        self.fn.pieces = tf.function(self.tokenizer.tokenize, input_signature=[_STRINGS])
 
-        self.embed = tf.function(self._embed, input_signature=[_STRINGS])
-        self.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
+        self.fn.embed = tf.function(self._embed, input_signature=[_STRINGS])
+        self.fn.tokenize = tf.function(self._tokenize, input_signature=[_STRINGS])
         if task_type == EMBEDDING:
             self.input_names, self.aliases = [TEXT], ()
-            self.serving_default = self.embed
+            self.fn.serving_default = self.fn.embed
         else:
             kind = TASKS[task_type]
             self.input_names, self.aliases = list(kind.input_names), kind.signature_aliases
-            self.serving_default = tf.function(kind.serving_fn(self), input_signature=[_STRINGS] * len(kind.input_names))
-        self.serve_examples = tf.function(self._serve_examples, input_signature=[_STRINGS])
+            self.fn.serving_default = tf.function(kind.serving_fn(self), input_signature=[_STRINGS] * len(kind.input_names))
+        self.fn.serve_examples = tf.function(self._serve_examples, input_signature=[_STRINGS])
 
     def signatures(self) -> dict:
         sigs = {
-            "serving_default": self.serving_default,
-            "embed": self.embed,
-            "tokenize": self.tokenize,
-            "serve_examples": self.serve_examples,
+            "serving_default": self.fn.serving_default,
+            "embed": self.fn.embed,
+            "tokenize": self.fn.tokenize,
+            "serve_examples": self.fn.serve_examples,
         }
-        sigs.update({alias: self.serving_default for alias in self.aliases})
+        sigs.update({alias: self.fn.serving_default for alias in self.aliases})
         return {name: fn.get_concrete_function() for name, fn in sigs.items()}
 
     # -- helpers of the task types' serving functions
@@ -136,12 +147,16 @@ class _Server(tf.Module):
         return {LABEL_OUT: tf.gather(self.labels, label_id), LABEL_ID_OUT: label_id, PROBABILITIES_OUT: probabilities}
 
     def features(self, *texts):
-        return pack_segments([self.tokenizer.tokenize(t) for t in texts], self.special, self.max_seq_length)
+        return pack_segments([self.pieces(t) for t in texts], self.special, self.max_seq_length)
+
+    def pieces(self, text):
+        """(batch,) strings -> ragged (batch, pieces) ids, by the one traced tokenizer function."""
+        return self.fn.pieces(text)
 
     def logits(self, features):
         if self.buckets is not None:
             features = pad_to_bucket(features, self.buckets)
-        return self._numeric(features)
+        return self.fn.numeric(features)
 
     def _model_logits(self, features):
         return classification_logits(self.model(features, training=False))
@@ -153,7 +168,7 @@ class _Server(tf.Module):
         return self.features(text)
 
     def _embed(self, text):
-        return length_bucketed(self._embed_features, self.features(text))
+        return length_bucketed(self.fn.embed_numeric, self.features(text))
 
     def _embed_features(self, features):
         out = self.encoder(features, training=False)
@@ -165,7 +180,7 @@ class _Server(tf.Module):
     def _serve_examples(self, serialized):
         spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in self.input_names}
         parsed = tf.io.parse_example(serialized, spec)
-        return self.serving_default(**parsed)
+        return self.fn.serving_default(**parsed)
 
 
 # ---- writing ----------------------------------------------------------------------------

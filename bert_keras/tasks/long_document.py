@@ -65,7 +65,7 @@ class LongDocument(Classification):
         from bert_keras.export_inputs import pack_segments, sliding_windows
 
         def classify_long(text):
-            tokens = server.tokenizer.tokenize(text)
+            tokens = server.pieces(text)
             stride, max_chunks = server.options["doc_stride"], server.options["max_chunks"]
             pieces, _, _, counts = sliding_windows(tokens, server.max_seq_length - 2, stride, max_chunks)
             flat = pack_segments([pieces], server.special, server.max_seq_length)  # (num_windows, seq)
