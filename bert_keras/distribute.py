@@ -41,6 +41,9 @@ def tf_config_workers() -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+_MIRRORED: dict[tuple[str, ...], tf.distribute.Strategy] = {}
+
+
 def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     # Decide TPU / multi-worker before listing devices: listing initializes the
     # TF context, after which MultiWorkerMirroredStrategy can no longer be made.
@@ -68,7 +71,13 @@ def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     if name == "mirrored":
         # Without GPUs mirror over the logical CPU devices (tests split the CPU in two).
         devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices)
+        # One strategy per device set per process: a second MirroredStrategy numbers its collectives
+        # from the same keys as the first, so pretraining then fine-tuning in one `bertpipe run`
+        # failed on the first all-reduce ("Shape mismatch in the collective instance 100").
+        key = tuple(devices)
+        if key not in _MIRRORED:
+            _MIRRORED[key] = tf.distribute.MirroredStrategy(devices=devices)
+        return _MIRRORED[key]
     return tf.distribute.get_strategy()
 
 
