@@ -189,13 +189,15 @@ def _pretrain_phase(cfg: Config, train, phase: int) -> Stage:
             vocab_file=_outputs(ctx, "vocab", VocabOutputs).vocab_file,
             init_state=_outputs(ctx, previous, PretrainOutputs).checkpoint if previous else None,
         )
-        acc = result.get("eval_mlm_accuracy", result.get("mlm_accuracy"))
+        # Held-out accuracy when there is a held-out split, else the last logged training accuracy, named so.
+        held = result.get("eval_mlm_accuracy")
+        acc, which = (held, "held-out") if held is not None else (result.get("mlm_accuracy"), "training")
         speed = result.get("train_sequences_per_second")
         result["summary"] = " ".join(
             part
             for part in (
                 f"step {result.get('step')}",
-                f"held-out MLM accuracy {acc:.3f}" if acc is not None else "",
+                f"{which} MLM accuracy {acc:.3f}" if acc is not None else "",
                 f"{speed:.1f} seq/s" if speed else "",
             )
             if part
