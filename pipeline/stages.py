@@ -371,19 +371,27 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[s
 
         models: dict[str, str] = {}
         registered: dict[str, dict[str, Any] | None] = {}
+        total = len(tasks) + len(students) + int(bool(cfg.export.embedding and with_pretrain))
+
+        def progress(name: str) -> None:  # each SavedModel takes seconds to minutes to trace, write and verify
+            print(f"export: writing {name} ({len(models) + 1} of {total})", flush=True)
+
         for name in tasks:
+            progress(name)
             result = _outputs(ctx, f"finetune:{name}", FinetuneResult)
             models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker,
                                                                cfg.export.xla)
         for name in students:
             result = _outputs(ctx, f"distill:{name}", FinetuneResult)
             student = name + STUDENT_SUFFIX
+            progress(student)
             models[student], registered[student] = export_task_model(result, os.path.join(ctx.out_dir, student),
                                                                      ctx.tracker, cfg.export.xla)
         if cfg.export.embedding and with_pretrain:
             from bert_keras.export_finetuned import export_embedding
 
             vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, pretrain, PretrainOutputs)
+            progress("embedding")
             models["embedding"] = export_embedding(pretrained.encoder, pretrained.encoder_weights, vocab.vocab_file,
                                                    cfg.data.lowercase, pretrained.seq_length,
                                                    os.path.join(ctx.out_dir, "embedding"), cfg.data.strip_accents)
