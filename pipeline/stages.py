@@ -371,7 +371,8 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[s
 
         models: dict[str, str] = {}
         registered: dict[str, dict[str, Any] | None] = {}
-        total = len(tasks) + len(students) + int(bool(cfg.export.embedding and with_pretrain))
+        with_embedding = bool(cfg.export.embedding and with_pretrain)
+        total = len(tasks) + len(students) + int(with_embedding)
 
         def progress(name: str) -> None:  # each SavedModel takes seconds to minutes to trace, write and verify
             print(f"export: writing {name} ({len(models) + 1} of {total})", flush=True)
@@ -387,7 +388,7 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[s
             progress(student)
             models[student], registered[student] = export_task_model(result, os.path.join(ctx.out_dir, student),
                                                                      ctx.tracker, cfg.export.xla)
-        if cfg.export.embedding and with_pretrain:
+        if with_embedding:
             from bert_keras.export_finetuned import export_embedding
 
             vocab, pretrained = _outputs(ctx, "vocab", VocabOutputs), _outputs(ctx, pretrain, PretrainOutputs)
