@@ -20,6 +20,8 @@ much of the step one XLA program can hold under the strategy.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 
@@ -159,6 +161,33 @@ def set_precision(policy: str) -> str:
 
     keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+@contextlib.contextmanager
+def precision_scope(policy: str):
+    """The global Keras dtype policy is `policy` inside, and what it was before afterwards."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    set_precision(policy)
+    try:
+        yield policy
+    finally:
+        set_precision(previous)
+
+
+def restores_precision(fn):
+    """Decorator: `fn` may set the global dtype policy; the caller's comes back when it returns or raises.
+
+    Pretraining and fine-tuning pick a policy for their own models; leaked, it would silently
+    make every later model of the process (the export stage's rebuilt ones) compute in bf16."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import keras
+
+        with precision_scope(keras.mixed_precision.global_policy().name):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -195,14 +195,12 @@ def _compute_precision(model, precision: str):
     recent GPUs, and is emulated (slow) elsewhere, so it is opt-in. The layers'
     own policies are restored afterwards: the caller's model is not changed.
     """
-    if precision == "float32":
-        yield
-        return
     layers = compat.all_layers(model)
     saved = [layer.dtype_policy for layer in layers]
+    policy = "float32" if precision == "float32" else "mixed_bfloat16"  # whatever policy the model was built under
     try:
         for layer in layers:
-            layer.dtype_policy = "mixed_bfloat16"
+            layer.dtype_policy = policy
         yield
     finally:
         for layer, policy in zip(layers, saved, strict=True):

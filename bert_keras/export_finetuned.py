@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from bert_keras import distribute
 from bert_keras.export import EXPORT_INFO, export_encoder_embedding, export_task
 from bert_keras.starting_weights import rebuild_encoder
 from bert_keras.task_results import ExportSpec
@@ -40,8 +41,9 @@ def _example_batch(kind, cfg) -> dict[str, np.ndarray]:
 def rebuild_task_model(spec: ExportSpec):
     kind = TASKS[spec.task_type]
     cfg = task_config(**spec.task)
-    model = kind.build_model(cfg, rebuild_encoder(spec.encoder), len(spec.labels), spec.dropout)
-    model(_example_batch(kind, cfg), training=False)  # create the head's variables before loading
+    with distribute.precision_scope("float32"):  # the reference the export is checked against computes in float32
+        model = kind.build_model(cfg, rebuild_encoder(spec.encoder), len(spec.labels), spec.dropout)
+        model(_example_batch(kind, cfg), training=False)  # create the head's variables before loading
     try:
         model.load_weights(spec.weights)
     except (ValueError, OSError) as err:
@@ -84,6 +86,7 @@ def verify(saved_model: str, model, spec: ExportSpec) -> None:
 def export_embedding(encoder: dict, weights: str, vocab_file: str, lowercase: bool, seq_length: int,
                      out_dir: str, strip_accents: bool | None = None) -> str:
     """The pretrained encoder (architecture and weights as pretraining recorded them) as an embedding SavedModel."""
-    model = rebuild_encoder(encoder)
+    with distribute.precision_scope("float32"):
+        model = rebuild_encoder(encoder)
     model.load_weights(weights)
     return export_encoder_embedding(model, vocab_file, lowercase, seq_length, out_dir, strip_accents)

@@ -103,6 +103,7 @@ def encoder_overrides(train_cfg: PretrainConfig, strategy) -> dict:
     return {**rates, "fused_kernels": distribute.use_fused_kernels(train_cfg.kernels, strategy)}
 
 
+@distribute.restores_precision
 def run_pretraining(model_cfg: ModelConfig, train_cfg: PretrainConfig, data_dir: str, out_dir: str,
                     vocab_size: int, seed: int, on_log: Callable[[int, dict], None] | None = None,
                     log_fn: Callable[[str], None] = print, vocab_file: str | None = None,

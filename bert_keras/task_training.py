@@ -74,6 +74,7 @@ def _better(metric: str, value: float, best: float | None) -> bool:
 
 
 # ---- one training run ------------------------------------------------------------------
+@distribute.restores_precision
 def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_dirs: dict[str, str],
                init: str | None, out_dir: str, seed: int, on_metrics: Callable[[int, dict], None] | None = None,
                log_fn: Callable[[str], None] = print, teacher=None, distill=None) -> TaskRun:
@@ -105,7 +106,6 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     metric = task.best_metric  # validated against the type's metrics by the config
 
     strategy = distribute.choose_strategy(task)
-    previous_policy = keras.mixed_precision.global_policy().name
     policy = distribute.set_precision(distribute.resolve_precision(task.precision, strategy))
     global_batch = distribute.global_batch_size(task.batch_size, strategy, task.accumulation_steps)
     log_fn(distribute.describe(strategy, task.batch_size, task.accumulation_steps, policy))
@@ -234,7 +234,6 @@ def train_task(task: TaskConfig, model_cfg: ModelConfig, vocab_file: str, data_d
     test = kind.evaluate(model, split_ds("test"), EvalContext(labels, vocab, examples["test"], allow_null))
     log_fn("test: " + " ".join(f"{k} {v:.4g}" for k, v in test.metrics.items()))
     trainer.close()
-    distribute.set_precision(previous_policy)  # don't leak the policy into later models of this process
     return TaskRun(
         model=model, labels=labels, dev=dev, test=test,
         chosen_by=f"dev {metric}" if use_dev else "last step (no dev split)", history=history, evals=evals,

@@ -315,6 +315,22 @@ def test_bfloat16_export_is_close_and_leaves_the_model_alone(exported, tmp_path)
     assert not np.allclose(probabilities, want, atol=1e-6)  # it really computed in bf16
 
 
+def test_a_float32_export_of_a_model_built_in_bf16_computes_in_float32(exported, tmp_path):
+    """A pipeline process leaves mixed_bfloat16 set where the CPU has native bf16; the float32 export still is one."""
+    from bert_keras import distribute
+
+    _, models = exported
+    with distribute.precision_scope("mixed_bfloat16"):
+        model = tiny_task_model("classification")
+        model(reference_single(models["classification"], GOOD)[0], training=False)
+    model.set_weights(models["classification"].get_weights())
+    export_task(model, "classification", VOCAB, True, LABELS, SEQ, str(tmp_path / "m"))
+    assert all(layer.dtype_policy.name == "mixed_bfloat16" for layer in model._flatten_layers())  # restored
+    got = tf.saved_model.load(str(tmp_path / "m")).signatures["serving_default"](text=tf.constant(TEXTS))
+    _, want = reference_single(models["classification"], TEXTS)  # the same weights, built in float32
+    np.testing.assert_allclose(got["probabilities"].numpy(), want, atol=1e-5)
+
+
 def test_large_batches_run_in_length_buckets_with_the_same_answers(exported):
     root, models = exported
     reviews = [json.loads(line)["text"].encode() for line in open(os.path.join(os.path.dirname(VOCAB), "..", "reviews", "test.jsonl"))]
