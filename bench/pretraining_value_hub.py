@@ -118,7 +118,9 @@ def pretrain_keras_hub(data_dir: str, out_dir: str, model: dict, batch: int, ste
         # Per batch: the mean over masked targets (weights), then the mean over batches, as bertpipe's evaluate.
         losses = []
         for x, y, w in evals:
-            logits = tf.cast(hub(x, training=False), tf.float32)
+            # predict_on_batch: the compiled graph, as fit's; an eager call under mixed_bfloat16 fails in
+            # keras-hub's MaskedLMHead (its float32 bias added to bfloat16 outputs, keras-hub 0.32).
+            logits = tf.cast(hub.predict_on_batch(x), tf.float32)
             losses.append(float(loss_fn(y, logits, sample_weight=w)) / max(float(tf.reduce_sum(w)), 1e-6))
         return sum(losses) / len(losses)
 
