@@ -37,6 +37,15 @@ def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int,
             raise ContractError(f"{source} has a vocab of {encoder.vocab_size} tokens but the data was "
                                 f"written with {vocab_size}: use the checkpoint's vocab.txt")
         return encoder, (state, source)
+    run_start = _spec(model_cfg.init_from)
+    if run_start is not None and run_start.imported:
+        # Continued pretraining from hf:/google: made this run's encoders that checkpoint's architecture (model.*
+        # sizes are ignored for it), so its fine-tuning (and random-init) encoders are built the same way.
+        encoder, _, source = families.for_checkpoint(run_start).encoder_from_checkpoint(run_start, **overrides)
+        if encoder.vocab_size != vocab_size:
+            raise ContractError(f"{source} (model.init_from) has a vocab of {encoder.vocab_size} tokens but the "
+                                f"data was written with {vocab_size}: use the checkpoint's vocab.txt")
+        return encoder, None
     return families.for_config(model_cfg).build_encoder(model_cfg, vocab_size, **overrides), None
 
 
