@@ -31,21 +31,17 @@ def build_encoder_for(init: str | None, model_cfg: ModelConfig, vocab_size: int,
     `overrides`: encoder arguments that win over the config or checkpoint (pretraining's
     own dropout, `fused_kernels`)."""
     spec = _spec(init)
-    if spec is not None and spec.imported:
-        encoder, state, source = families.for_checkpoint(spec).encoder_from_checkpoint(spec, **overrides)
+    # An imported init brings architecture and weights. Without one, continued pretraining from hf:/google:
+    # (model.init_from) made this run's encoders that checkpoint's architecture (model.* sizes are ignored for it),
+    # so its fine-tuning and random-init encoders are built the same way, its weights left out.
+    architecture = spec if spec is not None and spec.imported else _spec(model_cfg.init_from)
+    if architecture is not None and architecture.imported:
+        encoder, state, source = families.for_checkpoint(architecture).encoder_from_checkpoint(architecture,
+                                                                                               **overrides)
         if encoder.vocab_size != vocab_size:
             raise ContractError(f"{source} has a vocab of {encoder.vocab_size} tokens but the data was "
                                 f"written with {vocab_size}: use the checkpoint's vocab.txt")
-        return encoder, (state, source)
-    run_start = _spec(model_cfg.init_from)
-    if run_start is not None and run_start.imported:
-        # Continued pretraining from hf:/google: made this run's encoders that checkpoint's architecture (model.*
-        # sizes are ignored for it), so its fine-tuning (and random-init) encoders are built the same way.
-        encoder, _, source = families.for_checkpoint(run_start).encoder_from_checkpoint(run_start, **overrides)
-        if encoder.vocab_size != vocab_size:
-            raise ContractError(f"{source} (model.init_from) has a vocab of {encoder.vocab_size} tokens but the "
-                                f"data was written with {vocab_size}: use the checkpoint's vocab.txt")
-        return encoder, None
+        return encoder, (state, source) if architecture is spec else None
     return families.for_config(model_cfg).build_encoder(model_cfg, vocab_size, **overrides), None
 
 
