@@ -122,7 +122,15 @@ def plan_instances(doc: Sentences, max_seq_length: int, short_seq_prob: float, c
     return out
 
 
-def donor_run(doc: Sentences, start: int, max_tokens: int) -> Sentences:
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A donor run: its sentences' ids back to back, and where each sentence ends in them."""
+
+    ids: np.ndarray  # (n,) wordpiece ids
+    ends: np.ndarray  # (sentences,) int64, cumulative: sentence i is ids[ends[i - 1]:ends[i]]
+
+
+def donor_run(doc: Sentences, start: int, max_tokens: int) -> Run:
     """Sentences from `start` on, at most `max_tokens` tokens in all (the last one cut):
     enough for any B, since B never exceeds `max_seq_length - 3`."""
     run, size = [], 0
@@ -131,7 +139,7 @@ def donor_run(doc: Sentences, start: int, max_tokens: int) -> Sentences:
         size += len(run[-1])
         if size >= max_tokens:
             break
-    return run
+    return Run(np.concatenate(run), np.cumsum([len(s) for s in run], dtype=np.int64))
 
 
 def donor_starts(num_sentences: int, k: int, rng: random.Random) -> list[int]:
@@ -144,16 +152,13 @@ def donor_starts(num_sentences: int, k: int, rng: random.Random) -> list[int]:
     return picks
 
 
-def complete(request: Request, run: Sentences, max_seq_length: int, cls_id: int, sep_id: int,
+def complete(request: Request, run: Run, max_seq_length: int, cls_id: int, sep_id: int,
              rng: random.Random) -> Instance:
-    """The random-next instance of `request` with B taken from the start of `run`."""
-    picked, size = [], 0
-    for sentence in run:  # as BERT: whole sentences until B reaches its target length
-        picked.append(sentence)
-        size += len(sentence)
-        if size >= request.target_b:
-            break
-    return pair_instance(request.tokens_a, np.concatenate(picked), True, max_seq_length - 3, cls_id, sep_id, rng)
+    """The random-next instance of `request` with B taken from the start of `run`: as BERT,
+    whole sentences until B reaches its target length (the first sentence end at or past it)."""
+    last = min(int(np.searchsorted(run.ends, request.target_b)), len(run.ends) - 1)
+    b = run.ids[: run.ends[last]]
+    return pair_instance(request.tokens_a, b, True, max_seq_length - 3, cls_id, sep_id, rng)
 
 
 def mlm_windows(doc: Sentences, max_seq_length: int, short_seq_prob: float, cls_id: int, sep_id: int,

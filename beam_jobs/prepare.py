@@ -122,7 +122,7 @@ def holdout_config(prepare: PrepareConfig) -> PrepareConfig:
 
 class _PlanFn(beam.DoFn):
     """(doc key, tokenized sentences) -> batches of ready (seed, Instance) per dupe copy, tagged
-    by split, and packed donor requests and runs keyed by (split, bucket) (`DONORS`)."""
+    by split, and the document's donor requests and runs, packed per (split, bucket) (`DONORS`)."""
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int, buckets: tuple[int, int],
                  holdout_fraction: float):  # fmt: skip
@@ -146,6 +146,7 @@ class _PlanFn(beam.DoFn):
             return
         doc_hash, which = instances.stable_int(key), _SPLITS.index(split)
         buckets = self._buckets[which]
+        to_match = collections.defaultdict(lambda: ([], []))  # bucket -> this document's (requests, runs)
         for copy in range(1 if split == HOLDOUT else p.dupe_factor):
             copy_seed = instances.stable_int(self._seed, key, copy)
             rng = random.Random(copy_seed)
@@ -158,16 +159,17 @@ class _PlanFn(beam.DoFn):
                 seed = instances.stable_int(copy_seed, j)
                 if isinstance(inst, instances.Request):
                     requests += 1
-                    yield TaggedOutput(DONORS, ((which, seed % buckets), donors.pack_request(seed, doc_hash, inst, self._wide)))
+                    to_match[seed % buckets][0].append((seed, inst))
                 else:
                     ready.append((seed, inst))
             # As many donor runs as this copy asked for: runs are drawn evenly over the corpus's text.
             for k, start in enumerate(instances.donor_starts(len(doc), requests, rng)):
                 run_key = instances.stable_int(copy_seed, "run", k)
-                run = instances.donor_run(doc, start, p.max_seq_length - 3)
-                yield TaggedOutput(DONORS, ((which, run_key % buckets), donors.pack_run(run_key, doc_hash, run, self._wide)))
+                to_match[run_key % buckets][1].append((run_key, instances.donor_run(doc, start, p.max_seq_length - 3)))
             if ready:
                 yield TaggedOutput(split, ready)
+        for bucket, (requests, runs) in sorted(to_match.items()):
+            yield TaggedOutput(DONORS, ((which, bucket), donors.pack(doc_hash, requests, runs, self._wide)))
 
 
 class _RecordsFn(beam.DoFn):

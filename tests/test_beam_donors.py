@@ -76,12 +76,16 @@ def test_match_goes_round_robin_and_never_to_the_requests_own_document():
 @pytest.mark.parametrize("wide", [False, True])
 def test_requests_and_runs_pack_and_unpack(wide):
     big = 70_000 if wide else 60_000
-    request = instances.Request(np.array([5, big, 7], np.int32), 42)
-    kind, seed, doc, back = donors.unpack(donors.pack_request(2**64 - 1, 9, request, wide))
-    assert (kind, seed, doc, back.target_b, back.tokens_a.tolist()) == (0, 2**64 - 1, 9, 42, [5, big, 7])
-    run = [np.array([1, 2], np.int32), np.array([big], np.int32), np.array([3, 4, 5], np.int32)]
-    kind, key, doc, back = donors.unpack(donors.pack_run(11, 2**63, run, wide))
-    assert (kind, key, doc) == (1, 11, 2**63) and [s.tolist() for s in back] == [s.tolist() for s in run]
+    requests = [(2**64 - 1, instances.Request(np.array([5, big, 7], np.int32), 42)),
+                (3, instances.Request(np.array([8], np.int32), 1))]  # fmt: skip
+    doc = [np.array([1, 2], np.int32), np.array([big], np.int32), np.array([3, 4, 5], np.int32)]
+    runs = [(11, instances.donor_run(doc, 0, 125)), (12, instances.donor_run(doc, 1, 3))]
+    back_requests, back_runs = donors.unpack(donors.pack(2**63, requests, runs, wide))
+    assert [(seed, d, r.target_b, r.tokens_a.tolist()) for seed, d, r in back_requests] == [
+        (2**64 - 1, 2**63, 42, [5, big, 7]), (3, 2**63, 1, [8])]  # fmt: skip
+    assert [(key, d, run.ids.tolist(), run.ends.tolist()) for key, d, run in back_runs] == [
+        (11, 2**63, [1, 2, big, 3, 4, 5], [2, 3, 6]), (12, 2**63, [big, 3, 4], [1, 3])]  # fmt: skip
+    assert donors.unpack(donors.pack(5, [], [], wide)) == ([], [])
 
 
 def test_random_next_comes_from_another_document_and_donors_are_used_evenly(marked_corpus, tmp_path, monkeypatch):
