@@ -39,12 +39,13 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _packed_varints(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """(records, k) integers -> (all rows' packed varints back to back, byte offset of each row (records+1,))."""
-    records = matrix.shape[0]
+def _packed_varints(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(records, k) integers -> their packed varints as (records, k * width) bytes and which of
+    them are real (None: all; a value takes 1..width bytes): a row's real bytes in order are its
+    packed field."""
     if matrix.size and 0 <= matrix.min() and matrix.max() < 0x80:  # one byte each: the bytes are the values
-        width = matrix.size // records
-        return np.ascontiguousarray(matrix, np.uint8).tobytes(), np.arange(records + 1, dtype=np.int64) * width
+        return np.ascontiguousarray(matrix, np.uint8), None
+    records = matrix.shape[0]
     u = np.ascontiguousarray(matrix, dtype=np.int64).view(np.uint64).reshape(-1)
     if u.size and int(u.max()) < 1 << 32:  # ids and positions: 32-bit arithmetic, half the memory traffic
         u = u.astype(np.uint32)
@@ -53,63 +54,55 @@ def _packed_varints(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
     lengths = np.ones(u.shape, dtype=np.int8)
     for k in range(1, width):
         lengths += u >= u.dtype.type(1 << (7 * k))
-    # (values, width) bytes, continuation bit set on all but each value's last; a boolean mask
-    # keeps each value's first `length` bytes in row-major order (a scatter cost 3x more).
+    # (values, width) bytes, continuation bit set on all but each value's last.
     groups = np.empty((u.size, width), np.uint8)
     for k in range(width):
         groups[:, k] = ((u >> u.dtype.type(7 * k)) & u.dtype.type(0x7F)).astype(np.uint8) | ((lengths > k + 1).astype(np.uint8) << 7)
-    out = groups[np.arange(width)[None, :] < lengths[:, None]]
-    per_row = lengths.reshape(records, -1).sum(axis=1, dtype=np.int64)
-    return out.tobytes(), np.concatenate(([0], np.cumsum(per_row)))
-
-
-def _packed_floats(matrix: np.ndarray) -> tuple[bytes, np.ndarray]:
-    flat = np.ascontiguousarray(matrix, dtype="<f4")
-    width = 4 * (flat.shape[1] if flat.ndim > 1 else 1)
-    return flat.tobytes(), np.arange(matrix.shape[0] + 1, dtype=np.int64) * width
+    real = np.arange(width, dtype=np.int8)[None, :] < lengths[:, None]
+    return groups.reshape(records, -1), real.reshape(records, -1)
 
 
 def _varint_matrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n,) non-negative lengths -> ((n, width) varint bytes, (n,) byte count of each)."""
     u = values.astype(np.uint64)
+    width = max(1, (int(u.max()).bit_length() + 6) // 7) if u.size else 1  # bytes of the largest
     lengths = np.ones(u.shape, np.int64)
-    for k in range(1, 10):
+    for k in range(1, width):
         lengths += u >= np.uint64(1 << (7 * k))
-    width = int(lengths.max()) if lengths.size else 1
     out = np.zeros((u.size, width), np.uint8)
     for k in range(width):
         out[:, k] = ((u >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8) | ((lengths > k + 1).astype(np.uint8) << 7)
     return out, lengths
 
 
-class _Writer:
-    """Appends the same kind of segment to every record of a batch at once: `pos` (n,) is each
-    record's write position in the flat output buffer `out`."""
+class _Segments:
+    """Each record's bytes as a row of segments: a segment is (records, w) bytes and which of
+    them are real (None: all). Every record's segments are appended in the same order, so
+    joining them side by side and keeping the real bytes row-major is every record back to
+    back (one boolean gather; writing each record's pieces at its own offset cost ~7 us a
+    record in fancy indexing)."""
 
-    def __init__(self, out: np.ndarray, pos: np.ndarray):
-        self.out, self.pos = out, pos
+    def __init__(self, records: int):
+        self.records, self.bytes, self.real = records, [], []
 
     def const(self, data: bytes) -> None:
-        for k, byte in enumerate(data):
-            self.out[self.pos + k] = byte
-        self.pos += len(data)
+        self.bytes.append(np.broadcast_to(np.frombuffer(data, np.uint8), (self.records, len(data))))
+        self.real.append(None)
+
+    def data(self, matrix: np.ndarray, real: np.ndarray | None) -> None:
+        self.bytes.append(matrix)
+        self.real.append(real)
 
     def varint(self, values: np.ndarray) -> None:
         matrix, lengths = _varint_matrix(values)
-        for k in range(matrix.shape[1]):
-            sel = lengths > k
-            self.out[self.pos[sel] + k] = matrix[sel, k]
-        self.pos += lengths
+        self.data(matrix, np.arange(matrix.shape[1])[None, :] < lengths[:, None] if matrix.shape[1] > 1 else None)
 
-    def ragged(self, data: np.ndarray, offsets: np.ndarray) -> None:
-        """Record r gets data[offsets[r]:offsets[r + 1]]."""
-        lengths = np.diff(offsets)
-        total = int(lengths.sum())
-        if total:
-            skip = np.cumsum(lengths) - lengths  # (n,): bytes of the records before
-            step = np.arange(total)
-            self.out[np.repeat(self.pos - skip, lengths) + step] = data[np.repeat(offsets[:-1] - skip, lengths) + step]
-        self.pos += lengths
+    def join(self) -> list[bytes]:
+        real = np.concatenate([np.ones(b.shape, bool) if r is None else r for b, r in zip(self.bytes, self.real, strict=True)],
+                              axis=1)  # fmt: skip
+        blob = np.concatenate(self.bytes, axis=1)[real].tobytes()
+        ends = np.cumsum(real.sum(axis=1)).tolist()
+        return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def _len(lengths: np.ndarray) -> np.ndarray:
@@ -122,8 +115,8 @@ def encode(columns: dict[str, tuple[bool, np.ndarray]]) -> list[bytes]:
 
     `columns` maps a feature name to (is_float, (records, k) values), every
     matrix with the same number of rows; k may differ between features. Every length
-    header is computed for all records at once and written with numpy (per-record Python
-    assembly cost ~70 us a record, the largest part of serialization).
+    header is computed for all records at once and the records assembled with numpy
+    (per-record Python assembly cost ~70 us a record, the largest part of serialization).
     """
     names = sorted(columns)  # deterministic serialization orders map keys
     if not names:
@@ -138,36 +131,33 @@ def encode(columns: dict[str, tuple[bool, np.ndarray]]) -> list[bytes]:
     body = np.zeros(num_records, np.int64)
     for name in names:
         is_float, values = columns[name]
-        data, offsets = (_packed_floats if is_float else _packed_varints)(values.reshape(num_records, -1))
-        offsets = np.asarray(offsets, np.int64)
-        payload = np.diff(offsets)  # (n,) packed bytes
+        values = values.reshape(num_records, -1)
+        if is_float:
+            data, real = np.ascontiguousarray(values, dtype="<f4").view(np.uint8).reshape(num_records, -1), None
+        else:
+            data, real = _packed_varints(values)
+        payload = np.full(num_records, data.shape[1], np.int64) if real is None else real.sum(axis=1, dtype=np.int64)
         packed = np.where(payload > 0, _len(payload), 0)  # an empty packed field is omitted
         feature = _len(packed)  # kind tag + length + packed field
         key = name.encode("utf-8")
         prefix = b"\x0a" + varint(len(key)) + key + b"\x12"
         entry = len(prefix) + _varint_matrix(feature)[1] + feature
         body += _len(entry)
-        features.append((prefix, _FLOAT_FEATURE if is_float else _INT_FEATURE, np.frombuffer(data, np.uint8),
-                         offsets, payload, packed, feature, entry))  # fmt: skip
-    record = _len(body)
-    ends = np.cumsum(record)
-    out = np.zeros(int(ends[-1]), np.uint8)
-    w = _Writer(out, ends - record)
-    w.const(b"\x0a")
-    w.varint(body)
-    for prefix, kind, data, offsets, payload, packed, feature, entry in features:
-        w.const(b"\x0a")
-        w.varint(entry)
-        w.const(prefix)
-        w.varint(feature)
-        w.const(kind)
-        w.varint(packed)
+        features.append((prefix, _FLOAT_FEATURE if is_float else _INT_FEATURE, data, real, payload, packed, feature, entry))
+    out = _Segments(num_records)
+    out.const(b"\x0a")
+    out.varint(body)
+    for prefix, kind, data, real, payload, packed, feature, entry in features:
+        out.const(b"\x0a")
+        out.varint(entry)
+        out.const(prefix)
+        out.varint(feature)
+        out.const(kind)
+        out.varint(packed)
         if (payload > 0).all():  # every record has values (fixed-length features always do)
-            w.const(b"\x0a")
-            w.varint(payload)
+            out.const(b"\x0a")
+            out.varint(payload)
         elif (payload > 0).any():
             raise ValueError("a feature is empty in some records only; fixed-length features never are")
-        w.ragged(data, offsets)
-    blob = out.tobytes()
-    starts = (ends - record).tolist()
-    return [blob[a:b] for a, b in zip(starts, ends.tolist(), strict=True)]
+        out.data(data, real)
+    return out.join()
