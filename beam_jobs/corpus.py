@@ -320,7 +320,8 @@ class ReadDocuments(beam.PTransform):
         data = self._data
         # Beam's file reader drops zero-byte files before any source sees them; count them here.
         empty = [m.path for m in self._files if m.size_in_bytes == 0]
-        _ = pbegin | "EmptyFiles" >> beam.Create(["empty_file"] * len(empty)) | "CountEmpty" >> beam.ParDo(_CountFn())
+        if empty:  # (every step costs the job start-up time: Beam inspects each DoFn's methods several times)
+            _ = pbegin | "EmptyFiles" >> beam.Create(["empty_file"] * len(empty)) | "CountEmpty" >> beam.ParDo(_CountFn())
         files = [m for m in self._files if m.size_in_bytes > 0]
         reads = []
         for split in (True, False):  # ReadAllFiles splits all of its files or none
@@ -329,7 +330,7 @@ class ReadDocuments(beam.PTransform):
                 name = "Split" if split else "Whole"
                 reads.append(
                     pbegin
-                    | f"{name}Files" >> beam.Create(group)
+                    | f"{name}Files" >> beam.Create(group, reshuffle=False)  # ReadAllFiles reshards the ranges
                     | f"Read{name}Files"
                     >> ReadAllFiles(splittable=split, compression_type=CompressionTypes.AUTO,
                                     desired_bundle_size=self._split, min_bundle_size=0,

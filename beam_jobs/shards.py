@@ -113,7 +113,8 @@ class WriteShards(beam.PTransform):
         parts = [pc | f"WriteParts{i or ''}" >> beam.ParDo(_WritePartsFn(parts_dir, self._n))
                  for i, pc in enumerate(inputs)]  # fmt: skip
         # Every shard gets a file, even one that no record hashed to.
-        every = inputs[0].pipeline | "EveryShard" >> beam.Create([(i, "") for i in range(self._n)])
+        # (Not reshuffled: a few markers, and a Reshuffle adds six steps to the job's start-up.)
+        every = inputs[0].pipeline | "EveryShard" >> beam.Create([(i, "") for i in range(self._n)], reshuffle=False)
         return (
             (*parts, every)
             | "AllParts" >> beam.Flatten()
