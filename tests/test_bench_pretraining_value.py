@@ -15,7 +15,7 @@ from tests.conftest import DATA
 ROOT = os.path.dirname(DATA)
 
 BENCH = os.path.join(ROOT, "bench", "bench_pretraining_value.py")
-STARTS = ["tfidf", "random", "classic", "best", "keras_hub"]
+STARTS = ["tfidf", "random", "classic", "best", "keras_hub", "modernbert"]
 
 
 def _bench(work, results) -> subprocess.CompletedProcess:
@@ -36,7 +36,7 @@ def test_quick_bench_scores_every_start_with_the_protocol_and_a_rerun_resumes(tm
     for r in rows.values():
         assert len(r["runs"]) == 1 and 0 <= r["mean"] <= 100 and r["task"] == "era"
     assert rows["classic"]["chosen_by"].startswith("dev")  # dev chose, test was scored once
-    for start in ("classic", "best", "keras_hub"):  # the same token budget for every pretraining run
+    for start in ("classic", "best", "keras_hub", "modernbert"):  # the same token budget for every pretraining run
         assert rows[start]["pretrain_tokens"] == rows["classic"]["pretrain_tokens"] > 0
         assert rows[start]["heldout_mlm_loss"] > 0
     names = {t["name"] for t in doc["targets"]}
@@ -46,6 +46,18 @@ def test_quick_bench_scores_every_start_with_the_protocol_and_a_rerun_resumes(tm
     for start in ("classic", "best"):
         with open(work / start / "pretrain" / "pretrain_result.json") as fh:
             assert json.load(fh)["heldout_data"].endswith(os.path.join("prepare", "data", "holdout"))
+
+    # The classic's final loss on the MLM-only runs' held-out windows (the time-to-classic-loss level) comes from
+    # a rescoring that gives back a run's own recorded final loss on its own set.
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from heldout_rescore import CACHE, rescore
+
+    best_data = str(work / "best" / "prepare" / "data")
+    assert abs(rescore(str(work / "best"), best_data) - rows["best"]["heldout_mlm_loss"]) < 2e-3
+    with open(work / "classic" / "pretrain" / CACHE) as fh:
+        assert json.load(fh)[best_data] > 0
+    with open(work / "modernbert" / "pretrain" / "stage.json") as fh:
+        assert json.load(fh)["config"]["model"]["family"] == "modernbert"
 
     again = _bench(work, results)  # everything is done: nothing trains again
     assert again.returncode == 0 and "bertpipe run ..." not in again.stdout
