@@ -3,7 +3,7 @@
 BERT draws the random B of an NSP pair from a random document of the corpus
 it holds in memory. Here `instances.plan_instances` turns each such draw into a
 `Request` (segment A, target length of B) and each document copy also offers
-as many donor runs (runs of its sentences, `instances.donor_run`) as it has
+as many donor runs (runs of its sentences, `instances.donor_runs`) as it has
 requests. Requests and runs are keyed into buckets by hashes of their seeds,
 grouped with a GroupByKey, and matched inside each bucket (`match`):
 

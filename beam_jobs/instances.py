@@ -10,7 +10,7 @@ Two layouts, chosen by `prepare.objective`:
   one document, so the work is split in two. `plan_instances` makes every
   instance whose B is the true continuation and, for each one that needs a
   random B, a `Request` (A and the length B should have), plus as many
-  `donor_run`s of this document for other documents' requests; `donors.py`
+  donor runs (`donor_runs`) of this document for other documents' requests; `donors.py`
   joins requests and runs across the whole corpus and `complete` builds the
   instance from the pair. The plan never depends on which B it will get, so
   the instances are the same whichever worker sees which document.
@@ -46,17 +46,31 @@ class Request:
     target_b: int  # BERT's target_b_length: take sentences until B has this many tokens
 
 
-def stable_int(*parts: bytes | int | str) -> int:
-    """64-bit hash of the parts; seeds come from content, never from arrival order."""
+def _hashed(parts) -> hashlib.blake2b:
     digest = hashlib.blake2b(digest_size=8)
     for part in parts:
         if isinstance(part, int):
             part = part.to_bytes(16, "little", signed=True)  # seeds and 64-bit hashes
         elif isinstance(part, str):
             part = part.encode("utf-8")
-        digest.update(part)
-        digest.update(b"\x1f")
-    return int.from_bytes(digest.digest(), "little")
+        digest.update(part + b"\x1f")
+    return digest
+
+
+def stable_int(*parts: bytes | int | str) -> int:
+    """64-bit hash of the parts; seeds come from content, never from arrival order."""
+    return int.from_bytes(_hashed(parts).digest(), "little")
+
+
+def stable_ints(count: int, *parts: bytes | int | str) -> list[int]:
+    """`stable_int(*parts, j)` for j in range(count), the common parts hashed once."""
+    prefix = _hashed(parts)
+    out = []
+    for j in range(count):
+        digest = prefix.copy()
+        digest.update(j.to_bytes(16, "little", signed=True) + b"\x1f")
+        out.append(int.from_bytes(digest.digest(), "little"))
+    return out
 
 
 def truncate_pair(len_a: int, len_b: int, max_num_tokens: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -130,16 +144,19 @@ class Run:
     ends: np.ndarray  # (sentences,) int64, cumulative: sentence i is ids[ends[i - 1]:ends[i]]
 
 
-def donor_run(doc: Sentences, start: int, max_tokens: int) -> Run:
-    """Sentences from `start` on, at most `max_tokens` tokens in all (the last one cut):
-    enough for any B, since B never exceeds `max_seq_length - 3`."""
-    run, size = [], 0
-    for sentence in doc[start:]:
-        run.append(sentence[: max_tokens - size])
-        size += len(run[-1])
-        if size >= max_tokens:
-            break
-    return Run(np.concatenate(run), np.cumsum([len(s) for s in run], dtype=np.int64))
+def donor_runs(doc: Sentences, starts: Sequence[int], max_tokens: int) -> list[Run]:
+    """For each start, the document's sentences from there on, at most `max_tokens` tokens in all
+    (the last one cut): enough for any B, since B never exceeds `max_seq_length - 3`. A run is
+    a slice of the document's tokens, so all of a document's runs come from one concatenation."""
+    if not starts:
+        return []
+    bounds = np.concatenate(([0], np.cumsum([len(s) for s in doc], dtype=np.int64)))  # sentence i: bounds[i:i + 2]
+    flat = np.concatenate(doc)
+    lo = bounds[np.asarray(starts)]
+    hi = np.minimum(lo + max_tokens, bounds[-1])
+    last = np.searchsorted(bounds, hi)  # the run's last sentence (cut at hi) ends at bounds[last] >= hi
+    return [Run(flat[a:b], np.minimum(bounds[s + 1 : e + 1], b) - a)
+            for s, e, a, b in zip(starts, last.tolist(), lo.tolist(), hi.tolist(), strict=True)]  # fmt: skip
 
 
 def donor_starts(num_sentences: int, k: int, rng: random.Random) -> list[int]:

@@ -155,17 +155,17 @@ class _PlanFn(beam.DoFn):
             else:
                 items = instances.mlm_windows(doc, p.max_seq_length, p.short_seq_prob, v.cls, v.sep, v.is_suffix, rng)
             ready, requests = [], 0
-            for j, inst in enumerate(items):
-                seed = instances.stable_int(copy_seed, j)
+            for seed, inst in zip(instances.stable_ints(len(items), copy_seed), items, strict=True):
                 if isinstance(inst, instances.Request):
                     requests += 1
                     to_match[seed % buckets][0].append((seed, inst))
                 else:
                     ready.append((seed, inst))
             # As many donor runs as this copy asked for: runs are drawn evenly over the corpus's text.
-            for k, start in enumerate(instances.donor_starts(len(doc), requests, rng)):
-                run_key = instances.stable_int(copy_seed, "run", k)
-                to_match[run_key % buckets][1].append((run_key, instances.donor_run(doc, start, p.max_seq_length - 3)))
+            starts = instances.donor_starts(len(doc), requests, rng)
+            runs = instances.donor_runs(doc, starts, p.max_seq_length - 3)
+            for run_key, run in zip(instances.stable_ints(len(starts), copy_seed, "run"), runs, strict=True):
+                to_match[run_key % buckets][1].append((run_key, run))
             if ready:
                 yield TaggedOutput(split, ready)
         for bucket, (requests, runs) in sorted(to_match.items()):

@@ -79,7 +79,7 @@ def test_requests_and_runs_pack_and_unpack(wide):
     requests = [(2**64 - 1, instances.Request(np.array([5, big, 7], np.int32), 42)),
                 (3, instances.Request(np.array([8], np.int32), 1))]  # fmt: skip
     doc = [np.array([1, 2], np.int32), np.array([big], np.int32), np.array([3, 4, 5], np.int32)]
-    runs = [(11, instances.donor_run(doc, 0, 125)), (12, instances.donor_run(doc, 1, 3))]
+    runs = [(11, instances.donor_runs(doc, [0], 125)[0]), (12, instances.donor_runs(doc, [1], 3)[0])]  # 12: cut at 3
     back_requests, back_runs = donors.unpack(donors.pack(2**63, requests, runs, wide))
     assert [(seed, d, r.target_b, r.tokens_a.tolist()) for seed, d, r in back_requests] == [
         (2**64 - 1, 2**63, 42, [5, big, 7]), (3, 2**63, 1, [8])]  # fmt: skip

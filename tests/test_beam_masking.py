@@ -50,7 +50,7 @@ def _instance(item, docs, d, info):
         return item
     rng = random.Random(len(item.tokens_a))
     other = docs[(d + 1) % len(docs)]
-    return instances.complete(item, instances.donor_run(other, rng.randrange(len(other)), 125), 128, info.cls,
+    return instances.complete(item, instances.donor_runs(other, [rng.randrange(len(other))], 125)[0], 128, info.cls,
                               info.sep, rng)  # fmt: skip
 
 

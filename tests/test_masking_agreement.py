@@ -41,7 +41,7 @@ def rows():
         for item in instances.plan_instances(doc, SEQ, 0.1, info.cls, info.sep, random.Random(d)):
             if isinstance(item, instances.Request):
                 rng, other = random.Random(len(item.tokens_a)), docs[(d + 1) % len(docs)]
-                item = instances.complete(item, instances.donor_run(other, rng.randrange(len(other)), SEQ - 3), SEQ,
+                item = instances.complete(item, instances.donor_runs(other, [rng.randrange(len(other))], SEQ - 3)[0], SEQ,
                                           info.cls, info.sep, rng)  # fmt: skip
             made.append(item)
     tokens = np.zeros((len(made), SEQ), np.int64)
