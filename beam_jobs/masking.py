@@ -92,13 +92,22 @@ def span_units(words: np.ndarray, max_ngram: int, u: np.ndarray) -> np.ndarray:
     return _ids_from_starts(maskable & (span != prev_span), maskable)
 
 
-def select_units(units: np.ndarray, k: np.ndarray, priority: np.ndarray) -> np.ndarray:
-    """(n, seq) bool: the tokens of the units taken in `priority` order while they fit `k` (n,)."""
+def select_units(units: np.ndarray, k: np.ndarray, priority: np.ndarray, single_tokens: bool = False) -> np.ndarray:
+    """(n, seq) bool: the tokens of the units taken in `priority` order while they fit `k` (n,).
+
+    `single_tokens`: every unit is one token (token masking: a row's units are 0..count-1), so
+    the units taken are the `k` first in priority order, without counting unit lengths (their
+    bincount and running sum were half of choosing)."""
     n, seq = units.shape
-    flat = np.where(units >= 0, units, seq) + (seq + 1) * np.arange(n)[:, None]
-    lengths = np.bincount(flat.ravel(), minlength=n * (seq + 1)).reshape(n, seq + 1)[:, :seq]  # (n, units)
-    order = np.argsort(np.where(lengths > 0, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
-    fits = np.cumsum(np.take_along_axis(lengths, order, axis=1), axis=1) <= k[:, None]
+    if single_tokens:
+        exists = np.arange(seq)[None, :] < (units >= 0).sum(axis=1)[:, None]  # (n, units)
+        order = np.argsort(np.where(exists, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
+        fits = np.arange(seq)[None, :] < k[:, None]
+    else:
+        flat = np.where(units >= 0, units, seq) + (seq + 1) * np.arange(n)[:, None]
+        lengths = np.bincount(flat.ravel(), minlength=n * (seq + 1)).reshape(n, seq + 1)[:, :seq]  # (n, units)
+        order = np.argsort(np.where(lengths > 0, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
+        fits = np.cumsum(np.take_along_axis(lengths, order, axis=1), axis=1) <= k[:, None]
     taken = np.zeros((n, seq), bool)
     np.put_along_axis(taken, order, fits, axis=1)
     return np.take_along_axis(taken, np.maximum(units, 0), axis=1) & (units >= 0)
@@ -122,7 +131,7 @@ def mask_batch(tokens: np.ndarray, units: np.ndarray, spec: MaskingSpec, seeds: 
     if spec.mode == "span":
         units = span_units(units, spec.max_ngram, uniform(seeds, _SPAN, seq))
     k = budget((units >= 0).sum(axis=1), spec.masked_lm_prob, spec.max_predictions)
-    chosen = select_units(units, k, uniform(seeds, _PRIORITY, seq))
+    chosen = select_units(units, k, uniform(seeds, _PRIORITY, seq), single_tokens=spec.mode == "token")
     rows, cols = np.nonzero(chosen)  # row-major: each row's positions ascending
     # One hash per chosen token: its high 32 bits pick the kind, its low 32 bits the replacement.
     with np.errstate(over="ignore"):

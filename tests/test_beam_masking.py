@@ -162,6 +162,17 @@ def test_dynamic_word_ids_follow_units(real):
             assert ((words[r] >= w.min()) & (words[r] <= w.max()) == (units[r] == k)).all()
 
 
+def test_token_units_choose_as_the_general_rule(real):
+    """Token masking's shortcut (every unit one token) takes the units the general rule takes,
+    for any budget (here random, from none to more than the row holds)."""
+    units = masking.unit_ids(real["tokens"], real["maskable"], _spec("token"), real["info"].is_suffix)
+    seeds = np.arange(len(units), dtype=np.uint64) * np.uint64(7919)
+    priority = masking.uniform(seeds, 1, units.shape[1])
+    k = np.random.default_rng(0).integers(0, units.shape[1] + 2, len(units))
+    general = masking.select_units(units, k, priority)
+    assert (masking.select_units(units, k, priority, single_tokens=True) == general).all() and general.any()
+
+
 def test_masks_depend_on_an_instances_own_seed_only(real):
     spec, i = _spec("whole_word"), real["info"]
     units = masking.unit_ids(real["tokens"], real["maskable"], spec, i.is_suffix)
