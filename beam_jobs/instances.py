@@ -98,9 +98,11 @@ def pair_instance(a: np.ndarray, b: np.ndarray, is_random: bool, max_num_tokens:
                   rng: random.Random) -> Instance:
     """[CLS] A [SEP] B [SEP], the pair truncated to `max_num_tokens` as BERT does."""
     a_lo, a_hi, b_lo, b_hi = truncate_pair(len(a), len(b), max_num_tokens, rng)
-    a, b = a[a_lo:a_hi], b[b_lo:b_hi]
-    tokens = np.concatenate(([cls_id], a, [sep_id], b, [sep_id])).astype(np.int32)
-    return Instance(tokens, len(a), is_random)
+    len_a, len_b = a_hi - a_lo, b_hi - b_lo
+    tokens = np.empty(len_a + len_b + 3, np.int32)  # slices written in place: half a concatenate's cost
+    tokens[0], tokens[len_a + 1], tokens[-1] = cls_id, sep_id, sep_id
+    tokens[1 : len_a + 1], tokens[len_a + 2 : -1] = a[a_lo:a_hi], b[b_lo:b_hi]
+    return Instance(tokens, len_a, is_random)
 
 
 def plan_instances(doc: Sentences, max_seq_length: int, short_seq_prob: float, cls_id: int, sep_id: int,
