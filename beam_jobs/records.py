@@ -2,8 +2,8 @@
 
 The batch is laid out as (n, seq) / (n, pred) arrays once; masking (`masking.mask_batch`, static
 records) or the masking units (`masking.unit_ids`, the `word_ids` of dynamic records) and the
-`tf.train.Example` encoding (`schema.serialize_batch`) then run over whole arrays. One Python
-step per instance is left: copying its tokens into the matrix. Per-instance Python (masking
+`tf.train.Example` encoding (`schema.serialize_batch`) then run over whole arrays. What is left
+per instance is reading its fields into the batch's arrays. Per-instance Python (masking
 one instance at a time, protobuf messages) was the job's largest cost.
 
 Each instance's masks come from its own seed (`masking.uniform`), so how instances are batched
@@ -59,11 +59,10 @@ def encode_instances(made: Sequence[Instance], seeds: np.ndarray, spec: RecordSp
     seeds = np.asarray(seeds, np.uint64)
     lengths = np.fromiter((len(x.tokens) for x in made), np.int64, n)
     len_a = np.fromiter((x.len_a for x in made), np.int64, n)
-    tokens = np.zeros((n, seq), np.int64)
-    for r, inst in enumerate(made):
-        tokens[r, : lengths[r]] = inst.tokens
     col = np.arange(seq)[None, :]
     real = col < lengths[:, None]
+    tokens = np.zeros((n, seq), np.int64)
+    tokens[real] = np.concatenate([x.tokens for x in made])  # row-major: each row's tokens, then padding
     # Every token but [CLS] and the [SEP]s ([CLS] A [SEP] B [SEP], or [CLS] A [SEP]) can be masked.
     maskable = real & (col != 0) & (col != len_a[:, None] + 1) & (col != lengths[:, None] - 1)
     units = masking.unit_ids(tokens, maskable, spec.masking, vocab.is_suffix, lexicon)
