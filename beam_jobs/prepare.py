@@ -196,7 +196,7 @@ class _RecordsFn(beam.DoFn):
         self._pending: list[instances.Instance] = []
         self._seeds: list[int] = []
 
-    def process(self, batch, lexicon):
+    def process(self, batch, lexicon=()):
         if self._lexicon is None:  # side inputs are not available in setup
             self._lexicon = masking.lexicon_index(lexicon)
         for seed, inst in batch:
@@ -221,11 +221,14 @@ class _RecordsFn(beam.DoFn):
 def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir, buckets=(1, 1)):
     """Wire the steps onto `pipeline`; returns {split: PCollection of (shard name, count)}."""
     vocab = special_ids(load_vocab(vocab_file), vocab_file)
-    lexicon_ids = (
-        pipeline
-        | "Lexicon" >> beam.Create([lexicon])
-        | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.normalization, prepare.max_seq_length - 3))
-    )
+    side_inputs = {}
+    if lexicon:  # entity masking: the phrases' ids, tokenized once in a worker, for every encoder
+        lexicon_ids = (
+            pipeline
+            | "Lexicon" >> beam.Create([lexicon])
+            | "TokenizeLexicon" >> beam.ParDo(_LexiconFn(vocab_file, data.normalization, prepare.max_seq_length - 3))
+        )
+        side_inputs["lexicon"] = beam.pvalue.AsSingleton(lexicon_ids)
     planned = (
         pipeline
         | "Read" >> corpus.ReadDocuments(files, data)
@@ -252,7 +255,7 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         # Encoded and written where they are made (no Flatten of instances: see WriteShards).
         records = tuple(
             instances_ | f"Encode{split.title()}{source}"
-            >> beam.ParDo(_RecordsFn(vocab_file, cfg, namespace), lexicon=beam.pvalue.AsSingleton(lexicon_ids))
+            >> beam.ParDo(_RecordsFn(vocab_file, cfg, namespace), **side_inputs)
             for source, instances_ in (("Ready", planned[split]), ("RandomNext", random_next[split]))
         )  # fmt: skip
         written[split] = records | f"Write{split.title()}Shards" >> WriteShards(
