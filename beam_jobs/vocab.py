@@ -38,6 +38,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import corpus
+from beam_jobs.options import pipeline_options
 from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
 from pipeline.contract.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
 from pipeline.contract.config import DataConfig, VocabConfig
@@ -186,7 +187,7 @@ def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: 
     """Learn a vocab from the corpus and write it to `out_path` (a local path or any
     Beam filesystem path); returns stats for tracking."""
     files = corpus.match_corpus(data.corpus)
-    options = PipelineOptions(list(beam_args))
+    options = pipeline_options(beam_args)
     counts_dir = _counts_dir(out_path, options)
     try:
         pipeline = beam.Pipeline(options=options)
