@@ -237,10 +237,8 @@ def main() -> None:
             raise SystemExit(f"--value-work {args.value_work}: no finished classic and modernbert pretraining runs")
         from heldout_rescore import context_ablation, rescore
 
-        level = rescore(os.path.join(args.value_work, "classic"),
-                        os.path.join(args.value_work, "modernbert", "prepare", "data"))  # (cached)
-        reach = time_to_classic_loss(curves, "modernbert", level)
-        shared = os.path.join(args.value_work, "modernbert", "prepare", "data")
+        shared = os.path.join(args.value_work, "modernbert", "prepare", "data")  # ModernBERT's held-out windows
+        reach = time_to_classic_loss(curves, "modernbert", rescore(os.path.join(args.value_work, "classic"), shared))
         for start, curve in curves.items():
             # The leak check beside each loss: with the context replaced by random tokens it must rise.
             ablation = context_ablation(os.path.join(args.value_work, start), shared)
@@ -264,7 +262,7 @@ def main() -> None:
     if args.long_documents:
         from modernbert_long import long_documents
 
-        rows_l, targets_l = long_documents(args, REPO)
+        rows_l, targets_l = long_documents(args)
         rows += rows_l
         targets += targets_l
     write_results("modernbert", rows, targets, per_machine=True,

@@ -176,22 +176,28 @@ def overrides(start: str, args, vocab_file: str) -> dict:
     raise ValueError(start)
 
 
-def run_cli(start: str, args, sets: dict) -> float:
-    """`bertpipe run` of one start in WORK/<start>; returns its wall seconds (log in WORK/<start>.log)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", os.path.join(args.work, "base.yaml"),
-           "--work-dir", os.path.join(args.work, start), "--no-mlflow"]
-    for key, value in sets.items():
-        key = key.replace("finetune.task.", f"finetune.{args.task}.")
+def bertpipe_run(config: str, work: str, name: str, sets: dict | None = None) -> float:
+    """`bertpipe run --config CONFIG` in WORK/<name> (`sets`: `--set` overrides), its output appended to
+    WORK/<name>.log; returns its wall seconds. A failed run stops the bench, naming the log."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", config, "--work-dir", os.path.join(work, name),
+           "--no-mlflow"]
+    for key, value in (sets or {}).items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]
     env = {**os.environ, "PYTHONPATH": REPO, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     began = time.perf_counter()
-    with open(os.path.join(args.work, f"{start}.log"), "a", encoding="utf-8") as log:
+    with open(os.path.join(work, f"{name}.log"), "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
         done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if done.returncode:
-        raise SystemExit(f"{start}: bertpipe run failed (exit {done.returncode}); see {args.work}/{start}.log")
+        raise SystemExit(f"{name}: bertpipe run failed (exit {done.returncode}); see {work}/{name}.log")
     return time.perf_counter() - began
+
+
+def run_cli(start: str, args, sets: dict) -> float:
+    """`bertpipe run` of one start on WORK/base.yaml in WORK/<start>; returns its wall seconds."""
+    sets = {key.replace("finetune.task.", f"finetune.{args.task}."): value for key, value in sets.items()}
+    return bertpipe_run(os.path.join(args.work, "base.yaml"), args.work, start, sets)
 
 
 def main() -> None:

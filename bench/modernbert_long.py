@@ -25,8 +25,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -102,18 +100,6 @@ def run_config(work: str, value_work: str, name: str, start: str, files: dict, m
     return path
 
 
-def run_cli(work: str, name: str, config: str, repo: str) -> None:
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "--config", config, "--work-dir", os.path.join(work, name),
-           "--no-mlflow"]
-    env = {**os.environ, "PYTHONPATH": repo, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(os.path.join(work, f"{name}.log"), "a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        done = subprocess.run(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if done.returncode:
-        raise SystemExit(f"{name}: bertpipe run failed (exit {done.returncode}); see {work}/{name}.log")
-
-
 def serving_seconds(saved: dict[str, str], texts: list[str], rounds: int) -> dict[str, dict]:
     """Per contender: median seconds per document one at a time, and at batches of 8, over alternating rounds."""
     import tensorflow as tf
@@ -138,9 +124,9 @@ def serving_seconds(saved: dict[str, str], texts: list[str], rounds: int) -> dic
                 "s_per_doc_batch8": round(statistics.median(eight[n]), 4)} for n in fns}
 
 
-def long_documents(args, repo: str) -> tuple[list[dict], list[dict]]:
+def long_documents(args) -> tuple[list[dict], list[dict]]:
     """Run (or resume) both contenders; rows and the long-document targets."""
-    from bench_pretraining_value import MODERNBERT_SIZES, SIZES
+    from bench_pretraining_value import MODERNBERT_SIZES, SIZES, bertpipe_run
     from results import target
 
     work = os.path.join(args.work, "long")
@@ -160,7 +146,7 @@ def long_documents(args, repo: str) -> tuple[list[dict], list[dict]]:
         if not os.path.exists(os.path.join(work, name, "export", TASK)):
             print(f"long documents: {name} ({'2,048-token pretraining, ' if extend else ''}fine-tune + export) ...",
                   flush=True)
-            run_cli(work, name, run_config(work, value_work, name, start, files, model, task, args, extend), repo)
+            bertpipe_run(run_config(work, value_work, name, start, files, model, task, args, extend), work, name)
         with open(result_path, encoding="utf-8") as fh:
             records[name] = json.load(fh)
     with open(files["test"], encoding="utf-8") as fh:
