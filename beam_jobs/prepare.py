@@ -37,7 +37,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import corpus, donors, instances, masking, records, sentences
-from beam_jobs.options import pipeline_options
+from beam_jobs.options import new_pipeline, pipeline_options
 from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
 from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import data_tokenizer, load_vocab, make_rust_tokenizer, special_ids
@@ -334,7 +334,7 @@ def prepare_pretraining_data(
     config = {"data": to_dict(data), "prepare": to_dict(prepare), "seed": seed, "files": len(files),
               "donor_buckets": list(buckets)}  # fmt: skip
     with atomic_directory(out_dir) as tmp:
-        pipeline = beam.Pipeline(options=pipeline_options(prepare.beam_args))
+        pipeline = new_pipeline(pipeline_options(prepare.beam_args))
         written = build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, tmp, buckets)
         result = pipeline.run()
         result.wait_until_finish()

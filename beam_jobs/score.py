@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 import apache_beam as beam
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from beam_jobs.options import pipeline_options
+from beam_jobs.options import new_pipeline, pipeline_options
 from pipeline.contract.errors import UserError
 
 INVALID = "invalid"
@@ -120,7 +120,7 @@ def score_jsonl(model_dir: str, input_pattern: str, output_prefix: str, beam_arg
     info = read_export_info(model_dir)
     input_names = info["signatures"]["serving_default"]["inputs"]
     options = pipeline_options(beam_args)
-    with beam.Pipeline(options=options) as p:
+    with new_pipeline(options) as p:
         build_pipeline(p, model_dir, input_names, input_pattern, output_prefix, **batching)
     result = p.result
     return {"scored": _counter(result, "num_inferences"), "invalid": _counter(result, "invalid_lines")}

@@ -38,7 +38,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import corpus
-from beam_jobs.options import pipeline_options
+from beam_jobs.options import new_pipeline, pipeline_options
 from bert_keras.tokenizer import MASK, PAD, REQUIRED_TOKENS
 from pipeline.contract.atomic import atomic_write_text, is_remote, join, open_read, remove_tree
 from pipeline.contract.config import DataConfig, VocabConfig
@@ -190,7 +190,7 @@ def learn_vocab(data: DataConfig, vocab: VocabConfig, out_path: str, beam_args: 
     options = pipeline_options(beam_args)
     counts_dir = _counts_dir(out_path, options)
     try:
-        pipeline = beam.Pipeline(options=options)
+        pipeline = new_pipeline(options)
         normalization = data.normalization
         counts = (
             pipeline
