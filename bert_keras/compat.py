@@ -11,6 +11,9 @@ by name, instead of as a wrong result somewhere in training.
 | `uses_weight_decay`    | `Optimizer._use_weight_decay`                      | `FusedAdamW`              |
 | `WEIGHT_DECAY_HOOK`    | `Optimizer._apply_weight_decay` (overridden)       | `FusedAdamW`              |
 | `all_layers`           | `Layer._flatten_layers`                            | `export` (bf16 signatures)|
+| `inline_calls`         | TensorFlow's `eager.context.function_executor_type` | `export` (numeric part)  |
+
+`inline_calls` is TensorFlow's (not Keras'), kept here for the same reason.
 
 Beam's private TFRecord framing is in `beam_jobs/compat.py` (the data jobs import no TensorFlow).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from tensorflow.python.eager import context as tf_context
 
 # The optimizer method `keras.optimizers.Optimizer.apply` calls to decay the weights, once per
 # step, before the per-variable updates. FusedAdamW overrides it (by this name) to skip that
@@ -49,3 +53,10 @@ def uses_weight_decay(optimizer, variable) -> bool:
 def all_layers(model) -> list:
     """`model` and every layer inside it, recursively, each once."""
     return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def inline_calls():
+    """Context manager: tf.function calls traced inside run every op on the calling thread
+    (TensorFlow's single-threaded executor; the call op records it, so SavedModels keep it).
+    The graph must hold no control flow (cond, while, asserts); kernels still use the intra-op pool."""
+    return tf_context.function_executor_type("SINGLE_THREADED_EXECUTOR")

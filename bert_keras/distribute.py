@@ -83,13 +83,23 @@ def choose_strategy(cfg: TrainConfig) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def cpu_has_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
+            line = next((line for line in fh if line.startswith("flags")), "")
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU: AVX512-BF16 (AMD EPYC, recent Xeon) or AMX."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx() -> bool:
+    """Intel AMX tiles with bf16 (Xeon, Sapphire Rapids on): oneDNN's bf16 matmuls there ran ~3x float32."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def device_kind(strategy: tf.distribute.Strategy | None = None) -> str:

@@ -339,13 +339,14 @@ def _distill(cfg: Config, name: str):
     return Stage(f"distill:{name}", run, section, upstream=[teacher_stage], resumable=True)
 
 
-def export_task_model(result, out_dir: str, tracker=None, xla: bool = False) -> tuple[str, dict[str, Any] | None]:
+def export_task_model(result, out_dir: str, tracker=None, xla: bool = False,
+                      precision: str = "float32") -> tuple[str, dict[str, Any] | None]:
     """Build, write and verify the raw-text SavedModel of one fine-tuned task (a `FinetuneResult`);
     with a tracker, log it to the active MLflow run as a pyfunc model, registered under the
     task's register_name (a new version each time). Returns (SavedModel dir, MLflow model or None)."""
     from bert_keras.export_finetuned import export_finetuned
 
-    path = export_finetuned(result.export, out_dir, compiled=xla)
+    path = export_finetuned(result.export, out_dir, compiled=xla, precision=precision)
     if tracker is None:
         return path, None
     import pandas as pd
@@ -353,7 +354,7 @@ def export_task_model(result, out_dir: str, tracker=None, xla: bool = False) -> 
     from pipeline.mlflow_model import SavedModelPyfunc
 
     example = pd.DataFrame(result.export.input_example)
-    wrapper = SavedModelPyfunc()
+    wrapper = SavedModelPyfunc(serving_threads=False)  # the pipeline's TensorFlow is running: its threads stay
     wrapper.load_context(type("Context", (), {"artifacts": {"saved_model": path}})())
     return path, tracker.saved_model(path, result.task, result.export.register_name, example,
                                      wrapper.predict(None, example))
@@ -373,21 +374,24 @@ def _export(cfg: Config, tasks: list[str], with_pretrain: bool, students: list[s
         registered: dict[str, dict[str, Any] | None] = {}
         with_embedding = bool(cfg.export.embedding and with_pretrain)
         total = len(tasks) + len(students) + int(with_embedding)
+        from bert_keras.export import serving_precision
+
+        precision = serving_precision(cfg.export.precision)
 
         def progress(name: str) -> None:  # each SavedModel takes seconds to minutes to trace, write and verify
-            print(f"export: writing {name} ({len(models) + 1} of {total})", flush=True)
+            print(f"export: writing {name} ({len(models) + 1} of {total}, {precision})", flush=True)
 
         for name in tasks:
             progress(name)
             result = _outputs(ctx, f"finetune:{name}", FinetuneResult)
             models[name], registered[name] = export_task_model(result, os.path.join(ctx.out_dir, name), ctx.tracker,
-                                                               cfg.export.xla)
+                                                               cfg.export.xla, precision)
         for name in students:
             result = _outputs(ctx, f"distill:{name}", FinetuneResult)
             student = name + STUDENT_SUFFIX
             progress(student)
             models[student], registered[student] = export_task_model(result, os.path.join(ctx.out_dir, student),
-                                                                     ctx.tracker, cfg.export.xla)
+                                                                     ctx.tracker, cfg.export.xla, precision)
         if with_embedding:
             from bert_keras.export_finetuned import export_embedding
 

@@ -98,3 +98,17 @@ def test_beam_compat_needs_no_tensorflow():
 
     code = "import sys, beam_jobs.compat; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_inline_calls_records_the_single_threaded_executor_on_the_call_op():
+    inner = tf.function(lambda x: x * 2.0)
+
+    @tf.function
+    def outer(x):
+        with compat.inline_calls():
+            return inner(x)
+
+    graph = outer.get_concrete_function(tf.TensorSpec([None], tf.float32)).graph
+    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
+    assert calls and all(op.get_attr("executor_type") == b"SINGLE_THREADED_EXECUTOR" for op in calls)
+    assert outer(tf.constant([1.0, 2.0])).numpy().tolist() == [2.0, 4.0]

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from bert_keras.export import EXPORT_INFO, export_encoder_embedding, export_task
+from bert_keras.layers import Dense, bf16_matmuls
 from bert_keras.tokenizer import load_vocab, make_tokenizer, special_ids
 from pipeline.contract.errors import UserError
 from pipeline.contract.schema import CHUNK_MASK, PADDING_MASK, SEGMENT_IDS, TOKEN_IDS
@@ -313,6 +314,39 @@ def test_bfloat16_export_is_close_and_leaves_the_model_alone(exported, tmp_path)
     _, want = reference_single(model, TEXTS)
     np.testing.assert_allclose(probabilities, want, atol=3e-2)
     assert not np.allclose(probabilities, want, atol=1e-6)  # it really computed in bf16
+    # Its matmuls read bf16 copies of the Dense kernels, stored in the SavedModel; the model's kernels are untouched.
+    dense = [layer for layer in model._flatten_layers() if isinstance(layer, Dense)]
+    stored = tf.saved_model.load(str(tmp_path / "bf16")).bf16_kernels
+    assert len(stored) == len(dense) > 0 and all(k.dtype == tf.bfloat16 for k in stored)
+    for kernel16, layer in zip(stored, dense, strict=True):
+        assert layer.kernel.dtype == "float32"
+        np.testing.assert_array_equal(kernel16.numpy(), tf.cast(layer.kernel, tf.bfloat16).numpy())
+
+
+def test_bf16_matmuls_multiply_in_bf16_and_keep_the_rest_float32():
+    """Dense under `bf16_matmuls`: bf16(x) @ bf16(kernel) accumulated in float32, then the float32 bias and activation."""
+    layer = Dense(8, activation="tanh")
+    x = np.random.default_rng(0).normal(size=(2, 5, 16)).astype(np.float32)
+    layer(x)
+    layer.bias.assign(np.linspace(-1, 1, 8, dtype=np.float32))
+    kernel16 = tf.Variable(tf.cast(layer.kernel, tf.bfloat16))
+    with bf16_matmuls({id(layer): kernel16}):
+        got = layer(x).numpy()
+    rounded = lambda a: tf.cast(tf.cast(a, tf.bfloat16), tf.float32).numpy().astype(np.float64)  # noqa: E731
+    want = np.tanh(rounded(x) @ rounded(layer.kernel) + layer.bias.numpy())
+    assert got.dtype == np.float32 and got.shape == (2, 5, 8)
+    np.testing.assert_allclose(got, want, atol=1e-2)  # the product itself is rounded to bf16 once
+    np.testing.assert_allclose(layer(x).numpy(), np.tanh(x @ layer.kernel.numpy() + layer.bias.numpy()), atol=1e-5)
+
+
+def test_auto_export_precision_is_bf16_on_amx_only():
+    from bert_keras import distribute
+    from bert_keras.export import serving_precision
+
+    assert serving_precision("auto") == ("bfloat16" if distribute.cpu_has_amx() else "float32")
+    assert serving_precision("float32") == "float32" and serving_precision("bfloat16") == "bfloat16"
+    with pytest.raises(UserError, match="not one of auto, float32, bfloat16"):
+        serving_precision("fp8")
 
 
 def test_a_float32_export_of_a_model_built_in_bf16_computes_in_float32(exported, tmp_path):
