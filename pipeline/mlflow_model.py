@@ -58,9 +58,10 @@ def serving_threads(cores: int | None = None) -> tuple[int, int] | None:
 
 
 def configure_serving_threads() -> tuple[int, int] | None:
-    """Apply `serving_threads()` to TensorFlow; it must run before TensorFlow's first op, else it
-    warns and leaves the threads as they are. Returns what was applied."""
-    import warnings
+    """Apply `serving_threads()` to TensorFlow; it must run before TensorFlow's first op, else the
+    threads stay as they are (logged at INFO: MLflow itself loads the model inside a running
+    TensorFlow process when it logs one). Returns what was applied."""
+    import logging
 
     import tensorflow as tf
 
@@ -71,8 +72,8 @@ def configure_serving_threads() -> tuple[int, int] | None:
         tf.config.threading.set_intra_op_parallelism_threads(threads[0])
         tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     except RuntimeError:  # TensorFlow already ran an op in this process: its pools are fixed
-        warnings.warn(f"TensorFlow was initialized before the model loaded: serving threads stay as they are "
-                      f"(wanted intra-op {threads[0]}, inter-op {threads[1]})", stacklevel=2)
+        logging.getLogger(__name__).info("TensorFlow was initialized before the model loaded: serving threads stay "
+                                         "as they are (wanted intra-op %d, inter-op %d)", *threads)
         return None
     return threads
 
