@@ -277,8 +277,7 @@ def _write_extra(directory: str, name: str, value) -> None:
 
 
 def _save(server: _Server, out_dir: str, info: dict, extra_assets: dict | None, precision: str = "float32") -> str:
-    if precision not in PRECISIONS:
-        raise UserError(f"export precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    precision = serving_precision(precision)
     info["precision"] = precision
     # Tracked by the module, so the SavedModel stores them; the float32 kernels stay too (the export's weights).
     server.bf16_kernels = _bf16_kernels(server.model) if precision == "bfloat16" else []

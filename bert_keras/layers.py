@@ -74,10 +74,16 @@ def gelu(x):
     return x * normal_cdf(x)  # the formula the fused training kernels use too
 
 
+def _matmul_2d(x, kernel, dtype=None):
+    """x @ kernel: (..., in) -> (..., out) as one 2-D matmul, in `dtype` (default x's), the result in x's dtype."""
+    dtype = dtype or x.dtype
+    flat = tf.matmul(tf.cast(tf.reshape(x, [-1, x.shape[-1]]), dtype), tf.cast(kernel, dtype))  # (rows, out)
+    return tf.reshape(tf.cast(flat, x.dtype), tf.concat([tf.shape(x)[:-1], [kernel.shape[-1]]], axis=0))
+
+
 def _matmul(dense, x):
-    """x @ dense.kernel without the bias: (..., in) -> (..., out), as one 2-D matmul."""
-    flat = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), tf.cast(dense.kernel, x.dtype))  # (rows, out)
-    return tf.reshape(flat, tf.concat([tf.shape(x)[:-1], [dense.units]], axis=0))
+    """x @ dense.kernel without the bias: (..., in) -> (..., out)."""
+    return _matmul_2d(x, dense.kernel)
 
 
 @keras.saving.register_keras_serializable(package="bert_keras")
@@ -98,7 +104,7 @@ class Dense(keras.layers.Dense):
             return super().call(inputs, training=training)
         served = _BF16_KERNELS.get()
         if served is not None and id(self) in served:
-            x = _bf16_matmul(inputs, served[id(self)])
+            x = _matmul_2d(inputs, served[id(self)], tf.bfloat16)  # float32 accumulation inside oneDNN
         else:
             x = keras.ops.matmul(inputs, self.kernel)
         if self.bias is not None:
@@ -110,12 +116,6 @@ class Dense(keras.layers.Dense):
 # kernel, read while the export's signatures are traced (`bf16_matmuls`).
 _BF16_KERNELS: contextvars.ContextVar[dict[int, tf.Variable] | None] = contextvars.ContextVar(
     "bert_keras_bf16_kernels", default=None)
-
-
-def _bf16_matmul(x, kernel16):
-    """x @ kernel16 in bfloat16 (float32 accumulation inside oneDNN), the result in x's dtype; one 2-D matmul."""
-    flat = tf.matmul(tf.cast(tf.reshape(x, [-1, x.shape[-1]]), tf.bfloat16), kernel16)
-    return tf.reshape(tf.cast(flat, x.dtype), tf.concat([tf.shape(x)[:-1], [kernel16.shape[-1]]], axis=0))
 
 
 @contextlib.contextmanager
