@@ -116,8 +116,12 @@ class _Server(tf.Module):
         # every tf.function attribute and trace it again in its own save context (another 60 s for
         # that ModernBERT); the SavedModel keeps the signatures, traced once by `signatures()`.
         self.fn = types.SimpleNamespace()
-        self.fn.numeric = tf.function(self._model_logits, jit_compile=True if compiled else None)
-        self.fn.embed_numeric = tf.function(self._embed_features)
+        # Each runs its ~200 small ops in a row on one thread (`compat.single_threaded_function`): with
+        # TensorFlow's default executor each op may hop to another inter-op thread, which cost a
+        # single request a third of its time (MiniLM-L6, one text, bf16, intra 1 / inter 2: 7.5-8.0
+        # ms p50, 5.2-5.6 ms this way), while a batch's length-sorted slices still run in parallel.
+        self.fn.numeric = compat.single_threaded_function(self._model_logits, jit_compile=True if compiled else None)
+        self.fn.embed_numeric = compat.single_threaded_function(self._embed_features)
         self.fn.pieces = tf.function(self.tokenizer.tokenize, input_signature=[_STRINGS])
 
         self.fn.embed = tf.function(self._embed, input_signature=[_STRINGS])
@@ -157,13 +161,7 @@ class _Server(tf.Module):
     def logits(self, features):
         if self.buckets is not None:
             features = pad_to_bucket(features, self.buckets)
-        # The numeric part runs its ops in a row on one thread (it has no control flow): with
-        # TensorFlow's default executor each of its ~200 small ops may hop to another inter-op
-        # thread. MiniLM-L6, one text of 60 tokens, bf16, intra 1 / inter 2 threads: 7.1 ms
-        # that way, 5.9 ms inline (the same as with a single inter-op thread), while a batch's
-        # length-sorted slices still run in parallel on the inter-op threads.
-        with compat.inline_calls():
-            return self.fn.numeric(features)
+        return self.fn.numeric(features)
 
     def _model_logits(self, features):
         return classification_logits(self.model(features, training=False))

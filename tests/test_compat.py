@@ -100,15 +100,43 @@ def test_beam_compat_needs_no_tensorflow():
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
-def test_inline_calls_records_the_single_threaded_executor_on_the_call_op():
-    inner = tf.function(lambda x: x * 2.0)
+def test_single_threaded_function_runs_its_ops_on_one_thread_where_a_plain_call_spreads():
+    """Four independent ops that each note their thread: a plain nested call (inlined into the caller
+    and run by TensorFlow's default executor) spreads them over the inter-op threads, the executor type
+    alone (the call inlined all the same) too; `single_threaded_function` runs them all on one thread."""
+    import threading
+    import time
 
-    @tf.function
-    def outer(x):
-        with compat.inline_calls():
-            return inner(x)
+    from tensorflow.python.eager import context as tf_context
 
-    graph = outer.get_concrete_function(tf.TensorSpec([None], tf.float32)).graph
-    calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
-    assert calls and all(op.get_attr("executor_type") == b"SINGLE_THREADED_EXECUTOR" for op in calls)
-    assert outer(tf.constant([1.0, 2.0])).numpy().tolist() == [2.0, 4.0]
+    seen: list[int] = []
+
+    def note(x):
+        seen.append(threading.get_ident())
+        time.sleep(0.01)  # long enough that the other ready ops are handed to other threads
+        return x
+
+    def body(x):  # stateful=False: no automatic control dependencies chain them
+        return tf.add_n([tf.numpy_function(note, [x + float(i)], tf.float32, stateful=False) for i in range(4)])
+
+    def threads_used(call) -> set[int]:
+        @tf.function
+        def outer(x):
+            return call(x)
+
+        used = set()
+        for _ in range(3):
+            seen.clear()
+            assert float(outer(tf.constant(1.0))) == 10.0  # (1 + 2 + 3 + 4)
+            used.add(len(set(seen)))
+        return used
+
+    plain = tf.function(body)
+
+    def executor_type_only(x):
+        with tf_context.function_executor_type("SINGLE_THREADED_EXECUTOR"):
+            return plain(x)
+
+    assert max(threads_used(plain)) > 1
+    assert max(threads_used(executor_type_only)) > 1
+    assert threads_used(compat.single_threaded_function(body)) == {1}
