@@ -100,14 +100,17 @@ def select_units(units: np.ndarray, k: np.ndarray, priority: np.ndarray, single_
     bincount and running sum were half of choosing)."""
     n, seq = units.shape
     if single_tokens:
+        # The k lowest priorities of a row's units: below its k-th smallest, found with a sort of the
+        # values (SIMD, 15x a stable argsort's time). Priorities are 53-bit uniforms: a tie is ~1e-12.
         exists = np.arange(seq)[None, :] < (units >= 0).sum(axis=1)[:, None]  # (n, units)
-        order = np.argsort(np.where(exists, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
-        fits = np.arange(seq)[None, :] < k[:, None]
-    else:
-        flat = np.where(units >= 0, units, seq) + (seq + 1) * np.arange(n)[:, None]
-        lengths = np.bincount(flat.ravel(), minlength=n * (seq + 1)).reshape(n, seq + 1)[:, :seq]  # (n, units)
-        order = np.argsort(np.where(lengths > 0, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
-        fits = np.cumsum(np.take_along_axis(lengths, order, axis=1), axis=1) <= k[:, None]
+        keyed = np.where(exists, priority, 2.0)
+        kth = np.sort(keyed, axis=1)[np.arange(n), np.clip(k - 1, 0, seq - 1)]
+        taken = exists & (keyed <= kth[:, None]) & (k > 0)[:, None]
+        return np.take_along_axis(taken, np.maximum(units, 0), axis=1) & (units >= 0)
+    flat = np.where(units >= 0, units, seq) + (seq + 1) * np.arange(n)[:, None]
+    lengths = np.bincount(flat.ravel(), minlength=n * (seq + 1)).reshape(n, seq + 1)[:, :seq]  # (n, units)
+    order = np.argsort(np.where(lengths > 0, priority, 2.0), axis=1, kind="stable")  # (n, units), empty last
+    fits = np.cumsum(np.take_along_axis(lengths, order, axis=1), axis=1) <= k[:, None]
     taken = np.zeros((n, seq), bool)
     np.put_along_axis(taken, order, fits, axis=1)
     return np.take_along_axis(taken, np.maximum(units, 0), axis=1) & (units >= 0)
