@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Sequence
 
 import apache_beam as beam
+import google_crc32c
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -26,10 +27,42 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beam_jobs.compat import write_tfrecord
-
 SHARDS = "bertpipe.shards"  # metrics namespace: records per final shard file
 _COPY_BLOCK = 1 << 20
+
+
+def _masked_crc32c(crc: np.ndarray) -> np.ndarray:
+    """TFRecord's masked crc32c, element-wise on uint32 checksums."""
+    crc = np.asarray(crc, np.uint32)
+    with np.errstate(over="ignore"):
+        return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(0xA282EAD8)
+
+
+def frame_records(records: Sequence[bytes]) -> bytes:
+    """`records` in TFRecord framing, back to back: for each, its length (uint64 little-endian),
+    the masked crc32c of those 8 bytes, the data, the masked crc32c of the data (what tf.data
+    reads and Beam's WriteToTFRecord writes; tests/test_beam_prepare.py compares the bytes with
+    Beam's writer). By hand because Beam frames one record per call, four Python calls each,
+    a seventh of the job's time at dupe 10; here the checksums are one C call per record and
+    the batch one join (0.5 us a record against Beam's 5)."""
+    n = len(records)
+    if not n:
+        return b""
+    lengths = np.fromiter(map(len, records), np.int64, n)
+    data_crc = _masked_crc32c(np.fromiter(map(google_crc32c.value, records), np.uint32, n))
+    # A header's checksum depends on the length alone: one per distinct length.
+    distinct, which = np.unique(lengths, return_inverse=True)
+    head_crc = _masked_crc32c(np.fromiter((google_crc32c.value(int(v).to_bytes(8, "little")) for v in distinct.tolist()),
+                                          np.uint32, len(distinct)))[which]  # fmt: skip
+    heads = np.empty((n, 12), np.uint8)
+    heads[:, :8] = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
+    heads[:, 8:] = head_crc.astype("<u4").view(np.uint8).reshape(n, 4)
+    head, tail = heads.tobytes(), data_crc.astype("<u4").tobytes()
+    parts: list[bytes] = [b""] * (3 * n)  # one join of slices: 6x faster than placing the bytes with numpy
+    parts[0::3] = [head[i : i + 12] for i in range(0, 12 * n, 12)]
+    parts[1::3] = records
+    parts[2::3] = [tail[i : i + 4] for i in range(0, 4 * n, 4)]
+    return b"".join(parts)
 
 
 def shard_name(index: int, num_shards: int, compression: str) -> str:
@@ -48,14 +81,22 @@ class _WritePartsFn(beam.DoFn):
 
     def process(self, batch: tuple[Sequence[int], list[bytes]]):
         keys, records = batch
-        for key, record in zip(np.asarray(keys, np.uint64) % np.uint64(self._n), records, strict=True):
-            shard = int(key)
+        shards = (np.asarray(keys, np.uint64) % np.uint64(self._n)).astype(np.int64)
+        order = np.argsort(shards, kind="stable")
+        counts = np.bincount(shards, minlength=self._n)
+        framed = frame_records([records[i] for i in order.tolist()])  # the batch's records, shard by shard
+        lengths = np.fromiter(map(len, records), np.int64, len(records))[order] + 16
+        ends = np.cumsum(lengths)
+        last = np.cumsum(counts)
+        for shard in np.flatnonzero(counts).tolist():
+            first = last[shard] - counts[shard]
+            lo, hi = int(ends[first] - lengths[first]), int(ends[last[shard] - 1])
             part = self._files.get(shard)
             if part is None:
                 path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
                 part = self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
-            write_tfrecord(part[1], record)  # Beam's own TFRecord framing (a private helper: beam_jobs.compat)
-            part[2] += 1
+            part[1].write(framed[lo:hi])
+            part[2] += int(counts[shard])
 
     def finish_bundle(self):
         for shard, (path, fh, count) in sorted(self._files.items()):

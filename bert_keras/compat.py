@@ -15,7 +15,6 @@ by name, instead of as a wrong result somewhere in training.
 
 `single_threaded_function` is TensorFlow's (not Keras'), kept here for the same reason.
 
-Beam's private TFRecord framing is in `beam_jobs/compat.py` (the data jobs import no TensorFlow).
 """
 
 from __future__ import annotations

@@ -188,3 +188,22 @@ def test_failed_job_leaves_previous_output_untouched(tmp_path):
         prepare_pretraining_data(DataConfig(corpus=SPEECHES), bad, VOCAB, str(out), 0)
     assert os.listdir(out) == ["keep.txt"]
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_shard_framing_is_beams_tfrecord_writer_byte_for_byte_and_tf_data_reads_it(tmp_path):
+    import io
+
+    import tensorflow as tf
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    from beam_jobs.shards import frame_records
+
+    records = [b"", b"one", bytes(range(256)) * 40, b"one", b"\x00" * 300]
+    reference = io.BytesIO()
+    for record in records:
+        _TFRecordUtil.write_record(reference, record)  # Beam's own writer, one record a call
+    framed = frame_records(records)
+    assert framed == reference.getvalue() and frame_records([]) == b""
+    path = tmp_path / "part.tfrecord"
+    path.write_bytes(framed)
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == records

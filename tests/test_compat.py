@@ -1,5 +1,5 @@
-"""One test per private API in bert_keras/compat.py and beam_jobs/compat.py: on a Keras or
-Beam upgrade that renames or changes one, the failure names it here."""
+"""One test per private API in bert_keras/compat.py: on a Keras or TensorFlow upgrade that renames or
+changes one, the failure names it here."""
 
 from __future__ import annotations
 
@@ -75,29 +75,6 @@ def test_all_layers_walks_every_nested_layer_once():
     layers = compat.all_layers(encoder)
     assert layers[0] is encoder and len({id(x) for x in layers}) == len(layers)
     assert encoder.blocks[1].qkv in layers and encoder.blocks[0].output_norm in layers  # inside a block
-
-
-def test_beam_write_tfrecord_writes_what_tf_data_reads(tmp_path):
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    from beam_jobs.compat import write_tfrecord
-
-    path = str(tmp_path / "part.tfrecord")
-    records = [b"", b"one", bytes(range(256)) * 40]
-    fh = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    for record in records:
-        write_tfrecord(fh, record)
-    fh.close()
-    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == records
-
-
-def test_beam_compat_needs_no_tensorflow():
-    import subprocess
-    import sys
-
-    code = "import sys, beam_jobs.compat; sys.exit('tensorflow' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
 def test_single_threaded_function_runs_its_ops_on_one_thread_where_a_plain_call_spreads():
