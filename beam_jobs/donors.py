@@ -2,7 +2,7 @@
 
 BERT draws the random B of an NSP pair from a random document of the corpus
 it holds in memory. Here `instances.plan_instances` turns each such draw into a
-`Request` (segment A, target length of B) and each document copy also offers
+request (segment A, target length of B: `Requests`) and each document copy also offers
 as many donor runs (runs of its sentences, `instances.donor_runs`) as it has
 requests. Requests and runs are keyed into buckets by hashes of their seeds,
 grouped with a GroupByKey, and matched inside each bucket (`match`):
@@ -25,10 +25,10 @@ document first: a short document is as likely as a long one there.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
-import random
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -36,10 +36,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from beam_jobs import instances
-from beam_jobs.instances import Request, Run
 
 BUCKET_BYTES = 32 << 20  # corpus text (x dupe_factor) per bucket: ~10 MB of packed requests and runs
-BATCH = 512  # completed instances per output element (one serialize_batch call downstream)
+BATCH = 2048  # completed instances per output element (one encode_instances call downstream)
 
 _HEAD = struct.Struct("<BQII")  # wide ids, document hash, requests, runs
 
@@ -48,27 +47,68 @@ def num_buckets(text_bytes: int) -> int:
     return max(1, math.ceil(text_bytes / BUCKET_BYTES))
 
 
-def pack(doc: int, requests: list[tuple[int, Request]], runs: list[tuple[int, Run]], wide: bool) -> bytes:
-    """One document's requests (seed, Request) and runs (key, Run) of one bucket as one payload,
-    column by column: one Beam element and a few numpy calls per document, where an element
-    per request and per run cost ~15 us each in Beam and in unpacking (most of the join's time)."""
-    columns = (
-        np.array([seed for seed, _ in requests], np.uint64),
-        np.array([r.target_b for _, r in requests], np.uint32),
-        np.array([len(r.tokens_a) for _, r in requests], np.uint32),
-        np.array([key for key, _ in runs], np.uint64),
-        np.array([len(run.ends) for _, run in runs], np.uint32),
-    )
-    ends = [run.ends for _, run in runs]
-    ids = [r.tokens_a for _, r in requests] + [run.ids for _, run in runs]
-    parts = (*columns, np.concatenate(ends).astype(np.uint32) if ends else np.zeros(0, np.uint32),
-             np.concatenate(ids).astype(np.int32 if wide else np.uint16) if ids else np.zeros(0, np.uint16))
-    return _HEAD.pack(wide, doc, len(requests), len(runs)) + b"".join(a.tobytes() for a in parts)
+def _segments(ids: np.ndarray, lengths: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The ids of the kept items of `ids` (items of `lengths` tokens back to back)."""
+    return instances.gather(ids, (np.cumsum(lengths) - lengths)[keep], lengths[keep])
 
 
-def unpack(payload: bytes) -> tuple[list[tuple[int, int, Request]], list[tuple[int, int, Run]]]:
-    """The (seed, document hash, Request) and (key, document hash, Run) of a packed payload; the
-    arrays are views into the payload, not copies (a bucket is held whole while it is matched)."""
+@dataclasses.dataclass(frozen=True)
+class Requests:
+    """Instances waiting for a random B, in columns: segment A and the length B should reach."""
+
+    seeds: np.ndarray  # uint64, (n,): the instance's seed (its bucket, order and masks)
+    target_b: np.ndarray  # (n,): BERT's target_b_length: take sentences until B has this many tokens
+    len_a: np.ndarray  # (n,), each <= max_seq_length - 4
+    ids: np.ndarray  # every A's ids, back to back
+
+    def select(self, keep: np.ndarray) -> Requests:
+        return Requests(self.seeds[keep], self.target_b[keep], self.len_a[keep], _segments(self.ids, self.len_a, keep))
+
+    @staticmethod
+    def concat(parts: Sequence[Requests]) -> Requests:
+        return _concat(parts, Requests)
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    """Donor runs in columns: runs of a document's sentences, and where each sentence ends."""
+
+    keys: np.ndarray  # uint64, (r,): the run's seed (its bucket and order)
+    counts: np.ndarray  # (r,): sentences of each run
+    ends: np.ndarray  # (sum(counts),): each run's sentence ends, counted from the run's start
+    ids: np.ndarray  # every run's ids, back to back
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.ends[np.cumsum(self.counts) - 1] if len(self.counts) else np.zeros(0, np.int64)
+
+    def select(self, keep: np.ndarray) -> Runs:
+        return Runs(self.keys[keep], self.counts[keep], self.ends[np.repeat(keep, self.counts)],
+                    _segments(self.ids, self.lengths, keep))  # fmt: skip
+
+    @staticmethod
+    def concat(parts: Sequence[Runs]) -> Runs:
+        return _concat(parts, Runs)
+
+
+def _concat(parts: Sequence, cls):
+    return parts[0] if len(parts) == 1 else cls(*(np.concatenate([getattr(p, f.name) for p in parts])
+                                                  for f in dataclasses.fields(cls)))  # fmt: skip
+
+
+def pack(doc: int, requests: Requests, runs: Runs, wide: bool) -> bytes:
+    """One document's requests and runs of one bucket as one payload, column by column: one Beam
+    element and a few numpy calls per document, where an element per request and per run cost
+    ~15 us each in Beam and in unpacking (most of the join's time)."""
+    ids = np.concatenate([requests.ids, runs.ids]).astype(np.int32 if wide else np.uint16)
+    parts = (requests.seeds.astype(np.uint64), requests.target_b.astype(np.uint32), requests.len_a.astype(np.uint32),
+             runs.keys.astype(np.uint64), runs.counts.astype(np.uint32), runs.ends.astype(np.uint32), ids)  # fmt: skip
+    return _HEAD.pack(wide, doc, len(requests.seeds), len(runs.keys)) + b"".join(a.tobytes() for a in parts)
+
+
+def unpack(payload: bytes) -> tuple[int, Requests, Runs]:
+    """The document hash, requests and runs of a packed payload: counts as int64, the ids as packed
+    (uint16 or int32) and views into the payload, not copies."""
     wide, doc, n_req, n_run = _HEAD.unpack_from(payload)
     offset = _HEAD.size
 
@@ -79,20 +119,12 @@ def unpack(payload: bytes) -> tuple[list[tuple[int, int, Request]], list[tuple[i
         return array
 
     seeds, target_b, len_a = take(np.uint64, n_req), take(np.uint32, n_req), take(np.uint32, n_req)
-    keys, sentences = take(np.uint64, n_run), take(np.uint32, n_run)
-    ends = take(np.uint32, int(sentences.sum())).astype(np.int64)
-    ids = take(np.int32 if wide else np.uint16, (len(payload) - offset) // (4 if wide else 2))
-    a_end = np.cumsum(len_a, dtype=np.int64).tolist()
-    requests = [(seed, doc, Request(ids[a - n : a], target))
-                for seed, target, n, a in zip(seeds.tolist(), target_b.tolist(), len_a.tolist(), a_end, strict=True)]
-    # Run r: sentences [first[r], last[r]) of `ends` (counted from the run's start), its ids after the requests'.
-    last = np.cumsum(sentences, dtype=np.int64)
-    first = last - sentences
-    size = ends[last - 1]  # every run has a sentence
-    start = np.cumsum(size) - size + (a_end[-1] if a_end else 0)
-    runs = [(key, doc, Run(ids[s : s + n], ends[a:b])) for key, a, b, s, n in
-            zip(keys.tolist(), first.tolist(), last.tolist(), start.tolist(), size.tolist(), strict=True)]
-    return requests, runs
+    keys, counts = take(np.uint64, n_run), take(np.uint32, n_run)
+    ends = take(np.uint32, int(counts.sum()))
+    ids = take(np.int32 if wide else np.uint16, (len(payload) - offset) // (4 if wide else 2))  # as packed
+    len_a, counts, ends = len_a.astype(np.int64), counts.astype(np.int64), ends.astype(np.int64)
+    n_a = int(len_a.sum())
+    return doc, Requests(seeds, target_b.astype(np.int64), len_a, ids[:n_a]), Runs(keys, counts, ends, ids[n_a:])
 
 
 def match(request_docs: list[int], run_docs: list[int]) -> list[int | None]:
@@ -115,43 +147,51 @@ def match(request_docs: list[int], run_docs: list[int]) -> list[int | None]:
 
 
 class MatchDonorsFn(beam.DoFn):
-    """((split, bucket), packed requests and runs) -> [(seed, Instance), ...] batches, as the
+    """((split, bucket), packed requests and runs) -> `instances.Instances` batches, as the
     tagged output `outputs[split]`; use counts go to the metrics namespace `namespaces[split]`."""
 
-    def __init__(self, max_seq_length: int, cls_id: int, sep_id: int, outputs: tuple[str, ...],
-                 namespaces: tuple[str, ...], skipped_namespace: str):  # fmt: skip
-        self._seq, self._cls, self._sep = max_seq_length, cls_id, sep_id
+    def __init__(self, max_seq_length: int, outputs: tuple[str, ...], namespaces: tuple[str, ...],
+                 skipped_namespace: str):  # fmt: skip
+        self._seq = max_seq_length
         self._outputs, self._namespaces, self._skipped = outputs, namespaces, skipped_namespace
 
     def process(self, item: tuple[tuple[int, int], Iterable[bytes]]):
         (split, _), payloads = item
-        requests, runs = [], []
+        docs, requests, runs = [], [], []
         for payload in payloads:
-            more_requests, more_runs = unpack(payload)
-            requests += more_requests
-            runs += more_runs
+            doc, more_requests, more_runs = unpack(payload)
+            docs.append(doc)
+            requests.append(more_requests)
+            runs.append(more_runs)
+        if not docs:
+            return
+        doc_ids = np.array(docs, np.uint64)
+        req_doc = np.repeat(doc_ids, [len(r.seeds) for r in requests])
+        run_doc = np.repeat(doc_ids, [len(r.keys) for r in runs])
+        requests, runs = Requests.concat(requests), Runs.concat(runs)
+        if not len(requests.seeds):
+            return
         # A GroupByKey's values arrive in any order: sort by seed (a random order, and
         # the same on every runner). Equal seeds come from identical documents, so the
         # items that tie are equal and their order does not matter.
-        requests.sort(key=lambda r: (r[0], r[1]))
-        runs.sort(key=lambda r: (r[0], r[1]))
-        picks = match([doc for _, doc, _ in requests], [doc for _, doc, _ in runs])
-        uses = np.zeros(len(runs), np.int64)
-        batch, unmatched = [], 0
-        for (seed, _, request), j in zip(requests, picks, strict=True):
-            if j is None:
-                unmatched += 1
-                continue
-            uses[j] += 1
-            rng = random.Random(instances.stable_int(seed, "random_next"))
-            batch.append((seed, instances.complete(request, runs[j][2], self._seq, self._cls, self._sep, rng)))
-            if len(batch) == BATCH:
-                yield TaggedOutput(self._outputs[split], batch)
-                batch = []
-        if batch:
-            yield TaggedOutput(self._outputs[split], batch)
-        if unmatched:
-            Metrics.counter(self._skipped, "no_other_document_for_random_next").inc(unmatched)
+        req_order = np.lexsort((req_doc, requests.seeds))
+        run_order = np.lexsort((run_doc, runs.keys))
+        picks = np.array([-1 if j is None else j for j in match(req_doc[req_order].tolist(), run_doc[run_order].tolist())],
+                         np.int64).reshape(-1)  # fmt: skip
+        found = picks >= 0
+        if not found.all():
+            Metrics.counter(self._skipped, "no_other_document_for_random_next").inc(int((~found).sum()))
         uses_metric = Metrics.distribution(self._namespaces[split], "donor_run_uses")
-        for u in uses.tolist():
+        for u in np.bincount(picks[found], minlength=len(run_order)).tolist():
             uses_metric.update(u)
+        req, run = req_order[found], run_order[picks[found]]
+        if not len(req):
+            return
+        flat = np.concatenate([requests.ids, runs.ids])
+        a_start = np.cumsum(requests.len_a) - requests.len_a
+        run_start = np.cumsum(runs.lengths) - runs.lengths + len(requests.ids)
+        for lo in range(0, len(req), BATCH):  # a batch at a time: the arrays of a whole bucket would be ~10x its ids
+            r, u = req[lo : lo + BATCH], run[lo : lo + BATCH]
+            yield TaggedOutput(self._outputs[split], instances.complete(
+                flat, a_start[r], requests.len_a[r], requests.target_b[r], u, run_start, runs.counts, runs.ends,
+                self._seq, requests.seeds[r]))  # fmt: skip

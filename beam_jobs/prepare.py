@@ -121,8 +121,9 @@ def holdout_config(prepare: PrepareConfig) -> PrepareConfig:
 
 
 class _PlanFn(beam.DoFn):
-    """(doc key, tokenized sentences) -> batches of ready (seed, Instance) per dupe copy, tagged
-    by split, and the document's donor requests and runs, packed per (split, bucket) (`DONORS`)."""
+    """(doc key, tokenized sentences) -> an `instances.Instances` batch of ready instances per dupe
+    copy, tagged by split, and the document's donor requests and runs, packed per (split, bucket)
+    (`DONORS`)."""
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int, buckets: tuple[int, int],
                  holdout_fraction: float):  # fmt: skip
@@ -144,36 +145,55 @@ class _PlanFn(beam.DoFn):
         if nsp and len(doc) < 2:  # no sentence boundary: no true next segment to learn from
             Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
             return
-        doc_hash, which = instances.stable_int(key), _SPLITS.index(split)
-        buckets = self._buckets[which]
-        to_match = collections.defaultdict(lambda: ([], []))  # bucket -> this document's (requests, runs)
-        for copy in range(1 if split == HOLDOUT else p.dupe_factor):
+        which = _SPLITS.index(split)
+        lengths = [len(s) for s in doc]
+        flat = np.concatenate(doc) if doc else np.zeros(0, np.int32)
+        bounds = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
+        max_num_tokens = p.max_seq_length - 3
+        copies = 1 if split == HOLDOUT else p.dupe_factor
+        plans, item_seeds, run_starts, run_seeds = [], [], [], []
+        for copy in range(copies):  # BERT's loop, per copy; the arrays work below is once for all copies
             copy_seed = instances.stable_int(self._seed, key, copy)
             rng = random.Random(copy_seed)
-            if nsp:
-                items = instances.plan_instances(doc, p.max_seq_length, p.short_seq_prob, v.cls, v.sep, rng)
-            else:
-                items = instances.mlm_windows(doc, p.max_seq_length, p.short_seq_prob, v.cls, v.sep, v.is_suffix, rng)
-            ready, requests = [], 0
-            for seed, inst in zip(instances.stable_ints(len(items), copy_seed), items, strict=True):
-                if isinstance(inst, instances.Request):
-                    requests += 1
-                    to_match[seed % buckets][0].append((seed, inst))
-                else:
-                    ready.append((seed, inst))
+            if not nsp:
+                windows = instances.mlm_windows(doc, p.max_seq_length, p.short_seq_prob, v.is_suffix, rng, copy_seed)
+                if len(windows):
+                    yield TaggedOutput(split, windows)
+                continue
+            plan = instances.plan_instances(lengths, p.max_seq_length, p.short_seq_prob, rng)
+            plans.append(plan)
+            item_seeds.append(instances.seeds(len(plan), copy_seed, instances.ITEMS))
             # As many donor runs as this copy asked for: runs are drawn evenly over the corpus's text.
-            starts = instances.donor_starts(len(doc), requests, rng)
-            runs = instances.donor_runs(doc, starts, p.max_seq_length - 3)
-            for run_key, run in zip(instances.stable_ints(len(starts), copy_seed, "run"), runs, strict=True):
-                to_match[run_key % buckets][1].append((run_key, run))
-            if ready:
-                yield TaggedOutput(split, ready)
-        for bucket, (requests, runs) in sorted(to_match.items()):
-            yield TaggedOutput(DONORS, ((which, bucket), donors.pack(doc_hash, requests, runs, self._wide)))
+            asked = int(plan.requests.sum())
+            run_starts += instances.donor_starts(len(doc), asked, rng)
+            run_seeds.append(instances.seeds(asked, copy_seed, instances.RUNS))
+        if not plans:
+            return
+        plan, seeds = instances.Plan.concat(plans), np.concatenate(item_seeds)
+        asks = plan.requests
+        ready = ~asks
+        if ready.any():
+            a_start, a_end, b_end = plan.a_start[ready], plan.a_end[ready], plan.b_end[ready]
+            yield TaggedOutput(split, instances.pairs(flat, a_start, a_end - a_start, a_end, b_end - a_end, False,
+                                                      max_num_tokens, seeds[ready]))  # fmt: skip
+        if not asks.any():
+            return
+        seeds = seeds[asks]
+        a_start, len_a = instances.trim_requests(plan.a_start[asks], plan.a_end[asks], max_num_tokens, seeds)
+        requests = donors.Requests(seeds, plan.target_b[asks], len_a, instances.gather(flat, a_start, len_a))
+        lo, counts, ends = instances.donor_runs(bounds, run_starts, max_num_tokens)
+        runs = donors.Runs(np.concatenate(run_seeds), counts, ends, instances.gather(flat, lo, ends[np.cumsum(counts) - 1]))
+        doc_hash, buckets = instances.stable_int(key), np.uint64(self._buckets[which])
+        req_bucket, run_bucket = requests.seeds % buckets, runs.keys % buckets
+        for bucket in np.union1d(req_bucket, run_bucket).tolist():
+            pick = (req_bucket == bucket, run_bucket == bucket)
+            payload = donors.pack(doc_hash, requests.select(pick[0]) if buckets > 1 else requests,
+                                  runs.select(pick[1]) if buckets > 1 else runs, self._wide)  # fmt: skip
+            yield TaggedOutput(DONORS, ((which, bucket), payload))
 
 
 class _RecordsFn(beam.DoFn):
-    """Batches of (seed, Instance) -> batches of (seeds, serialized records) for WriteShards.
+    """`instances.Instances` batches -> batches of (seeds, serialized records) for WriteShards.
 
     The ready instances of a document copy, or a donor bucket's random-next ones, are
     gathered across elements and encoded `BATCH_INSTANCES` at a time
@@ -193,16 +213,15 @@ class _RecordsFn(beam.DoFn):
 
     def start_bundle(self):
         self._totals = collections.Counter()
-        self._pending: list[instances.Instance] = []
-        self._seeds: list[int] = []
+        self._pending: list[instances.Instances] = []
+        self._count = 0
 
-    def process(self, batch, lexicon=()):
+    def process(self, batch: instances.Instances, lexicon=()):
         if self._lexicon is None:  # side inputs are not available in setup
             self._lexicon = masking.lexicon_index(lexicon)
-        for seed, inst in batch:
-            self._pending.append(inst)
-            self._seeds.append(seed)  # the masks' key and the shard
-        if len(self._pending) >= BATCH_INSTANCES:
+        self._pending.append(batch)
+        self._count += len(batch)
+        if self._count >= BATCH_INSTANCES:
             yield self._flush()
 
     def finish_bundle(self):
@@ -212,15 +231,14 @@ class _RecordsFn(beam.DoFn):
             Metrics.counter(self._namespace, name).inc(value)
 
     def _flush(self) -> tuple[np.ndarray, list[bytes]]:
-        seeds = np.asarray(self._seeds, np.uint64)
-        encoded = records.encode_instances(self._pending, seeds, self._spec, self._vocab, self._lexicon, self._totals)
-        self._pending, self._seeds = [], []
-        return seeds, encoded
+        batch = instances.Instances.concat(self._pending)
+        self._pending, self._count = [], 0
+        return batch.seeds, records.encode_instances(batch, self._spec, self._vocab, self._lexicon, self._totals)
 
 
 def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, out_dir, buckets=(1, 1)):
     """Wire the steps onto `pipeline`; returns {split: PCollection of (shard name, count)}."""
-    vocab = special_ids(load_vocab(vocab_file), vocab_file)
+    special_ids(load_vocab(vocab_file), vocab_file)  # a vocab without [MASK]/[CLS]/[SEP] stops here
     side_inputs = {}
     if lexicon:  # entity masking: the phrases' ids, tokenized once in a worker, for every encoder
         lexicon_ids = (
@@ -242,8 +260,8 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         planned[DONORS]
         | "GroupDonors" >> beam.GroupByKey()
         | "MatchDonors"
-        >> beam.ParDo(donors.MatchDonorsFn(prepare.max_seq_length, vocab.cls, vocab.sep, _SPLITS,
-                                           (COUNTS, HOLDOUT_COUNTS), corpus.SKIPPED)).with_outputs(*_SPLITS)
+        >> beam.ParDo(donors.MatchDonorsFn(prepare.max_seq_length, _SPLITS, (COUNTS, HOLDOUT_COUNTS),
+                                           corpus.SKIPPED)).with_outputs(*_SPLITS)
     )  # fmt: skip
     written = {}
     for split in _SPLITS:

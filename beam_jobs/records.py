@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 
 from beam_jobs import masking
-from beam_jobs.instances import Instance
+from beam_jobs.instances import Instances
 from beam_jobs.tokenize import VocabInfo
 from pipeline.contract import schema
 from pipeline.contract.masking import KINDS, MaskingSpec
@@ -49,35 +48,28 @@ def record_spec(prepare) -> RecordSpec:
     return RecordSpec(MaskingSpec.from_config(to_dict(prepare)), prepare.max_seq_length, prepare.dynamic)
 
 
-def encode_instances(made: Sequence[Instance], seeds: np.ndarray, spec: RecordSpec, vocab: VocabInfo,
-                     lexicon: dict | None, totals: collections.Counter) -> list[bytes]:  # fmt: skip
-    """Serialized records of `made` (one uint64 seed each, the key of its masks); adds the
-    manifest's totals (instances, tokens, masked tokens by kind, ...) to `totals`."""
-    n, seq = len(made), spec.seq_length
+def encode_instances(made: Instances, spec: RecordSpec, vocab: VocabInfo, lexicon: dict | None,
+                     totals: collections.Counter) -> list[bytes]:  # fmt: skip
+    """Serialized records of the batch `made` (each instance's seed is the key of its masks); adds
+    the manifest's totals (instances, tokens, masked tokens by kind, ...) to `totals`."""
+    n = len(made)
     if not n:
         return []
-    seeds = np.asarray(seeds, np.uint64)
-    lengths = np.fromiter((len(x.tokens) for x in made), np.int64, n)
-    len_a = np.fromiter((x.len_a for x in made), np.int64, n)
-    col = np.arange(seq)[None, :]
-    real = col < lengths[:, None]
-    tokens = np.zeros((n, seq), np.int64)
-    tokens[real] = np.concatenate([x.tokens for x in made])  # row-major: each row's tokens, then padding
     # Every token but [CLS] and the [SEP]s ([CLS] A [SEP] B [SEP], or [CLS] A [SEP]) can be masked.
-    maskable = real & (col != 0) & (col != len_a[:, None] + 1) & (col != lengths[:, None] - 1)
+    tokens, real, maskable = made.layout(spec.seq_length, vocab.cls, vocab.sep)
     units = masking.unit_ids(tokens, maskable, spec.masking, vocab.is_suffix, lexicon)
     values = {schema.TOKEN_IDS: tokens, schema.PADDING_MASK: real.astype(np.int64),
-              schema.SEGMENT_IDS: (real & (col >= len_a[:, None] + 2)).astype(np.int64),
-              schema.NSP_LABEL: np.fromiter((x.is_random_next for x in made), np.int64, n)[:, None]}  # fmt: skip
+              schema.SEGMENT_IDS: made.segment_ids(spec.seq_length),
+              schema.NSP_LABEL: made.is_random_next.astype(np.int64)[:, None]}  # fmt: skip
     totals["instances"] += n
-    totals["tokens"] += int(lengths.sum())
+    totals["tokens"] += int(made.lengths.sum())
     totals["maskable_tokens"] += int(maskable.sum())
-    totals["nsp_random"] += int(values[schema.NSP_LABEL].sum())
+    totals["nsp_random"] += int(made.is_random_next.sum())
     if spec.dynamic:
         values[schema.WORD_IDS] = units
         totals["masking_units"] += int((units.max(axis=1) + 1).sum())
     else:
-        m = masking.mask_batch(tokens, units, spec.masking, seeds, vocab.mask, vocab.replace_ids)
+        m = masking.mask_batch(tokens, units, spec.masking, made.seeds, vocab.mask, vocab.replace_ids)
         values[schema.TOKEN_IDS] = m.tokens
         values[schema.MASK_POSITIONS] = m.positions
         values[schema.MASK_IDS] = m.labels

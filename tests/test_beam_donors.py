@@ -76,16 +76,34 @@ def test_match_goes_round_robin_and_never_to_the_requests_own_document():
 @pytest.mark.parametrize("wide", [False, True])
 def test_requests_and_runs_pack_and_unpack(wide):
     big = 70_000 if wide else 60_000
-    requests = [(2**64 - 1, instances.Request(np.array([5, big, 7], np.int32), 42)),
-                (3, instances.Request(np.array([8], np.int32), 1))]  # fmt: skip
+    requests = donors.Requests(np.array([2**64 - 1, 3], np.uint64), np.array([42, 1]), np.array([3, 1]),
+                               np.array([5, big, 7, 8], np.int32))  # fmt: skip
     doc = [np.array([1, 2], np.int32), np.array([big], np.int32), np.array([3, 4, 5], np.int32)]
-    runs = [(11, instances.donor_runs(doc, [0], 125)[0]), (12, instances.donor_runs(doc, [1], 3)[0])]  # 12: cut at 3
-    back_requests, back_runs = donors.unpack(donors.pack(2**63, requests, runs, wide))
-    assert [(seed, d, r.target_b, r.tokens_a.tolist()) for seed, d, r in back_requests] == [
-        (2**64 - 1, 2**63, 42, [5, big, 7]), (3, 2**63, 1, [8])]  # fmt: skip
-    assert [(key, d, run.ids.tolist(), run.ends.tolist()) for key, d, run in back_runs] == [
-        (11, 2**63, [1, 2, big, 3, 4, 5], [2, 3, 6]), (12, 2**63, [big, 3, 4], [1, 3])]  # fmt: skip
-    assert donors.unpack(donors.pack(5, [], [], wide)) == ([], [])
+    bounds, flat = np.array([0, 2, 3, 6]), np.concatenate(doc)
+    lo, counts, ends = instances.donor_runs(bounds, [0, 1], 125)
+    assert lo.tolist() == [0, 2] and counts.tolist() == [3, 2] and ends.tolist() == [2, 3, 6, 1, 4]
+    lo, counts, ends = instances.donor_runs(bounds, [0, 1, 2], 3)  # cut at 3 tokens
+    assert counts.tolist() == [2, 2, 1] and ends.tolist() == [2, 3, 1, 3, 3]
+    runs = donors.Runs(np.array([11, 12, 13], np.uint64), counts, ends, instances.gather(flat, lo, [3, 3, 3]))
+    doc_hash, back_requests, back_runs = donors.unpack(donors.pack(2**63, requests, runs, wide))
+    assert doc_hash == 2**63
+    assert back_requests.seeds.tolist() == [2**64 - 1, 3] and back_requests.target_b.tolist() == [42, 1]
+    assert back_requests.len_a.tolist() == [3, 1] and back_requests.ids.tolist() == [5, big, 7, 8]
+    assert back_runs.keys.tolist() == [11, 12, 13] and back_runs.counts.tolist() == [2, 2, 1]
+    assert back_runs.ends.tolist() == [2, 3, 1, 3, 3] and back_runs.lengths.tolist() == [3, 3, 3]
+    assert back_runs.ids.tolist() == [1, 2, big, big, 3, 4, 3, 4, 5]
+    kept = back_runs.select(np.array([False, True, True]))
+    assert kept.keys.tolist() == [12, 13] and kept.ends.tolist() == [1, 3, 3] and kept.ids.tolist() == [big, 3, 4, 3, 4, 5]
+    assert back_requests.select(np.array([False, True])).ids.tolist() == [8]
+    _, none, nothing = donors.unpack(donors.pack(5, requests.select(np.zeros(2, bool)), runs.select(np.zeros(3, bool)), wide))
+    assert none.seeds.size == 0 and nothing.keys.size == 0 and nothing.ids.size == 0
+
+
+def test_random_b_takes_whole_sentences_up_to_its_target():
+    # Runs: [2, 3, 6] (three sentences) and [1, 4] (two); B ends at the first sentence end >= target.
+    ends, counts = np.array([2, 3, 6, 1, 4]), np.array([3, 2])
+    lengths = instances.b_lengths(np.array([1, 2, 3, 5, 9, 1, 2, 9]), np.array([0, 0, 0, 0, 0, 1, 1, 1]), counts, ends)
+    assert lengths.tolist() == [2, 2, 3, 6, 6, 1, 4, 4]
 
 
 def test_random_next_comes_from_another_document_and_donors_are_used_evenly(marked_corpus, tmp_path, monkeypatch):

