@@ -13,7 +13,11 @@ grouped with a GroupByKey, and matched inside each bucket (`match`):
   two (`donor_run_uses` in the manifest: its max is `donor_max_reuse`);
 - memory is bounded: `num_buckets` grows with the corpus (from file sizes,
   known before the job starts), so a bucket holds the requests and runs of about
-  `BUCKET_BYTES` of text whatever the corpus size; payloads are packed bytes;
+  `BUCKET_BYTES` of text whatever the corpus size; payloads are packed bytes,
+  written to part files (`DonorParts`, a file per bundle), and only (file, offset,
+  length) ranges go through the GroupByKey: Beam's local runner holds a GroupByKey's whole input in memory (about
+  three times over while it hands it on), so payloads through it made the
+  launcher's memory grow with the corpus;
 - the same instances for any number of workers: bucket keys and the order inside
   a bucket come from content seeds, never from arrival order.
 
@@ -28,19 +32,26 @@ import collections
 import dataclasses
 import math
 import struct
+import uuid
 from collections.abc import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import instances
 
-BUCKET_BYTES = 32 << 20  # corpus text (x dupe_factor) per bucket: ~10 MB of packed requests and runs
+BUCKET_BYTES = 16 << 20  # corpus text (x dupe_factor) per bucket: ~6 MB of packed requests and runs
 BATCH = 2048  # completed instances per output element (one encode_instances call downstream)
 
 _HEAD = struct.Struct("<BQII")  # wide ids, document hash, requests, runs
+_SIZE = struct.Struct("<Q")  # a payload's length in a part file
+BUFFER_BYTES = 8 << 20  # payloads a bundle holds before it writes them to its part file
 
 
 def num_buckets(text_bytes: int) -> int:
@@ -106,7 +117,7 @@ def pack(doc: int, requests: Requests, runs: Runs, wide: bool) -> bytes:
     return _HEAD.pack(wide, doc, len(requests.seeds), len(runs.keys)) + b"".join(a.tobytes() for a in parts)
 
 
-def unpack(payload: bytes) -> tuple[int, Requests, Runs]:
+def unpack(payload: bytes | memoryview) -> tuple[int, Requests, Runs]:
     """The document hash, requests and runs of a packed payload: counts as int64, the ids as packed
     (uint16 or int32) and views into the payload, not copies."""
     wide, doc, n_req, n_run = _HEAD.unpack_from(payload)
@@ -125,6 +136,64 @@ def unpack(payload: bytes) -> tuple[int, Requests, Runs]:
     len_a, counts, ends = len_a.astype(np.int64), counts.astype(np.int64), ends.astype(np.int64)
     n_a = int(len_a.sum())
     return doc, Requests(seeds, target_b.astype(np.int64), len_a, ids[:n_a]), Runs(keys, counts, ends, ids[n_a:])
+
+
+class DonorParts:
+    """A bundle's payloads in one part file of `directory`: `add` them by bucket, then `close`
+    gives (bucket, (path, offset, length)) ranges for the GroupByKey. Payloads wait in memory by
+    bucket until `buffer_bytes` of them are waiting, then each bucket's go to the file as one
+    contiguous range: a range per bucket and flush, a file per bundle. A failed bundle's file is
+    never named downstream; the job removes the directory when it ends."""
+
+    def __init__(self, directory: str, buffer_bytes: int = BUFFER_BYTES):
+        self._dir, self._limit = directory, buffer_bytes
+        self._path, self._fh, self._offset = None, None, 0
+        self._waiting: dict = collections.defaultdict(list)
+        self._waiting_bytes = 0
+        self._ranges: list = []
+
+    def add(self, bucket, payload: bytes) -> None:
+        self._waiting[bucket] += (_SIZE.pack(len(payload)), payload)
+        self._waiting_bytes += _SIZE.size + len(payload)
+        if self._waiting_bytes >= self._limit:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._fh is None:
+            self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.donors")
+            self._fh = FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED)
+        for bucket, parts in sorted(self._waiting.items()):
+            data = b"".join(parts)
+            self._fh.write(data)
+            self._ranges.append((bucket, (self._path, self._offset, len(data))))
+            self._offset += len(data)
+        self._waiting.clear()
+        self._waiting_bytes = 0
+
+    def close(self) -> list[tuple[object, tuple[str, int, int]]]:
+        if self._waiting:
+            self._flush()
+        if self._fh is not None:
+            self._fh.close()
+        out, self._ranges, self._fh, self._offset = self._ranges, [], None, 0
+        return out
+
+    def close_as(self, tag: str):
+        """`close`, as the tagged, windowed outputs a DoFn's finish_bundle yields."""
+        return [TaggedOutput(tag, WindowedValue(item, 0, [GlobalWindow()])) for item in self.close()]
+
+
+def read_parts(ranges: Iterable[tuple[str, int, int]]) -> Iterable[memoryview]:
+    """The payloads in (path, offset, length) ranges written by `DonorParts`."""
+    for path, offset, length in sorted(ranges):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            fh.seek(offset)
+            data = memoryview(fh.read(length))  # payloads are views of it, not copies
+        at = 0
+        while at < len(data):
+            (size,) = _SIZE.unpack_from(data, at)
+            yield data[at + _SIZE.size : at + _SIZE.size + size]
+            at += _SIZE.size + size
 
 
 def match(request_docs: list[int], run_docs: list[int]) -> list[int | None]:
@@ -147,18 +216,18 @@ def match(request_docs: list[int], run_docs: list[int]) -> list[int | None]:
 
 
 class MatchDonorsFn(beam.DoFn):
-    """((split, bucket), packed requests and runs) -> `instances.Instances` batches, as the
-    tagged output `outputs[split]`; use counts go to the metrics namespace `namespaces[split]`."""
+    """((split, bucket), part-file ranges of packed requests and runs) -> `instances.Instances` batches,
+    as the tagged output `outputs[split]`; use counts go to the metrics namespace `namespaces[split]`."""
 
     def __init__(self, max_seq_length: int, outputs: tuple[str, ...], namespaces: tuple[str, ...],
                  skipped_namespace: str):  # fmt: skip
         self._seq = max_seq_length
         self._outputs, self._namespaces, self._skipped = outputs, namespaces, skipped_namespace
 
-    def process(self, item: tuple[tuple[int, int], Iterable[bytes]]):
-        (split, _), payloads = item
+    def process(self, item: tuple[tuple[int, int], Iterable[tuple[str, int, int]]]):
+        (split, _), ranges = item
         docs, requests, runs = [], [], []
-        for payload in payloads:
+        for payload in read_parts(ranges):
             doc, more_requests, more_runs = unpack(payload)
             docs.append(doc)
             requests.append(more_requests)

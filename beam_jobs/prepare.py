@@ -38,7 +38,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import corpus, donors, instances, masking, records, sentences
 from beam_jobs.options import new_pipeline, pipeline_options
-from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir
+from beam_jobs.shards import SHARDS, WriteShards, remove_parts_dir, remove_tree
 from beam_jobs.tokenize import TokenizeDocumentsFn, tokenize_texts, vocab_info
 from bert_keras.tokenizer import data_tokenizer, load_vocab, make_rust_tokenizer, special_ids
 from pipeline.contract import schema
@@ -52,6 +52,7 @@ COUNTS = "bertpipe.counts"  # metrics namespace: instance/token/mask totals for 
 HOLDOUT_COUNTS = "bertpipe.holdout_counts"  # the same for the held-out split
 HOLDOUT_SHARDS = "bertpipe.holdout_shards"
 HOLDOUT_DIR = "holdout"  # relative to the data directory; it holds its own manifest.json
+DONORS_DIR = ".donors"  # the donor join's part files while the job runs
 HOLDOUT_MASKED_LM_PROB = 0.15  # BERT's rate: held-out loss compares across training rates up to 0.4
 HOLDOUT_MASKING = "whole_word"
 TRAIN, HOLDOUT, DONORS = "train", "holdout", "donors"  # PlanInstances / MatchDonors outputs
@@ -121,18 +122,24 @@ def holdout_config(prepare: PrepareConfig) -> PrepareConfig:
 
 
 class _PlanFn(beam.DoFn):
-    """(doc key, tokenized sentences) -> an `instances.Instances` batch of ready instances per dupe
-    copy, tagged by split, and the document's donor requests and runs, packed per (split, bucket)
-    (`DONORS`)."""
+    """(doc key, tokenized sentences) -> an `instances.Instances` batch of a document's ready
+    instances (all its dupe copies), tagged by split; its donor requests and runs, packed per
+    (split, bucket), go to the bundle's part files, named per (split, bucket) in `DONORS`."""
 
     def __init__(self, vocab_file: str, prepare: PrepareConfig, seed: int, buckets: tuple[int, int],
-                 holdout_fraction: float):  # fmt: skip
+                 holdout_fraction: float, donors_dir: str):  # fmt: skip
         self._vocab_file, self._prepare, self._seed = vocab_file, prepare, seed
-        self._buckets, self._fraction = buckets, holdout_fraction
+        self._buckets, self._fraction, self._donors_dir = buckets, holdout_fraction, donors_dir
 
     def setup(self):
         self._vocab = vocab_info(load_vocab(self._vocab_file), self._vocab_file)
         self._wide = self._vocab.size > 2**16  # ids packed as uint16 when they fit
+
+    def start_bundle(self):
+        self._parts = donors.DonorParts(self._donors_dir)
+
+    def finish_bundle(self):
+        yield from self._parts.close_as(DONORS)
 
     def process(self, item):
         key, doc = item
@@ -189,7 +196,7 @@ class _PlanFn(beam.DoFn):
             pick = (req_bucket == bucket, run_bucket == bucket)
             payload = donors.pack(doc_hash, requests.select(pick[0]) if buckets > 1 else requests,
                                   runs.select(pick[1]) if buckets > 1 else runs, self._wide)  # fmt: skip
-            yield TaggedOutput(DONORS, ((which, bucket), payload))
+            self._parts.add((which, bucket), payload)
 
 
 class _RecordsFn(beam.DoFn):
@@ -253,7 +260,8 @@ def build_pipeline(pipeline, files, data, prepare, vocab_file, seed, lexicon, ou
         | "SplitSentences" >> beam.Map(split_document, data.line_breaks)
         | "Tokenize" >> beam.ParDo(TokenizeDocumentsFn(vocab_file, data.normalization))
         | "PlanInstances"
-        >> beam.ParDo(_PlanFn(vocab_file, prepare, seed, buckets, prepare.holdout_fraction)).with_outputs(
+        >> beam.ParDo(_PlanFn(vocab_file, prepare, seed, buckets, prepare.holdout_fraction,
+                              join(out_dir, DONORS_DIR))).with_outputs(
             *_SPLITS, DONORS)
     )  # fmt: skip
     random_next = (
@@ -357,6 +365,7 @@ def prepare_pretraining_data(
         result = pipeline.run()
         result.wait_until_finish()
         remove_parts_dir(tmp)
+        remove_tree(join(tmp, DONORS_DIR))
         skipped = corpus.query_counters(result, corpus.SKIPPED)
         holdout = None
         if HOLDOUT in written:

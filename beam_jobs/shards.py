@@ -166,6 +166,14 @@ class WriteShards(beam.PTransform):
 
 def remove_parts_dir(out_dir: str) -> None:
     """Drop the (by then empty) part-file directory once the pipeline finished."""
-    parts_dir = FileSystems.join(out_dir, ".parts")
-    if FileSystems.exists(parts_dir):
-        FileSystems.delete([parts_dir])
+    remove_tree(FileSystems.join(out_dir, ".parts"))
+
+
+def remove_tree(path: str) -> None:
+    """Delete a job's scratch directory (flat: files only) and its files, on any Beam filesystem
+    (an object store has no directories: its files are the objects under the prefix)."""
+    files = [m.path for m in FileSystems.match([FileSystems.join(path, "*")])[0].metadata_list]
+    if files:
+        FileSystems.delete(files)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from beam_jobs import donors, instances
-from beam_jobs.prepare import HOLDOUT_DIR, is_holdout, prepare_pretraining_data
+from beam_jobs.prepare import DONORS_DIR, HOLDOUT_DIR, is_holdout, prepare_pretraining_data
 from bert_keras.tokenizer import load_vocab
 from pipeline.contract import schema
 from pipeline.contract.config import DataConfig, PrepareConfig
@@ -130,6 +130,21 @@ def test_random_next_comes_from_another_document_and_donors_are_used_evenly(mark
     # Every donor run serves at most a few instances; the job's own count agrees.
     assert max(uses.values()) <= 4 and m.counts["donor_max_reuse"] <= 4
     assert m.counts["donor_mean_reuse"] == pytest.approx(1.0, abs=0.05)
+    assert not os.path.exists(tmp_path / "out" / DONORS_DIR)  # the join's part files are gone
+
+
+def test_donor_parts_hold_payloads_in_ranges_of_one_file_per_bundle(tmp_path):
+    parts = donors.DonorParts(str(tmp_path / "parts"), buffer_bytes=100)
+    payloads = {b: [bytes([b]) * (10 + 7 * i) for i in range(5)] for b in range(3)}
+    for i in range(5):
+        for b in range(3):
+            parts.add((0, b), payloads[b][i])
+    ranges = parts.close()
+    assert len(os.listdir(tmp_path / "parts")) == 1 and len(ranges) > 3  # several flushes, one file
+    for b in range(3):
+        mine = [r for bucket, r in ranges if bucket == (0, b)]
+        assert [bytes(p) for p in donors.read_parts(mine)] == payloads[b]  # all, in the order added
+    assert donors.DonorParts(str(tmp_path / "none")).close() == [] and not os.path.exists(tmp_path / "none")
 
 
 @pytest.mark.slow
