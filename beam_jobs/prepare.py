@@ -59,6 +59,7 @@ TRAIN, HOLDOUT, DONORS = "train", "holdout", "donors"  # PlanInstances / MatchDo
 _SPLITS = (TRAIN, HOLDOUT)
 _GZIP_RATIO = 3  # text bytes per .gz byte, for sizing donor buckets
 BATCH_INSTANCES = 2048  # instances masked and serialized together (~2 MB of arrays at seq 128)
+COPY_GROUP_TOKENS = 1 << 21  # document tokens x dupe copies whose instances are built together
 
 
 def split_document(text: str, line_breaks: str) -> tuple[bytes, list[str]]:
@@ -152,14 +153,16 @@ class _PlanFn(beam.DoFn):
         if nsp and len(doc) < 2:  # no sentence boundary: no true next segment to learn from
             Metrics.counter(corpus.SKIPPED, "one_sentence_document").inc()
             return
-        which = _SPLITS.index(split)
         lengths = [len(s) for s in doc]
         flat = np.concatenate(doc) if doc else np.zeros(0, np.int32)
         bounds = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)))
-        max_num_tokens = p.max_seq_length - 3
         copies = 1 if split == HOLDOUT else p.dupe_factor
+        # BERT's loop runs per copy; the array work after it runs once for a group of copies (numpy
+        # calls per copy were most of the cost on short documents), the group at most
+        # COPY_GROUP_TOKENS tokens of copies, so a huge document's copies are not all held at once.
+        group = max(1, COPY_GROUP_TOKENS // max(1, len(flat)))
         plans, item_seeds, run_starts, run_seeds = [], [], [], []
-        for copy in range(copies):  # BERT's loop, per copy; the arrays work below is once for all copies
+        for copy in range(copies):
             copy_seed = instances.stable_int(self._seed, key, copy)
             rng = random.Random(copy_seed)
             if not nsp:
@@ -174,9 +177,14 @@ class _PlanFn(beam.DoFn):
             asked = int(plan.requests.sum())
             run_starts += instances.donor_starts(len(doc), asked, rng)
             run_seeds.append(instances.seeds(asked, copy_seed, instances.RUNS))
-        if not plans:
-            return
-        plan, seeds = instances.Plan.concat(plans), np.concatenate(item_seeds)
+            if len(plans) == group or copy == copies - 1:
+                yield from self._instances(key, split, flat, bounds, instances.Plan.concat(plans),
+                                           np.concatenate(item_seeds), run_starts, np.concatenate(run_seeds))  # fmt: skip
+                plans, item_seeds, run_starts, run_seeds = [], [], [], []
+
+    def _instances(self, key, split, flat, bounds, plan, seeds, run_starts, run_seeds):
+        """Copies' ready instances (output `split`), their requests and donor runs (to the part files)."""
+        which, max_num_tokens = _SPLITS.index(split), self._prepare.max_seq_length - 3
         asks = plan.requests
         ready = ~asks
         if ready.any():
@@ -189,7 +197,7 @@ class _PlanFn(beam.DoFn):
         a_start, len_a = instances.trim_requests(plan.a_start[asks], plan.a_end[asks], max_num_tokens, seeds)
         requests = donors.Requests(seeds, plan.target_b[asks], len_a, instances.gather(flat, a_start, len_a))
         lo, counts, ends = instances.donor_runs(bounds, run_starts, max_num_tokens)
-        runs = donors.Runs(np.concatenate(run_seeds), counts, ends, instances.gather(flat, lo, ends[np.cumsum(counts) - 1]))
+        runs = donors.Runs(run_seeds, counts, ends, instances.gather(flat, lo, ends[np.cumsum(counts) - 1]))
         doc_hash, buckets = instances.stable_int(key), np.uint64(self._buckets[which])
         req_bucket, run_bucket = requests.seeds % buckets, runs.keys % buckets
         for bucket in np.union1d(req_bucket, run_bucket).tolist():

