@@ -33,7 +33,7 @@ import dataclasses
 import math
 import struct
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import apache_beam as beam
 import numpy as np
@@ -75,10 +75,6 @@ class Requests:
     def select(self, keep: np.ndarray) -> Requests:
         return Requests(self.seeds[keep], self.target_b[keep], self.len_a[keep], _segments(self.ids, self.len_a, keep))
 
-    @staticmethod
-    def concat(parts: Sequence[Requests]) -> Requests:
-        return _concat(parts, Requests)
-
 
 @dataclasses.dataclass(frozen=True)
 class Runs:
@@ -96,15 +92,6 @@ class Runs:
     def select(self, keep: np.ndarray) -> Runs:
         return Runs(self.keys[keep], self.counts[keep], self.ends[np.repeat(keep, self.counts)],
                     _segments(self.ids, self.lengths, keep))  # fmt: skip
-
-    @staticmethod
-    def concat(parts: Sequence[Runs]) -> Runs:
-        return _concat(parts, Runs)
-
-
-def _concat(parts: Sequence, cls):
-    return parts[0] if len(parts) == 1 else cls(*(np.concatenate([getattr(p, f.name) for p in parts])
-                                                  for f in dataclasses.fields(cls)))  # fmt: skip
 
 
 def pack(doc: int, requests: Requests, runs: Runs, wide: bool) -> bytes:
@@ -237,7 +224,7 @@ class MatchDonorsFn(beam.DoFn):
         doc_ids = np.array(docs, np.uint64)
         req_doc = np.repeat(doc_ids, [len(r.seeds) for r in requests])
         run_doc = np.repeat(doc_ids, [len(r.keys) for r in runs])
-        requests, runs = Requests.concat(requests), Runs.concat(runs)
+        requests, runs = instances.concat_columns(requests), instances.concat_columns(runs)
         if not len(requests.seeds):
             return
         # A GroupByKey's values arrive in any order: sort by seed (a random order, and
@@ -246,7 +233,7 @@ class MatchDonorsFn(beam.DoFn):
         req_order = np.lexsort((req_doc, requests.seeds))
         run_order = np.lexsort((run_doc, runs.keys))
         picks = np.array([-1 if j is None else j for j in match(req_doc[req_order].tolist(), run_doc[run_order].tolist())],
-                         np.int64).reshape(-1)  # fmt: skip
+                         np.int64)  # fmt: skip
         found = picks >= 0
         if not found.all():
             Metrics.counter(self._skipped, "no_other_document_for_random_next").inc(int((~found).sum()))
@@ -258,7 +245,8 @@ class MatchDonorsFn(beam.DoFn):
             return
         flat = np.concatenate([requests.ids, runs.ids])
         a_start = np.cumsum(requests.len_a) - requests.len_a
-        run_start = np.cumsum(runs.lengths) - runs.lengths + len(requests.ids)
+        run_lengths = runs.lengths
+        run_start = np.cumsum(run_lengths) - run_lengths + len(requests.ids)
         for lo in range(0, len(req), BATCH):  # a batch at a time: the arrays of a whole bucket would be ~10x its ids
             r, u = req[lo : lo + BATCH], run[lo : lo + BATCH]
             yield TaggedOutput(self._outputs[split], instances.complete(

@@ -35,11 +35,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from beam_jobs.masking import mix64
+from beam_jobs.masking import GOLDEN, hashed_bits, mix64
 
 Sentences = list[np.ndarray]  # one int32 array of wordpiece ids per sentence
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 ITEMS, RUNS = 0x1, 0x2  # streams of `seeds`: a document copy's instances and its donor runs
 # Streams of the truncation coins, apart from masking's (`masking.uniform`: 1, 2, 4).
 _TRIM_A, _TRIM_B, _TRIM_REQUEST = 0x11, 0x12, 0x13
@@ -86,20 +85,23 @@ class Instances:
         col = np.arange(seq_length)[None, :]
         return ((col >= self.len_a[:, None] + 2) & (col < self.lengths[:, None])).astype(np.int64)
 
-    def take(self, lo: int, hi: int) -> Instances:
-        """Instances [lo, hi) of the batch."""
-        offsets = np.concatenate(([0], np.cumsum(self.len_a + self.len_b)))
-        return Instances(self.ids[offsets[lo] : offsets[hi]], self.len_a[lo:hi], self.len_b[lo:hi],
-                         self.is_random_next[lo:hi], self.seeds[lo:hi], self.pair)  # fmt: skip
 
-    @staticmethod
-    def concat(batches: Sequence[Instances]) -> Instances:
-        if len(batches) == 1:
-            return batches[0]
-        if len({b.pair for b in batches}) != 1:
-            raise ValueError("cannot join sentence pairs and single segments in one batch")
-        return Instances(*(np.concatenate([getattr(b, f) for b in batches])
-                           for f in ("ids", "len_a", "len_b", "is_random_next", "seeds")), batches[0].pair)  # fmt: skip
+
+def concat_columns(parts: Sequence):
+    """Batches of one column dataclass (`Instances`, `Plan`, `donors.Requests`, ...) joined array
+    field by array field; a field that is not an array must be the same in every batch."""
+    if len(parts) == 1:
+        return parts[0]
+    cls, values = type(parts[0]), {}
+    for field in dataclasses.fields(cls):
+        got = [getattr(p, field.name) for p in parts]
+        if isinstance(got[0], np.ndarray):
+            values[field.name] = np.concatenate(got)
+        elif len(set(got)) == 1:
+            values[field.name] = got[0]
+        else:
+            raise ValueError(f"cannot join {cls.__name__} batches that differ in {field.name}: {sorted(set(got))}")
+    return cls(**values)
 
 
 def _hashed(parts) -> hashlib.blake2b:
@@ -123,7 +125,7 @@ def seeds(count: int, base: int, stream: int) -> np.ndarray:
     `base` (a `stable_int`): splitmix64 steps, distinct for every item, one numpy call for all."""
     with np.errstate(over="ignore"):
         key = mix64(np.asarray([base], np.uint64) ^ np.uint64(stream))
-        return mix64(key + np.arange(count, dtype=np.uint64) * _GOLDEN)
+        return mix64(key + np.arange(count, dtype=np.uint64) * GOLDEN)
 
 
 def gather(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -137,9 +139,7 @@ def coin_heads(seeds_: np.ndarray, stream: int, flips: np.ndarray) -> np.ndarray
     """(n,) heads among `flips[i]` fair coins, the coins hashed from (seed, stream): Binomial(flips, 1/2)."""
     flips = np.asarray(flips, np.int64)
     words = max(1, -(-int(flips.max(initial=0)) // 64))
-    with np.errstate(over="ignore"):
-        key = mix64(np.asarray(seeds_, np.uint64) ^ np.uint64(stream * 0xD1B54A32D192ED03 % (1 << 64)))
-        bits = mix64(key[:, None] + np.arange(words, dtype=np.uint64)[None, :] * _GOLDEN)  # (n, words)
+    bits = hashed_bits(seeds_, stream, words)  # (n, words)
     left = np.clip(flips[:, None] - 64 * np.arange(words)[None, :], 0, 64).astype(np.uint64)  # coins in each word
     keep = np.where(left >= 64, np.uint64(2**64 - 1), (np.uint64(1) << np.minimum(left, 63)) - np.uint64(1))
     return np.bitwise_count(bits & keep).sum(axis=1).astype(np.int64)
@@ -193,13 +193,6 @@ class Plan:
     @property
     def requests(self) -> np.ndarray:
         return self.target_b > 0
-
-    @staticmethod
-    def concat(plans: Sequence[Plan]) -> Plan:
-        """Several copies' plans as one (each copy's ranges are of the same document)."""
-        if len(plans) == 1:
-            return plans[0]
-        return Plan(*(np.concatenate([getattr(q, f) for q in plans]) for f in ("a_start", "a_end", "b_end", "target_b")))
 
 
 def plan_instances(lengths: Sequence[int], max_seq_length: int, short_seq_prob: float, rng: random.Random) -> Plan:

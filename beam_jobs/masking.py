@@ -22,27 +22,34 @@ import numpy as np
 
 from pipeline.contract.masking import MASK_PROB, MODES, RANDOM_PROB, MaskingSpec, budget, span_cdf
 
-__all__ = ["MODES", "MaskingSpec", "Masked", "unit_ids", "mask_batch", "uniform", "mix64"]
+__all__ = ["MODES", "MaskingSpec", "Masked", "unit_ids", "mask_batch", "uniform", "hashed_bits", "mix64", "GOLDEN"]
 
 # Streams of `uniform`, one per kind of draw.
 _PRIORITY, _KIND, _SPAN = 1, 2, 4
 
 
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's step
+
+
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 of uint64 values, element-wise: a keyed hash whose outputs pass as independent uniform bits."""
     with np.errstate(over="ignore"):
-        x = np.asarray(x, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        x = np.asarray(x, np.uint64) + GOLDEN
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return x ^ (x >> np.uint64(31))
 
 
-def uniform(seeds: np.ndarray, stream: int, width: int) -> np.ndarray:
-    """(n, width) floats in [0, 1) from (seed, stream, column): 53 hashed bits each."""
+def hashed_bits(seeds: np.ndarray, stream: int, width: int) -> np.ndarray:
+    """(n, width) uint64 hashed from (seed, stream, column): independent uniform bits per row."""
     with np.errstate(over="ignore"):
         key = mix64(np.asarray(seeds, np.uint64) ^ np.uint64(stream * 0xD1B54A32D192ED03 % (1 << 64)))
-        x = mix64(key[:, None] + np.arange(width, dtype=np.uint64)[None, :] * np.uint64(0x9E3779B97F4A7C15))
-    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+        return mix64(key[:, None] + np.arange(width, dtype=np.uint64)[None, :] * GOLDEN)
+
+
+def uniform(seeds: np.ndarray, stream: int, width: int) -> np.ndarray:
+    """(n, width) floats in [0, 1) from (seed, stream, column): 53 hashed bits each."""
+    return (hashed_bits(seeds, stream, width) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _ids_from_starts(starts: np.ndarray, maskable: np.ndarray) -> np.ndarray:
@@ -138,7 +145,7 @@ def mask_batch(tokens: np.ndarray, units: np.ndarray, spec: MaskingSpec, seeds: 
     rows, cols = np.nonzero(chosen)  # row-major: each row's positions ascending
     # One hash per chosen token: its high 32 bits pick the kind, its low 32 bits the replacement.
     with np.errstate(over="ignore"):
-        h = mix64(mix64(seeds ^ np.uint64(_KIND))[rows] + cols.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        h = mix64(mix64(seeds ^ np.uint64(_KIND))[rows] + cols.astype(np.uint64) * GOLDEN)
     r = (h >> np.uint64(32)).astype(np.float64) * (1.0 / (1 << 32))
     kind = np.where(r < MASK_PROB, 0, np.where(r < MASK_PROB + RANDOM_PROB, 1, 2)).astype(np.int8)
     pick = ((h & np.uint64(0xFFFFFFFF)) * np.uint64(len(replace_ids))) >> np.uint64(32)

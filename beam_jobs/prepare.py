@@ -178,7 +178,7 @@ class _PlanFn(beam.DoFn):
             run_starts += instances.donor_starts(len(doc), asked, rng)
             run_seeds.append(instances.seeds(asked, copy_seed, instances.RUNS))
             if len(plans) == group or copy == copies - 1:
-                yield from self._instances(key, split, flat, bounds, instances.Plan.concat(plans),
+                yield from self._instances(key, split, flat, bounds, instances.concat_columns(plans),
                                            np.concatenate(item_seeds), run_starts, np.concatenate(run_seeds))  # fmt: skip
                 plans, item_seeds, run_starts, run_seeds = [], [], [], []
 
@@ -246,7 +246,7 @@ class _RecordsFn(beam.DoFn):
             Metrics.counter(self._namespace, name).inc(value)
 
     def _flush(self) -> tuple[np.ndarray, list[bytes]]:
-        batch = instances.Instances.concat(self._pending)
+        batch = instances.concat_columns(self._pending)
         self._pending, self._count = [], 0
         return batch.seeds, records.encode_instances(batch, self._spec, self._vocab, self._lexicon, self._totals)
 

@@ -84,18 +84,13 @@ class _WritePartsFn(beam.DoFn):
         shards = (np.asarray(keys, np.uint64) % np.uint64(self._n)).astype(np.int64)
         order = np.argsort(shards, kind="stable")
         counts = np.bincount(shards, minlength=self._n)
-        framed = frame_records([records[i] for i in order.tolist()])  # the batch's records, shard by shard
-        lengths = np.fromiter(map(len, records), np.int64, len(records))[order] + 16
-        ends = np.cumsum(lengths)
-        last = np.cumsum(counts)
-        for shard in np.flatnonzero(counts).tolist():
-            first = last[shard] - counts[shard]
-            lo, hi = int(ends[first] - lengths[first]), int(ends[last[shard] - 1])
+        bounds = np.concatenate(([0], np.cumsum(counts))).tolist()
+        for shard in np.flatnonzero(counts).tolist():  # each shard's records of the batch, framed in one join
             part = self._files.get(shard)
             if part is None:
                 path = FileSystems.join(self._dir, f"{shard:05d}-{uuid.uuid4().hex}.part")
                 part = self._files[shard] = [path, FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED), 0]
-            part[1].write(framed[lo:hi])
+            part[1].write(frame_records([records[i] for i in order[bounds[shard] : bounds[shard + 1]].tolist()]))
             part[2] += int(counts[shard])
 
     def finish_bundle(self):

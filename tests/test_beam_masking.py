@@ -63,7 +63,7 @@ def planned_instances(docs, seq, seed_of=lambda d: d):
         lo, counts, ends = instances.donor_runs(_bounds(other), starts, seq - 3)
         made.append(instances.complete(np.concatenate([flat, np.concatenate(other)]), a_start, len_a, plan.target_b[asks],
                                        np.arange(len(starts)), lo + len(flat), counts, ends, seq, seeds[asks]))  # fmt: skip
-    return instances.Instances.concat(made)
+    return instances.concat_columns(made)
 
 
 def _spec(mode, **kw):
