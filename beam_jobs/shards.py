@@ -42,9 +42,9 @@ def frame_records(records: Sequence[bytes]) -> bytes:
     """`records` in TFRecord framing, back to back: for each, its length (uint64 little-endian),
     the masked crc32c of those 8 bytes, the data, the masked crc32c of the data (what tf.data
     reads and Beam's WriteToTFRecord writes; tests/test_beam_prepare.py compares the bytes with
-    Beam's writer). By hand because Beam frames one record per call, four Python calls each,
-    a seventh of the job's time at dupe 10; here the checksums are one C call per record and
-    the batch one join (0.5 us a record against Beam's 5)."""
+    Beam's writer). By hand because Beam frames one record per call, four Python calls each
+    (6% of the job's profiled time at dupe 10); here the checksums are one C call per record and
+    the batch one join: 0.6 us a record against Beam's 1.5 (2,048 records of ~600 bytes)."""
     n = len(records)
     if not n:
         return b""
